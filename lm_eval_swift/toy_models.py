@@ -1,0 +1,86 @@
+"""Small random causal LMs and a character-level tokenizer, built locally (no hub).
+
+Used by the tests, the benchmarks and the demo: a checkpoint directory made here loads with
+``from_pretrained`` exactly like a real one, chat template included.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    MistralConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
+
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<|user|>", "<|assistant|>"]
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+CHARSET = string.printable + "π√°·×÷≤≥"
+
+CONFIGS = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}
+
+
+def char_tokenizer(charset: str = CHARSET) -> PreTrainedTokenizerFast:
+    """One token per character (decode(encode(s)) == s for s over ``charset``), with a chat template."""
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for ch in dict.fromkeys(charset):
+        vocab.setdefault(ch, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("(.|\\n)"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=["<|user|>", "<|assistant|>"],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def random_causal_lm(
+    path: str | Path,
+    arch: str = "llama",
+    *,
+    num_hidden_layers: int = 2,
+    hidden_size: int = 32,
+    intermediate_size: int | None = None,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int | None = None,
+    max_position_embeddings: int = 2048,
+    seed: int = 0,
+    tokenizer: PreTrainedTokenizerFast | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Save a randomly initialised ``arch`` model plus tokenizer to ``path``; returns the path."""
+    tokenizer = tokenizer or char_tokenizer()
+    config = CONFIGS[arch](
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size or 2 * hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads or num_attention_heads,
+        max_position_embeddings=max_position_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    path = Path(path)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

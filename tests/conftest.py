@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny random checkpoints saved to temp dirs and the shared data directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from lm_eval_swift.toy_models import random_causal_lm
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"../shared/data not found beside the checkout (looked in {SHARED_DATA})")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory):
+    """``factory(arch="llama", **kw) -> Path`` of a saved random model; cached per argument set."""
+    cache: dict[tuple, Path] = {}
+
+    def factory(arch: str = "llama", **kwargs) -> Path:
+        key = (arch, tuple(sorted(kwargs.items())))
+        if key not in cache:
+            cache[key] = random_causal_lm(tmp_path_factory.mktemp(f"tiny-{arch}"), arch, **kwargs)
+        return cache[key]
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_model_factory) -> Path:
+    return tiny_model_factory("llama")

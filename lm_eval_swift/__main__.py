@@ -1,0 +1,3 @@
+from lm_eval_swift.cli import main
+
+main()

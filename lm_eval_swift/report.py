@@ -1,0 +1,53 @@
+"""Best-of-N tables from rollouts: the same selectors as the lm-eval rows, recomputed without sampling."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from lm_eval_swift.rollouts import QuestionRollout
+from lm_eval_swift.selectors import SELECTORS
+
+DEFAULT_KS = (1, 4, 16, 64)
+
+
+def selector_rows(score_names: Sequence[str]) -> dict[str, tuple[str, dict]]:
+    """Row name -> (selector name, selector kwargs): the classic rows, then argmax and vote per score."""
+    rows: dict[str, tuple[str, dict]] = {
+        "first": ("first", {}),
+        "mean": ("mean", {}),
+        "maj": ("maj", {}),
+        "oracle": ("oracle", {}),
+    }
+    for name in score_names:
+        rows[name] = ("argmax", {"score": name})
+        rows[f"{name}_vote"] = ("vote", {"score": name})
+    return rows
+
+
+def bon_table(rollouts: Sequence[QuestionRollout], ks: Sequence[int] = DEFAULT_KS) -> dict[str, dict[int, float]]:
+    """Accuracy of each row at each k (first k of the N samples); ``first`` at k=1 and ``mean`` at k=N only."""
+    if not rollouts:
+        raise ValueError("no rollouts to report on")
+    n = min(len(r.responses) for r in rollouts)
+    ks = [k for k in ks if k <= n]
+    scores = sorted({s for r in rollouts for resp in r.responses for s in resp.scores})
+    table: dict[str, dict[int, float]] = {}
+    for row, (selector, kwargs) in selector_rows(scores).items():
+        row_ks = {"first": [1], "mean": [n]}.get(row, ks)
+        fn = SELECTORS[selector]
+        table[row] = {
+            k: sum(fn(r.responses[:k], **kwargs).correct for r in rollouts) / len(rollouts) for k in row_ks
+        }
+    return table
+
+
+def format_table(table: dict[str, dict[int, float]], title: str = "") -> str:
+    """A Markdown table: rows = selectors, columns = k."""
+    ks = sorted({k for cols in table.values() for k in cols})
+    lines = [f"### {title}", ""] if title else []
+    lines.append("| selector | " + " | ".join(f"k={k}" for k in ks) + " |")
+    lines.append("|---|" + "---:|" * len(ks))
+    for row, cols in table.items():
+        cells = [f"{cols[k]:.4f}" if k in cols else "" for k in ks]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

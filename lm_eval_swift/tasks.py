@@ -1,0 +1,238 @@
+"""Best-of-N tasks for lm-eval: data sources, the paper's prompt, and :class:`BestOfNTask`.
+
+The YAML files under ``tasks/`` declare the tasks (a shared ``_bon_base.yaml`` that the others include); this
+module supplies what they reference with ``!function``. N, the data location and the heads are chosen with
+``--metadata`` (e.g. ``--metadata '{"n": 16, "data_dir": "../shared/data"}'``), never by editing YAML.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+from lm_eval.api.task import ConfigurableTask
+from tqdm import tqdm
+
+from lm_eval_swift.grading import extract_answer
+from lm_eval_swift.rollouts import QuestionRollout, build_rollout
+
+log = logging.getLogger(__name__)
+
+PROMPT = (
+    "Solve the following math problem step-by-step.\n"
+    "Simplify your answer as much as possible. Present your final answer as \\boxed{Your Answer}.\n"
+)
+DATA_DIR_ENV = "LM_EVAL_SWIFT_DATA_DIR"
+DEFAULT_N = 64
+
+
+@dataclass(frozen=True)
+class Source:
+    """A data set: where it lives on the Hub, its local JSONL file name, and how to read a record."""
+
+    kind: str  # "gsm8k" or "math"
+    hub_path: str
+    hub_names: tuple[str | None, ...]
+    hub_split: str
+    local_file: str
+
+
+SOURCES: dict[str, Source] = {
+    "gsm8k_test": Source("gsm8k", "openai/gsm8k", ("main",), "test", "gsm8k_test.jsonl"),
+    "gsm8k_train": Source("gsm8k", "openai/gsm8k", ("main",), "train", "gsm8k_train.jsonl"),
+    "math500_test": Source("math", "HuggingFaceH4/MATH-500", (None,), "test", "math500_test.jsonl"),
+    "math_test": Source(
+        "math",
+        "EleutherAI/hendrycks_math",
+        ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
+         "prealgebra", "precalculus"),
+        "test",
+        "math_test.jsonl",
+    ),
+}
+
+
+def normalise(record: dict, kind: str, index: int) -> dict:
+    """A record of any source -> ``{"id", "kind", "problem", "answer"}`` (answer: the gold final answer)."""
+    if kind == "gsm8k":
+        problem, answer = record["question"], record["answer"].rsplit("####", 1)[-1].strip()
+    else:
+        problem = record["problem"]
+        answer = record.get("answer") or extract_answer(record["solution"], "math") or ""
+    return {"id": str(record.get("unique_id", index)), "kind": kind, "problem": problem, "answer": answer}
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_source(source: str, data_dir: str | None = None, data_file: str | None = None, **_) -> datasets.DatasetDict:
+    """lm-eval ``custom_dataset``: the ``test`` split of ``source``, normalised.
+
+    Local JSONL (in the format of ``../shared/data``) is used when ``data_file`` or ``data_dir`` (metadata) or
+    the ``LM_EVAL_SWIFT_DATA_DIR`` environment variable is set; otherwise the public Hub data set.
+    """
+    src = SOURCES[source]
+    data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
+    if data_file or data_dir:
+        path = Path(data_file) if data_file else Path(data_dir) / src.local_file
+        if not path.is_file():
+            raise FileNotFoundError(f"{source}: local data file {path} does not exist")
+        records = _read_jsonl(path)
+    else:
+        try:
+            parts = [datasets.load_dataset(src.hub_path, name, split=src.hub_split) for name in src.hub_names]
+        except Exception as e:  # offline, gated, renamed: one clear message with both ways out
+            raise RuntimeError(
+                f"{source}: could not load the Hub data set {src.hub_path!r} ({type(e).__name__}: {e}).\n"
+                f"Run offline from local JSONL files instead: set {DATA_DIR_ENV}=/path/to/dir containing "
+                f"{src.local_file}, or pass --metadata '{{\"data_dir\": \"/path/to/dir\"}}' "
+                f"(or '{{\"data_file\": \"/path/to/{src.local_file}\"}}')."
+            ) from e
+        records = [r for part in parts for r in part]
+    docs = [normalise(r, src.kind, i) for i, r in enumerate(records)]
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
+
+
+def doc_to_text(doc: dict) -> str:
+    return PROMPT + doc["problem"]
+
+
+def process_results(doc: dict, results: list) -> dict[str, float]:
+    """``results[0]`` is the response (or summary) a selector kept; its ``correct`` is the row's value."""
+    return {"acc": float(results[0].correct)}
+
+
+# -- rollouts: collected per task while filtering, written next to lm-eval's results ---------------------------
+
+PENDING_ROLLOUTS: dict[str, list[QuestionRollout]] = {}
+
+
+def _install_rollouts_writer() -> None:
+    """Make lm-eval's EvaluationTracker also write ``rollouts_<task>_<date>.jsonl`` beside ``results_<date>.json``."""
+    from lm_eval.loggers.evaluation_tracker import EvaluationTracker
+
+    original = EvaluationTracker.save_results_aggregated
+    if getattr(original, "_writes_rollouts", False):
+        return
+
+    def save_results_aggregated(self, results, samples=None):
+        original(self, results, samples)
+        if not self.output_path or not PENDING_ROLLOUTS:
+            return
+        from lm_eval_swift.rollouts import write_rollouts
+
+        path = Path(self.output_path)
+        folder = path.parent if path.suffix == ".json" else path / self.general_config_tracker.model_name_sanitized
+        for task, rollouts in list(PENDING_ROLLOUTS.items()):
+            out = write_rollouts(rollouts, folder / f"rollouts_{task}_{self.date_id}.jsonl")
+            log.info("Wrote %d rollouts of %s to %s", len(rollouts), task, out)
+            print(f"Rollouts of {task}: {out}")
+        PENDING_ROLLOUTS.clear()
+
+    save_results_aggregated._writes_rollouts = True
+    EvaluationTracker.save_results_aggregated = save_results_aggregated
+
+
+_install_rollouts_writer()
+
+
+# -- the task --------------------------------------------------------------------------------------------------
+
+_K_IN_NAME = re.compile(r"@(\d+|N)$")
+
+
+def _row_k(row: dict) -> int | None:
+    ks = [int(f["k"]) for f in row["filter"] if "k" in f]
+    return ks[0] if ks else None
+
+
+def _row_score(row: dict) -> str | None:
+    """The score a row reads (``swift`` filters read ``swift`` unless told otherwise), or None."""
+    for f in row["filter"]:
+        if f["function"] in ("swift", "argmax_score", "weighted_vote"):
+            return f.get("score", "swift")
+    return None
+
+
+class BestOfNTask(ConfigurableTask):
+    """A best-of-N task: N samples per question (``--metadata '{"n": N}'``, default 64) and one results row
+    per selector and k (rows with k > N are dropped; ``mean@N`` is named after N).
+
+    Before lm-eval's filters run, every response is graded once, answers are grouped into equivalence
+    classes, missing SWIFT scores are added by rescoring when possible, and the question's rollout is kept
+    for the rollouts file.
+    """
+
+    def __init__(self, config: dict | None = None, **kwargs) -> None:
+        config = dict(config or {})
+        config.pop("class", None)
+        meta = config.get("metadata") or {}
+        n = int(meta.get("n", DEFAULT_N))
+        if n < 1:
+            raise ValueError(f"{config.get('task')}: metadata n must be >= 1, got {n}")
+        config["repeats"] = n
+        rows = []
+        for row in config.get("filter_list") or []:
+            k = _row_k(row)
+            if k is not None and k > n:
+                continue
+            rows.append({**row, "name": _K_IN_NAME.sub(f"@{n}", row["name"]) if row["name"].endswith("@N") else row["name"]})
+        config["filter_list"] = rows
+        self._row_scores = {row["name"]: _row_score(row) for row in rows}
+        super().__init__(config=config, **kwargs)
+
+    @property
+    def kind(self) -> str:
+        return SOURCES[self.config.dataset_kwargs["source"]].kind
+
+    def apply_filters(self):
+        rollouts = []
+        for inst in tqdm(self._instances, desc=f"Grading {self.config.task}", unit="q"):
+            rollout = build_rollout(
+                self.config.task, inst.doc_id, self.kind, inst.arguments[0], inst.doc["answer"], inst.resps
+            )
+            rollouts.append(rollout)
+        self._add_missing_swift_scores(rollouts)
+        for inst, rollout in zip(self._instances, rollouts):
+            inst.resps = rollout.responses
+        present = {name for r in rollouts for resp in r.responses for name in resp.scores}
+        dropped = [row for row, score in self._row_scores.items() if score is not None and score not in present]
+        if dropped:
+            log.warning(
+                "%s: no response carries the scores needed by rows %s; they are left out. Use --model hf-swift "
+                "with heads=..., or give a head with --metadata '{\"heads\": \"PATH\"}'.",
+                self.config.task, ", ".join(dropped),
+            )
+            self._filters = [f for f in self._filters if f.name not in dropped]
+        PENDING_ROLLOUTS[self.config.task] = rollouts
+        return super().apply_filters()
+
+    def _add_missing_swift_scores(self, rollouts: list[QuestionRollout]) -> None:
+        """Rescore responses that came without SWIFT scores (lm-eval's plain ``hf`` model) when a head is
+        known and the generating HF model lives in this process (its weights are reused, not reloaded)."""
+        if not rollouts or any(resp.scores for r in rollouts for resp in r.responses):
+            return
+        lm = _live_hf_model()
+        if lm is None:
+            return
+        from lm_eval_swift.rescoring import rescore_rollouts
+
+        meta = self.config.metadata or {}
+        max_gen_toks = int((self.config.generation_kwargs or {}).get("max_gen_toks", lm.max_gen_toks))
+        rescore_rollouts(rollouts, lm, heads=meta.get("heads"), max_gen_toks=max_gen_toks)
+
+
+def _live_hf_model():
+    """The lm-eval HFLM instance of this process, if there is exactly one (lm-eval hands filters no model)."""
+    from lm_eval.models.huggingface import HFLM
+
+    found = [o for o in gc.get_objects() if isinstance(o, HFLM)]
+    return found[0] if len(found) == 1 else None

@@ -1,0 +1,85 @@
+"""Selectors on hand-made responses: tie-breaks, prefixes of k, votes over equivalence classes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from lm_eval_swift.rollouts import Response
+from lm_eval_swift.selectors import (
+    ArgmaxFilter,
+    MajorityFilter,
+    MeanFilter,
+    OracleFilter,
+    argmax,
+    majority,
+    mean,
+    minmax,
+    oracle,
+    weighted_vote,
+)
+
+
+def resp(cls: int, correct: bool, swift: float | None = None) -> Response:
+    scores = {} if swift is None else {"swift": swift}
+    return Response(f"answer {cls}", str(cls), float(correct), cls, 3, scores=scores)
+
+
+def test_majority_ties_go_to_the_first_class():
+    rs = [resp(0, False), resp(1, True), resp(1, True), resp(0, False)]
+    assert majority(rs).answer_class == 0
+    assert majority(rs[:3]).answer_class == 1
+
+
+def test_majority_ignores_missing_answers():
+    rs = [resp(-1, False), resp(-1, False), resp(2, True)]
+    assert majority(rs).answer_class == 2
+    assert majority([resp(-1, False)]).answer_class == -1
+
+
+def test_oracle_and_mean():
+    rs = [resp(0, False), resp(1, True), resp(2, False), resp(3, False)]
+    assert oracle(rs).correct == 1.0
+    assert oracle(rs[:1]).correct == 0.0
+    assert mean(rs).correct == pytest.approx(0.25)
+
+
+def test_argmax_tie_break_is_lowest_index():
+    rs = [resp(0, False, 0.5), resp(1, True, 2.0), resp(2, False, 2.0)]
+    assert argmax(rs) is rs[1]
+    assert argmax(rs[:1]) is rs[0]
+
+
+def test_argmax_missing_or_nan_scores_lose():
+    rs = [resp(0, False, None), resp(1, True, float("nan")), resp(2, False, -5.0)]
+    assert argmax(rs) is rs[2]
+
+
+def test_weighted_vote_sigmoid_and_minmax():
+    rs = [resp(0, False, 3.0), resp(1, True, 0.0), resp(1, True, 0.0)]
+    # sigmoid(3)=0.95 < 2*sigmoid(0)=1.0: the class with two members wins
+    assert weighted_vote(rs).answer_class == 1
+    # min-max: 1.0 vs 0 + 0
+    assert weighted_vote(rs, weight="minmax").answer_class == 0
+    assert minmax([1.0, 1.0]) == [1.0, 1.0]
+    assert minmax([-math.inf, 2.0, 4.0]) == [0.0, 0.0, 1.0]
+    with pytest.raises(ValueError):
+        weighted_vote(rs, weight="softmax")
+
+
+def test_filters_read_the_first_k():
+    rs = [resp(0, False, 0.0), resp(1, True, 1.0), resp(1, True, 0.5), resp(2, False, 9.0)]
+    assert [r.answer_class for r in ArgmaxFilter(k=3).apply([rs], [{}])] == [1]
+    assert [r.answer_class for r in ArgmaxFilter(k=4).apply([rs], [{}])] == [2]
+    assert [r.answer_class for r in ArgmaxFilter(k=4, score="other").apply([rs], [{}])] == [0]
+    assert [r.answer_class for r in MajorityFilter(k=1).apply([rs], [{}])] == [0]
+    assert [r.correct for r in OracleFilter(k=2).apply([rs], [{}])] == [1.0]
+    assert [r.correct for r in MeanFilter().apply([rs], [{}])] == [0.5]
+
+
+def test_filters_are_registered_in_lm_eval():
+    from lm_eval.api.registry import get_filter
+
+    assert get_filter("swift") is ArgmaxFilter
+    assert get_filter("bon_majority") is MajorityFilter

@@ -1,0 +1,130 @@
+"""The best-of-N tasks through lm-eval's own evaluator, with a scripted model whose answers we know."""
+
+from __future__ import annotations
+
+import pytest
+from lm_eval import simple_evaluate
+from lm_eval.api.model import LM
+from lm_eval.loggers import EvaluationTracker
+from lm_eval.tasks import TaskManager
+
+from lm_eval_swift.cli import tasks_dir
+from lm_eval_swift.report import bon_table
+from lm_eval_swift.responses import ScoredText
+from lm_eval_swift.rollouts import read_rollouts
+from lm_eval_swift.tasks import load_source
+
+GOLDS = ["18", "3"]  # the first two GSM8K test answers
+
+
+class ScriptedLM(LM):
+    """Answers each question with a fixed list of N responses, scored by a fake SWIFT head."""
+
+    def __init__(self, answers: list[list[tuple[str, float]]]):
+        super().__init__()
+        self.answers = answers
+
+    def generate_until(self, requests, disable_tqdm=False):
+        seen: dict[int, int] = {}
+        out = []
+        for req in requests:
+            i = seen.get(req.doc_id, 0)
+            seen[req.doc_id] = i + 1
+            text, score = self.answers[req.doc_id][i]
+            out.append(ScoredText(text, token_ids=[1, 2], finish="eos", scores={"swift": score}))
+        return out
+
+    def loglikelihood(self, requests):
+        raise NotImplementedError
+
+    def loglikelihood_rolling(self, requests):
+        raise NotImplementedError
+
+
+def run(model, tmp_path, shared_data, n=4, **kw):
+    tm = TaskManager(include_path=str(tasks_dir()), include_defaults=False, metadata={"n": n, "data_dir": str(shared_data)})
+    tracker = EvaluationTracker(output_path=str(tmp_path))
+    results = simple_evaluate(
+        model=model, tasks=["gsm8k_bon_swift"], task_manager=tm, limit=2, evaluation_tracker=tracker, **kw
+    )
+    tracker.save_results_aggregated(results=results, samples=None)
+    return results["results"]["gsm8k_bon_swift"], tracker
+
+
+SCRIPT = [
+    # q0 (gold 18): first wrong, majority wrong (two votes for 20), swift picks the right one
+    [("The answer is 20.", 0.1), ("#### 18", 2.0), ("\\boxed{20}", 0.5), ("$18.00", -1.0)],
+    # q1 (gold 3): "3.0" and "3" vote together; swift prefers a wrong one
+    [("\\boxed{3.0}", 0.0), ("\\boxed{4}", 1.0), ("The answer is 3", -0.5), ("no idea", 0.2)],
+]
+
+
+def test_rows_and_rollouts(tmp_path, shared_data):
+    res, _ = run(ScriptedLM(SCRIPT), tmp_path, shared_data)
+    acc = {key.split(",")[1]: v for key, v in res.items() if key.startswith("acc,")}
+    assert acc == {
+        "first": 0.5,  # q0 wrong, q1 right
+        "mean@4": pytest.approx((2 / 4 + 2 / 4) / 2),
+        "maj@1": 0.5,
+        "maj@4": 0.5,  # q0: 20 (2 votes, first) vs 18 (2 votes): tie to the earlier class -> wrong; q1: 3 wins
+        "oracle@1": 0.5,
+        "oracle@4": 1.0,
+        "swift@1": 0.5,
+        "swift@4": 0.5,  # q0 right (2.0), q1 wrong (4)
+    }
+    files = list(tmp_path.rglob("rollouts_gsm8k_bon_swift_*.jsonl"))
+    assert len(files) == 1
+    rollouts = list(read_rollouts(files[0]))
+    assert [r.gold for r in rollouts] == GOLDS
+    q1 = rollouts[1]
+    assert q1.prompt.startswith("Solve the following math problem step-by-step.")
+    assert [r.answer_class for r in q1.responses] == [0, 1, 0, -1]
+    assert [r.correct for r in q1.responses] == [1.0, 0.0, 1.0, 0.0]
+    assert q1.responses[1].scores == {"swift": 1.0}
+    # the report recomputes the same numbers from the file alone
+    table = bon_table(rollouts)
+    assert table["maj"][4] == acc["maj@4"] and table["swift"][4] == acc["swift@4"]
+    assert table["mean"] == {4: acc["mean@4"]}
+
+
+def test_n_from_metadata_drops_rows(tmp_path, shared_data):
+    script = [[(a, s) for a, s in q[:1]] for q in SCRIPT]
+    res, _ = run(ScriptedLM(script), tmp_path, shared_data, n=1)
+    filters = {key.split(",")[1] for key in res if key.startswith("acc,")}
+    assert filters == {"first", "mean@1", "maj@1", "oracle@1", "swift@1"}
+
+
+def test_rows_without_scores_are_left_out(tmp_path, shared_data):
+    class Plain(ScriptedLM):
+        """Plain strings, as lm-eval's own models return: no scores, no model to rescore with."""
+
+        def generate_until(self, requests, disable_tqdm=False):
+            return [str(s) for s in super().generate_until(requests)]
+
+    res, _ = run(Plain(SCRIPT), tmp_path, shared_data)
+    filters = {key.split(",")[1] for key in res if key.startswith("acc,")}
+    assert not any(f.startswith("swift") for f in filters)
+    assert {"first", "maj@4", "oracle@4"} <= filters
+
+
+def test_missing_data_names_both_ways_out(monkeypatch, tmp_path):
+    monkeypatch.delenv("LM_EVAL_SWIFT_DATA_DIR", raising=False)
+    with pytest.raises(RuntimeError, match="LM_EVAL_SWIFT_DATA_DIR.*data_dir"):
+        load_source("math500_test")
+    with pytest.raises(FileNotFoundError, match="math500_test.jsonl"):
+        load_source("math500_test", data_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("source,count", [("gsm8k_test", 1319), ("math500_test", 500), ("math_test", 5000)])
+def test_local_sources(shared_data, source, count):
+    ds = load_source(source, data_dir=str(shared_data))["test"]
+    assert len(ds) == count
+    assert all(doc["answer"] for doc in ds)
+    assert set(ds[0]) == {"id", "kind", "problem", "answer"}
+
+
+def test_task_yaml_is_lm_eval_style():
+    base = (tasks_dir() / "_bon_template_yaml").read_text()
+    assert "class: !function lm_eval_swift.tasks.BestOfNTask" in base
+    for name in ("gsm8k_bon_swift", "math_bon_swift", "math_full_bon_swift"):
+        assert (tasks_dir() / f"{name}.yaml").read_text().startswith("include: _bon_template_yaml")

@@ -94,3 +94,15 @@ def response_tokens_from_text(text: str, tokenizer, max_gen_toks: int) -> list[i
     if len(ids) < max_gen_toks and tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
     return ids
+
+
+def prompt_tokens(tokenizer, prompt: str, add_bos_token: bool | None = None) -> list[int]:
+    """The prompt's token ids as lm-eval's HF backend encodes a generation context: no special tokens when the
+    text already starts with the BOS string (a chat template put it there), else the tokenizer's default
+    (or ``add_bos_token`` when the model was given that argument)."""
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and prompt.startswith(bos):
+        return tokenizer.encode(prompt, add_special_tokens=False)
+    if add_bos_token is not None:
+        return tokenizer.encode(prompt, add_special_tokens=add_bos_token)
+    return tokenizer.encode(prompt)

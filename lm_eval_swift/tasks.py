@@ -19,6 +19,7 @@ import datasets
 from lm_eval.api.task import ConfigurableTask
 from tqdm import tqdm
 
+from lm_eval_swift import selectors  # noqa: F401  (registers the bon_* and swift filters the YAML names)
 from lm_eval_swift.grading import extract_answer
 from lm_eval_swift.rollouts import QuestionRollout, build_rollout
 
@@ -34,26 +35,29 @@ DEFAULT_N = 64
 
 @dataclass(frozen=True)
 class Source:
-    """A data set: where it lives on the Hub, its local JSONL file name, and how to read a record."""
+    """A data set: its Hub parts (path, config, split; concatenated), its local JSONL files (in the formats of
+    ``../shared/data``), its kind of answers, and a source whose problems are left out of it."""
 
     kind: str  # "gsm8k" or "math"
-    hub_path: str
-    hub_names: tuple[str | None, ...]
-    hub_split: str
-    local_file: str
+    hub: tuple[tuple[str, str | None, str], ...]
+    local_files: tuple[str, ...]
+    minus: str | None = None
 
 
+_MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
+                  "prealgebra", "precalculus")
 SOURCES: dict[str, Source] = {
-    "gsm8k_test": Source("gsm8k", "openai/gsm8k", ("main",), "test", "gsm8k_test.jsonl"),
-    "gsm8k_train": Source("gsm8k", "openai/gsm8k", ("main",), "train", "gsm8k_train.jsonl"),
-    "math500_test": Source("math", "HuggingFaceH4/MATH-500", (None,), "test", "math500_test.jsonl"),
-    "math_test": Source(
+    "gsm8k_test": Source("gsm8k", (("openai/gsm8k", "main", "test"),), ("gsm8k_test.jsonl",)),
+    "gsm8k_train": Source("gsm8k", (("openai/gsm8k", "main", "train"),), ("gsm8k_train.jsonl",)),
+    "math500_test": Source("math", (("HuggingFaceH4/MATH-500", None, "test"),), ("math500_test.jsonl",)),
+    "math_test": Source("math", tuple(("EleutherAI/hendrycks_math", s, "test") for s in _MATH_SUBJECTS),
+                        ("math_test.jsonl",)),
+    # PRM800K's 12k training split: MATH train plus the MATH test problems outside MATH-500
+    "math_train_12k": Source(
         "math",
-        "EleutherAI/hendrycks_math",
-        ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
-         "prealgebra", "precalculus"),
-        "test",
-        "math_test.jsonl",
+        tuple(("EleutherAI/hendrycks_math", s, split) for split in ("train", "test") for s in _MATH_SUBJECTS),
+        ("math_train.jsonl", "math_test.jsonl"),
+        minus="math500_test",
     ),
 }
 
@@ -73,32 +77,55 @@ def _read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def load_source(source: str, data_dir: str | None = None, data_file: str | None = None, **_) -> datasets.DatasetDict:
-    """lm-eval ``custom_dataset``: the ``test`` split of ``source``, normalised.
-
-    Local JSONL (in the format of ``../shared/data``) is used when ``data_file`` or ``data_dir`` (metadata) or
-    the ``LM_EVAL_SWIFT_DATA_DIR`` environment variable is set; otherwise the public Hub data set.
-    """
+def _records(source: str, data_dir: str | None, data_file: str | None) -> list[dict]:
     src = SOURCES[source]
-    data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
     if data_file or data_dir:
-        path = Path(data_file) if data_file else Path(data_dir) / src.local_file
-        if not path.is_file():
-            raise FileNotFoundError(f"{source}: local data file {path} does not exist")
-        records = _read_jsonl(path)
+        paths = [Path(data_file)] if data_file else [Path(data_dir) / name for name in src.local_files]
+        for path in paths:
+            if not path.is_file():
+                raise FileNotFoundError(f"{source}: local data file {path} does not exist")
+        records = [r for path in paths for r in _read_jsonl(path)]
     else:
         try:
-            parts = [datasets.load_dataset(src.hub_path, name, split=src.hub_split) for name in src.hub_names]
+            records = [r for path, name, split in src.hub for r in datasets.load_dataset(path, name, split=split)]
         except Exception as e:  # offline, gated, renamed: one clear message with both ways out
             raise RuntimeError(
-                f"{source}: could not load the Hub data set {src.hub_path!r} ({type(e).__name__}: {e}).\n"
+                f"{source}: could not load the Hub data set {src.hub[0][0]!r} ({type(e).__name__}: {e}).\n"
                 f"Run offline from local JSONL files instead: set {DATA_DIR_ENV}=/path/to/dir containing "
-                f"{src.local_file}, or pass --metadata '{{\"data_dir\": \"/path/to/dir\"}}' "
-                f"(or '{{\"data_file\": \"/path/to/{src.local_file}\"}}')."
+                f"{', '.join(src.local_files)}, or pass --metadata '{{\"data_dir\": \"/path/to/dir\"}}'."
             ) from e
-        records = [r for part in parts for r in part]
-    docs = [normalise(r, src.kind, i) for i, r in enumerate(records)]
+    if src.minus:
+        excluded = {r["problem"] for r in _records(src.minus, data_dir and str(data_dir), None)}
+        records = [r for r in records if r["problem"] not in excluded]
+    return records
+
+
+def _dataset(docs: list[dict]) -> datasets.DatasetDict:
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
+
+
+def load_source(
+    source: str,
+    data_dir: str | None = None,
+    data_file: str | None = None,
+    max_questions: int | None = None,
+    **_,
+) -> datasets.DatasetDict:
+    """lm-eval ``custom_dataset``: the questions of ``source`` (the first ``max_questions`` if given), normalised.
+
+    Local JSONL is used when ``data_file`` or ``data_dir`` (metadata) or the ``LM_EVAL_SWIFT_DATA_DIR``
+    environment variable is set; otherwise the public Hub data set.
+    """
+    records = _records(source, data_dir or os.environ.get(DATA_DIR_ENV), data_file)
+    docs = [normalise(r, SOURCES[source].kind, i) for i, r in enumerate(records)]
+    return _dataset(docs[: int(max_questions)] if max_questions else docs)
+
+
+def load_synthetic(split: str, questions: int, seed: int = 0, **_) -> datasets.DatasetDict:
+    """lm-eval ``custom_dataset`` of the demo: ``questions`` synthetic GSM8K-format problems of ``split``."""
+    from lm_eval_swift.demo.synthetic import make_problems
+
+    return _dataset([normalise(r, "gsm8k", i) for i, r in enumerate(make_problems(split, int(questions), int(seed)))])
 
 
 def doc_to_text(doc: dict) -> str:
@@ -189,15 +216,11 @@ class BestOfNTask(ConfigurableTask):
         self._row_scores = {row["name"]: _row_score(row) for row in rows}
         super().__init__(config=config, **kwargs)
 
-    @property
-    def kind(self) -> str:
-        return SOURCES[self.config.dataset_kwargs["source"]].kind
-
     def apply_filters(self):
         rollouts = []
         for inst in tqdm(self._instances, desc=f"Grading {self.config.task}", unit="q"):
             rollout = build_rollout(
-                self.config.task, inst.doc_id, self.kind, inst.arguments[0], inst.doc["answer"], inst.resps
+                self.config.task, inst.doc_id, inst.doc["kind"], inst.arguments[0], inst.doc["answer"], inst.resps
             )
             rollouts.append(rollout)
         self._add_missing_swift_scores(rollouts)

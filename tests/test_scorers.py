@@ -1,0 +1,462 @@
+"""Reward-model scorers vs. independent re-implementations of each author's scoring code.
+
+Every checkpoint is a tiny random model saved in the real layout (parameter names, head names,
+file format: sharded safetensors / sharded .bin / the Starling single state-dict file) with a
+Llama-like tokenizer (adds BOS) and, where needed, a Llama-3-like chat template.  Weights use a
+large init so rewards and "+"/"-" probabilities vary a lot between inputs: reading the wrong
+position could not go unnoticed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from tokenizers.processors import TemplateProcessing
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    LlamaModel,
+    MistralConfig,
+    MistralForSequenceClassification,
+    MistralModel,
+)
+
+from lm_eval_swift.scorers import (
+    SCORERS,
+    Scorer,
+    UnknownScorerError,
+    WeightLoadError,
+    aggregate,
+    get_scorer,
+    register_scorer,
+)
+from lm_eval_swift.toy_models import char_tokenizer
+
+QUESTIONS = ["What is 2+3?", "Compute 7*6 - 4, then halve it.", "Is 9 prime?"]
+RESPONSES = [
+    "Step 1: 2+3 = 5.\n\nStep 2: The answer is 5.",
+    "7*6 = 42\n\n42 - 4 = 38\n\n38 / 2 = 19\n\nSo the result is 19, done.",
+    "No: 9 = 3*3.",
+]
+TOL = 1e-3
+TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=4096, initializer_range=0.5)
+LLAMA3_TEMPLATE = (
+    "{% for m in messages %}{% set content = '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n'"
+    " + m['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}"
+    "{% endif %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+
+# ----------------------------------------------------------------------------- builders
+def _tokenizer(*, llama3: bool = False, extra: tuple[str, ...] = ()):
+    """Char tokenizer that, like Llama/Mistral tokenizers, prepends BOS by default."""
+    tok = char_tokenizer()
+    if llama3:
+        tok.add_special_tokens(
+            {"additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]}
+        )
+        tok.chat_template = LLAMA3_TEMPLATE
+    if extra:
+        tok.add_tokens(list(extra))
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", tok.bos_token_id)]
+    )
+    assert tok("a")["input_ids"][0] == tok.bos_token_id
+    return tok
+
+
+def _cfg(cls, tok, **kw):
+    return cls(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+               pad_token_id=tok.pad_token_id, tie_word_embeddings=False, **TINY, **kw)
+
+
+def _head(hidden: int, seed: int) -> nn.Linear:
+    torch.manual_seed(seed)
+    head = nn.Linear(hidden, 1, bias=False)
+    nn.init.normal_(head.weight, std=1.0)
+    return head
+
+
+def _save_sharded(state: dict, d: Path, fmt: str) -> None:
+    """Two shards + index, as ``save_pretrained`` writes for big checkpoints."""
+    keys = sorted(state)
+    halves = [keys[: len(keys) // 2], keys[len(keys) // 2 :]]
+    ext, index = ("safetensors", "model.safetensors.index.json") if fmt == "safetensors" else (
+        "bin", "pytorch_model.bin.index.json")
+    prefix = "model" if fmt == "safetensors" else "pytorch_model"
+    weight_map = {}
+    for i, part in enumerate(halves, 1):
+        name = f"{prefix}-0000{i}-of-00002.{ext}"
+        tensors = {k: state[k].contiguous() for k in part}
+        if fmt == "safetensors":
+            save_file(tensors, str(d / name), metadata={"format": "pt"})
+        else:
+            torch.save(tensors, d / name)
+        weight_map.update(dict.fromkeys(part, name))
+    (d / index).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+class Ckpt:
+    def __init__(self, path: Path, tok, **refs):
+        self.path, self.tok = path, tok
+        self.__dict__.update(refs)
+
+
+def _value_head_ckpt(d: Path, backbone_cls, cfg_cls, arch: str, fmt: str, seed: int) -> Ckpt:
+    tok = _tokenizer()
+    cfg = _cfg(cfg_cls, tok)
+    torch.manual_seed(seed)
+    backbone = backbone_cls(cfg).eval()
+    head = _head(cfg.hidden_size, seed + 1)
+    state = {f"model.{k}": v for k, v in backbone.state_dict().items()}
+    state["regression_head.weight"] = head.weight.detach().clone()
+    _save_sharded(state, d, fmt)
+    config = cfg.to_dict() | {"architectures": [arch], "auto_map": {"AutoModel": f"modeling.{arch}"}}
+    (d / "config.json").write_text(json.dumps(config))
+    tok.save_pretrained(d)
+    return Ckpt(d, tok, backbone=backbone, head=head)
+
+
+class GPTRewardModel(nn.Module):
+    """The Starling-RM model card's class (backbone registered twice, LM head kept)."""
+
+    def __init__(self, lm: LlamaForCausalLM, pad_id: int):
+        super().__init__()
+        self.model = lm
+        self.transformer = lm.model
+        self.v_head = _head(lm.config.hidden_size, 7)
+        self.PAD_ID = pad_id
+
+    def forward(self, input_ids, attention_mask):
+        hidden = self.transformer(input_ids, attention_mask=attention_mask)[0]
+        rewards = self.v_head(hidden).squeeze(-1)
+        scores = []
+        for i in range(input_ids.shape[0]):
+            c_inds = (input_ids[i] == self.PAD_ID).nonzero()
+            c_ind = c_inds[0].item() if len(c_inds) > 0 else input_ids.shape[1]
+            scores.append(rewards[i, c_ind - 1])
+        return scores
+
+
+def _causal_lm_ckpt(d: Path, tok, cfg_cls, seed: int) -> Ckpt:
+    torch.manual_seed(seed)
+    lm = AutoModelForCausalLM.from_config(_cfg(cfg_cls, tok)).eval()
+    lm.save_pretrained(d)
+    tok.save_pretrained(d)
+    return Ckpt(d, tok, lm=lm)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scorers")
+    out = {}
+    for name in ("eurus", "ultrarm", "starling", "starling-base", "skywork", "seq-cls", "rlhflow", "shepherd"):
+        (root / name).mkdir()
+    out["eurus"] = _value_head_ckpt(root / "eurus", MistralModel, MistralConfig, "EurusRewardModel", "safetensors", 1)
+    out["ultrarm"] = _value_head_ckpt(root / "ultrarm", LlamaModel, LlamaConfig, "LlamaRewardModel", "bin", 2)
+
+    # Starling: a "Llama-2-7b-chat" dir (config + tokenizer) and the RM dir with one state-dict file.
+    tok = _tokenizer()
+    torch.manual_seed(3)
+    lm = LlamaForCausalLM(_cfg(LlamaConfig, tok)).eval()
+    lm.config.save_pretrained(root / "starling-base")
+    tok.save_pretrained(root / "starling-base")
+    rm = GPTRewardModel(lm, pad_id=tok.unk_token_id).eval()
+    torch.save(rm.state_dict(), root / "starling" / "pytorch_model.bin")
+    out["starling"] = Ckpt(root / "starling", tok, rm=rm, base=root / "starling-base")
+
+    # Skywork: LlamaForSequenceClassification, 1 label, Llama-3-like template, own pad token.
+    tok = _tokenizer(llama3=True)
+    torch.manual_seed(4)
+    sk = LlamaForSequenceClassification(_cfg(LlamaConfig, tok, num_labels=1)).eval()
+    sk.save_pretrained(root / "skywork")
+    tok.save_pretrained(root / "skywork")
+    out["skywork"] = Ckpt(root / "skywork", tok, rm=sk)
+
+    # generic seq-cls whose pad id is the EOS ending every turn: transformers pools before it.
+    tok = _tokenizer()
+    torch.manual_seed(5)
+    cfg = _cfg(MistralConfig, tok, num_labels=1)
+    cfg.pad_token_id = tok.eos_token_id
+    sc = MistralForSequenceClassification(cfg).eval()
+    sc.save_pretrained(root / "seq-cls")
+    tok.save_pretrained(root / "seq-cls")
+    out["seq-cls"] = Ckpt(root / "seq-cls", tok, rm=sc)
+
+    out["rlhflow"] = _causal_lm_ckpt(root / "rlhflow", _tokenizer(llama3=True), LlamaConfig, 6)
+    out["shepherd"] = _causal_lm_ckpt(root / "shepherd", _tokenizer(extra=("ки",)), MistralConfig, 8)
+    return out
+
+
+# ----------------------------------------------------------------------------- references
+# Each follows the authors' published snippet, one unpadded sequence at a time.
+@torch.no_grad()
+def ref_value_head(c: Ckpt, texts: list[str]) -> list[float]:  # Eurus / UltraRM model cards
+    out = []
+    for text in texts:
+        inputs = c.tok(text, return_tensors="pt")
+        hidden = c.backbone(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])[0]
+        rewards = c.head(hidden).squeeze(-1)
+        ends = inputs["attention_mask"].cumsum(dim=1).argmax(dim=1).view(-1, 1)
+        out.append(torch.gather(rewards, 1, ends).item())
+    return out
+
+
+@torch.no_grad()
+def ref_starling(c: Ckpt) -> list[float]:  # Starling-RM-7B-alpha model card get_reward()
+    tok = c.tok
+    tok.pad_token = tok.unk_token
+    tok.truncation_side = "left"
+    samples = [f"<s>[INST] {q} </s> [/INST] {r}</s>" for q, r in zip(QUESTIONS, RESPONSES)]
+    enc = tok(samples, truncation=True, max_length=2048, padding="max_length", return_tensors="pt")
+    return [s.item() for s in c.rm(enc["input_ids"], enc["attention_mask"])]
+
+
+def _chat_ids(tok, conv):
+    enc = tok.apply_chat_template(conv, tokenize=True, return_tensors="pt")
+    return enc["input_ids"] if hasattr(enc, "keys") else enc
+
+
+@torch.no_grad()
+def ref_seq_cls(c: Ckpt) -> list[float]:  # Skywork model card
+    out = []
+    for q, r in zip(QUESTIONS, RESPONSES):
+        ids = _chat_ids(c.tok, [{"role": "user", "content": q}, {"role": "assistant", "content": r}])
+        out.append(c.rm(ids).logits[0][0].item())
+    return out
+
+
+@torch.no_grad()
+def ref_rlhflow_steps(c: Ckpt, orm: bool = False) -> list[list[float]]:  # math-rm/prm_evaluate.py
+    cand = [c.tok.encode("+")[-1], c.tok.encode("-")[-1]]
+    out = []
+    for prompt, ans in zip(QUESTIONS, RESPONSES):
+        ans_list = [ans] if orm else [j.strip() for j in ans.split("\n\n")]
+        conversation, scores = [], []
+        for k in range(len(ans_list)):
+            text = prompt + " " + ans_list[0] if k == 0 else ans_list[k]
+            conversation.append({"content": text, "role": "user"})
+            conversation.append({"content": "+", "role": "assistant"})
+            logits = c.lm(_chat_ids(c.tok, conversation)).logits[:, -3, cand]
+            scores.append(logits.softmax(dim=-1)[:, 0][0].item())
+        out.append(scores)
+    return out
+
+
+@torch.no_grad()
+def ref_shepherd_steps(c: Ckpt) -> list[list[float]]:  # math-shepherd model card
+    tok = c.tok
+    # card: tokenizer.encode("+ -")[1:] -> [648, 387] for Mistral; here "+" and "-" are single chars
+    candidate_tokens = [tok.convert_tokens_to_ids("+"), tok.convert_tokens_to_ids("-")]
+    step_tag_id = tok.encode("ки")[-1]
+    out = []
+    for q, r in zip(QUESTIONS, RESPONSES):
+        output = "\n".join(s.strip() + " ки" for s in r.split("\n\n"))
+        input_id = torch.tensor([tok.encode(f"{q} {output}")])
+        logits = c.lm(input_id).logits[:, :, candidate_tokens]
+        scores = logits.softmax(dim=-1)[:, :, 0]
+        out.append(scores[input_id == step_tag_id].tolist())
+    return out
+
+
+def _reference(name: str, c: Ckpt) -> list[float]:
+    if name == "eurus":
+        return ref_value_head(c, [f"[INST] {q} [/INST] {r}" for q, r in zip(QUESTIONS, RESPONSES)])
+    if name == "ultrarm":
+        return ref_value_head(c, [f"Human: {q}\nAssistant: {r}" for q, r in zip(QUESTIONS, RESPONSES)])
+    if name == "starling":
+        return ref_starling(c)
+    if name in ("skywork", "skywork-v0.2", "seq-cls"):
+        return ref_seq_cls(c)
+    if name == "rlhflow-prm":
+        return [sum(s) / len(s) for s in ref_rlhflow_steps(c)]
+    if name == "rlhflow-orm":
+        return [s[0] for s in ref_rlhflow_steps(c, orm=True)]
+    if name == "math-shepherd":
+        return [min(s) for s in ref_shepherd_steps(c)]
+    raise AssertionError(name)
+
+
+CKPT_OF = {"eurus": "eurus", "ultrarm": "ultrarm", "starling": "starling", "skywork": "skywork",
+           "skywork-v0.2": "skywork", "seq-cls": "seq-cls", "rlhflow-prm": "rlhflow",
+           "rlhflow-orm": "rlhflow", "math-shepherd": "shepherd"}
+
+
+def _load(name: str, c: Ckpt, **kw) -> Scorer:
+    if name == "starling":
+        kw.setdefault("base_model", str(c.base))
+    return get_scorer(name).load(str(c.path), device="cpu", **kw)
+
+
+# ----------------------------------------------------------------------------- tests
+def test_registry():
+    assert set(SCORERS) == {"eurus", "skywork", "skywork-v0.2", "starling", "ultrarm", "rlhflow-prm",
+                            "rlhflow-orm", "math-shepherd", "seq-cls", "token-prm"}
+    assert get_scorer("eurus").default_model == "openbmb/Eurus-RM-7b"
+    assert get_scorer("skywork-v0.2").default_model == "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2"
+    assert get_scorer("math-shepherd").default_model == "peiyi9979/math-shepherd-mistral-7b-prm"
+    with pytest.raises(UnknownScorerError, match="known scorers: .*eurus.*ultrarm"):
+        get_scorer("nope")
+    with pytest.raises(KeyError):
+        get_scorer("nope")
+    with pytest.raises(ValueError, match="already registered"):
+        register_scorer("eurus")(type("Other", (Scorer,), {}))
+    with pytest.raises(TypeError):
+        Scorer.load("x")
+    with pytest.raises(ValueError, match="no default checkpoint"):
+        get_scorer("seq-cls").load()
+    with pytest.raises(TypeError):
+        get_scorer("eurus").load("x", no_such_option=1)
+    with pytest.raises(ValueError, match="step_tag"):
+        get_scorer("token-prm").load("x")
+    assert aggregate([0.5, 0.25], "prod") == 0.125 and aggregate([0.5, 0.25], "last") == 0.25
+
+
+@pytest.mark.parametrize("name", list(CKPT_OF))
+def test_matches_author_reference(name, ckpts):
+    c = ckpts[CKPT_OF[name]]
+    ref = _reference(name, c)
+    assert max(ref) - min(ref) > 0.05, "degenerate fixture: scores do not depend on the input"
+    scorer = _load(name, c, batch_size=1)
+    try:
+        assert scorer.num_parameters == sum(p.numel() for p in scorer.model.parameters()) > 0
+        for batch_size, side in [(1, "right"), (3, "right"), (3, "left"), (2, "left")]:
+            scorer.batch_size, scorer.padding_side = batch_size, side
+            got = scorer.score(QUESTIONS, RESPONSES)
+            assert all(isinstance(x, float) for x in got)
+            assert got == pytest.approx(ref, abs=TOL), (batch_size, side)
+    finally:
+        scorer.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        scorer.score(QUESTIONS, RESPONSES)
+    scorer.close()  # idempotent
+
+
+def test_step_scores_and_aggregations(ckpts):
+    c = ckpts["rlhflow"]
+    ref = ref_rlhflow_steps(c)
+    prm = _load("rlhflow-prm", c, batch_size=3, padding_side="left", aggregation="min")
+    steps = prm.score_steps(QUESTIONS, RESPONSES)
+    assert [len(s) for s in steps] == [2, 4, 1]
+    for got, want in zip(steps, ref):
+        assert got == pytest.approx(want, abs=TOL)
+    assert prm.score(QUESTIONS, RESPONSES) == pytest.approx([min(s) for s in ref], abs=TOL)
+    for how in ("last", "prod", "mean"):
+        prm.aggregation = how
+        assert prm.score(QUESTIONS, RESPONSES) == pytest.approx([aggregate(s, how) for s in ref], abs=TOL)
+    prm.close()
+
+    c = ckpts["shepherd"]
+    sh = _load("math-shepherd", c, batch_size=2, aggregation="mean")
+    assert sh.candidate_ids == (c.tok.convert_tokens_to_ids("+"), c.tok.convert_tokens_to_ids("-"))
+    assert sh.format("Q", "a\n\n b \n\n\n\nc") == "Q a ки\nb ки\nc ки"
+    ref = ref_shepherd_steps(c)
+    assert [len(s) for s in ref] == [2, 4, 1]
+    assert sh.score_steps(QUESTIONS, RESPONSES) == [pytest.approx(s, abs=TOL) for s in ref]
+    assert sh.score(QUESTIONS, RESPONSES) == pytest.approx([sum(s) / len(s) for s in ref], abs=TOL)
+    sh.close()
+    # the generic tag PRM is the same computation once given the tag
+    tp = get_scorer("token-prm").load(str(c.path), device="cpu", step_tag="ки")
+    assert tp.score(QUESTIONS, RESPONSES) == pytest.approx([min(s) for s in ref], abs=TOL)
+    tp.close()
+
+
+def test_formats_and_bos(ckpts):
+    c = ckpts["skywork"]
+    sk = _load("skywork", c)
+    ids = sk._encode("q", "r").input_ids
+    bos = c.tok.bos_token_id
+    assert ids[0] == bos and ids.count(bos) == 1  # template BOS only, not tokenizer's too
+    assert ids == _chat_ids(c.tok, sk.messages("q", "r"))[0].tolist()
+    sk.close()
+
+    c = ckpts["starling"]
+    st = _load("starling", c)
+    assert st.max_length == 2048 and st.truncation_side == "left"
+    assert st._encode("q", "r").input_ids[:2] == [c.tok.bos_token_id] * 2  # card: tokenizer BOS + literal <s>
+    st.close()
+    st = _load("starling", c, add_special_tokens=False, max_length=8)
+    enc = st._encode("q", "a long response")
+    assert enc.input_ids[0] != c.tok.bos_token_id and len(enc.input_ids) == 8
+    assert enc.input_ids[-1] == c.tok.eos_token_id and enc.positions == [7]
+    st.close()
+
+    c = ckpts["eurus"]
+    eu = _load("eurus", c)
+    assert eu.format("q", "a") == "[INST] q [/INST] a"
+    eu.close()
+    eu = _load("eurus", c, inst_close="[\\INST]")
+    assert eu.format("q", "a") == "[INST] q [\\INST] a"
+    assert eu.score(QUESTIONS, RESPONSES) == pytest.approx(
+        ref_value_head(c, [f"[INST] {q} [\\INST] {r}" for q, r in zip(QUESTIONS, RESPONSES)]), abs=TOL)
+    with pytest.raises(ValueError, match="2 questions but 3"):
+        eu.score(QUESTIONS[:2], RESPONSES)
+    eu.close()
+
+
+def _corrupt_copy(src: Path, dst: Path, edit) -> Path:
+    shutil.copytree(src, dst)
+    for f in list(dst.iterdir()):
+        if f.suffix == ".safetensors":
+            state = load_file(str(f))
+            edit(state)
+            save_file(state, str(f), metadata={"format": "pt"})
+        elif f.suffix == ".bin":
+            state = torch.load(f, weights_only=True)
+            edit(state)
+            torch.save(state, f)
+    return dst
+
+
+def _rename(old: str, new: str):
+    def edit(state):
+        if old in state:
+            state[new] = state.pop(old)
+    return edit
+
+
+def _drop(key: str):
+    return lambda state: state.pop(key, None)
+
+
+@pytest.mark.parametrize(
+    "name, edit, match",
+    [
+        ("eurus", _rename("regression_head.weight", "score.weight"), "regression_head.weight"),
+        ("ultrarm", _drop("model.layers.1.mlp.up_proj.weight"), "up_proj"),
+        ("starling", _rename("v_head.weight", "value_head.weight"), "v_head.weight"),
+        ("starling", _drop("transformer.norm.weight"), None),  # model.model.* copy is ignored
+        ("skywork", _drop("score.weight"), "score.weight"),
+        ("rlhflow-prm", _rename("lm_head.weight", "head.weight"), "lm_head.weight"),
+        ("math-shepherd", _drop("model.layers.0.input_layernorm.weight"), "input_layernorm"),
+    ],
+)
+def test_missing_or_misnamed_weight_raises(name, edit, match, ckpts, tmp_path):
+    c = ckpts[CKPT_OF[name]]
+    bad = _corrupt_copy(c.path, tmp_path / "bad", edit)
+    kw = {"base_model": str(c.base)} if name == "starling" else {}
+    with pytest.raises(WeightLoadError, match=match):
+        get_scorer(name).load(str(bad), device="cpu", **kw)
+
+
+def test_starling_accepts_backbone_under_model_model_only(ckpts, tmp_path):
+    c = ckpts["starling"]
+
+    def only_model_model(state):
+        for k in [k for k in state if k.startswith("transformer.")]:
+            del state[k]
+
+    alt = _corrupt_copy(c.path, tmp_path / "alt", only_model_model)
+    st = get_scorer("starling").load(str(alt), device="cpu", base_model=str(c.base))
+    assert st.score(QUESTIONS, RESPONSES) == pytest.approx(ref_starling(c), abs=TOL)
+    st.close()

@@ -54,6 +54,44 @@ def cmd_report(args: argparse.Namespace) -> None:
         print()
 
 
+def load_causal_lm(name_or_path: str, device: str | None, dtype: str, parallelize: bool):
+    """A HF causal LM and its tokenizer, placed like lm-eval's ``hf`` model (``parallelize``: accelerate's
+    ``device_map="auto"`` across the visible GPUs)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    kwargs = {"device_map": "auto"} if parallelize else {}
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **kwargs)
+    if not parallelize:
+        model.to(device)
+    return model.eval(), AutoTokenizer.from_pretrained(name_or_path)
+
+
+def cmd_rescore(args: argparse.Namespace) -> None:
+    from lm_eval_swift.heads import resolve_heads
+    from lm_eval_swift.rollouts import read_rollouts, write_rollouts
+    from lm_eval_swift.scoring import add_head_scores, add_scorer_scores, parse_scorer_specs
+
+    if not args.head and not args.scorer:
+        raise SystemExit("rescore: give at least one --head or --scorer")
+    files = {path: list(read_rollouts(path)) for path in args.rollouts}
+    rollouts = [r for rs in files.values() for r in rs]
+    if args.head:
+        from lm_eval_swift.heads import SwiftHead, find_head
+
+        first_ref = args.head.split(",")[0].split("=")[-1]
+        model_id = args.model or SwiftHead.from_pretrained(find_head(first_ref)).base.name_or_path
+        model, tokenizer = load_causal_lm(model_id, args.device, args.dtype, args.parallelize)
+        heads = resolve_heads(args.head, model_id, model.config)
+        add_head_scores(rollouts, model, tokenizer, heads, max_gen_toks=args.max_gen_toks, batch_size=args.batch_size)
+        del model
+    add_scorer_scores(rollouts, parse_scorer_specs(",".join(args.scorer)))
+    for path, rs in files.items():
+        write_rollouts(rs, path)
+        print(f"Rescored {len(rs)} questions in {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lm-eval-swift", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("rollouts", nargs="+", help="rollouts_*.jsonl files written next to lm_eval's results")
     report.add_argument("--k", type=int, nargs="+", default=[1, 4, 16, 64], help="values of k (default 1 4 16 64)")
     report.set_defaults(func=cmd_report)
+
+    rescore = sub.add_parser("rescore", help="add SWIFT-head and reward-model scores to rollouts files, in place")
+    rescore.add_argument("rollouts", nargs="+")
+    rescore.add_argument("--head", help="head spec: [alias=]path_or_name[,...] (alias defaults to the head's name)")
+    rescore.add_argument("--model", help="base model for the heads (default: the first head's base model)")
+    rescore.add_argument("--scorer", action="append", default=[], help="reward-model scorer name (repeatable)")
+    rescore.add_argument("--device", default=None)
+    rescore.add_argument("--dtype", default="auto")
+    rescore.add_argument("--parallelize", action="store_true", help="shard the model across GPUs (accelerate)")
+    rescore.add_argument("--batch-size", type=int, default=8)
+    rescore.add_argument("--max-gen-toks", type=int, default=1024,
+                         help="the generation limit of the run, for responses stored without token ids")
+    rescore.set_defaults(func=cmd_rescore)
     return parser
 
 

@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from lm_eval_swift.rollouts import QuestionRollout
-from lm_eval_swift.selectors import SELECTORS
+from lm_eval_swift.selectors import SELECTORS, Row, score_rows
 
 DEFAULT_KS = (1, 4, 16, 64)
 
 
-def selector_rows(score_names: Sequence[str]) -> dict[str, tuple[str, dict]]:
-    """Row name -> (selector name, selector kwargs): the classic rows, then argmax and vote per score."""
-    rows: dict[str, tuple[str, dict]] = {
+def selector_rows(score_names: Sequence[str], reward_models: Collection[str] = ()) -> dict[str, Row]:
+    """Row name -> (selector name, selector kwargs): the classic rows, then the rows of each score (SWIFT heads
+    first, then reward models, which also combine with ``swift`` when it is present)."""
+    rows: dict[str, Row] = {
         "first": ("first", {}),
         "mean": ("mean", {}),
         "maj": ("maj", {}),
         "oracle": ("oracle", {}),
     }
-    for name in score_names:
-        rows[name] = ("argmax", {"score": name})
-        rows[f"{name}_vote"] = ("vote", {"score": name})
+    for name in sorted(score_names, key=lambda s: (s in reward_models, s != "swift", s)):
+        rm = name in reward_models
+        rows.update({row: spec for row, spec in score_rows(name, rm).items()
+                     if not (rm and spec[0] == "combined" and "swift" not in score_names)})
     return rows
 
 
@@ -31,8 +33,9 @@ def bon_table(rollouts: Sequence[QuestionRollout], ks: Sequence[int] = DEFAULT_K
     n = min(len(r.responses) for r in rollouts)
     ks = [k for k in ks if k <= n]
     scores = sorted({s for r in rollouts for resp in r.responses for s in resp.scores})
+    reward_models = {s for r in rollouts for s in r.costs}
     table: dict[str, dict[int, float]] = {}
-    for row, (selector, kwargs) in selector_rows(scores).items():
+    for row, (selector, kwargs) in selector_rows(scores, reward_models).items():
         row_ks = {"first": [1], "mean": [n]}.get(row, ks)
         fn = SELECTORS[selector]
         table[row] = {

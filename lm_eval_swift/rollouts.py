@@ -38,15 +38,18 @@ class Response:
 
 @dataclass
 class QuestionRollout:
-    """A question's prompt (as the model saw it), gold answer and its N responses in sampling order."""
+    """A question (its text, and the prompt as the model saw it), its gold answer and its N responses in
+    sampling order. ``costs`` records, per scorer, what scoring cost: ``seconds_per_sample`` and ``parameters``."""
 
     task: str
     doc_id: int
     kind: str
+    question: str
     prompt: str
     gold: str
     responses: list[Response]
     prompt_token_ids: list[int] = field(default_factory=list)
+    costs: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -79,7 +82,7 @@ def answer_classes(answers: Sequence[str | None], kind: str) -> list[int]:
 
 
 def build_rollout(
-    task: str, doc_id: int, kind: str, prompt: str, gold: str, samples: Sequence[str], tokenizer=None
+    task: str, doc_id: int, kind: str, question: str, prompt: str, gold: str, samples: Sequence[str], tokenizer=None
 ) -> QuestionRollout:
     """Grade ``samples`` (plain strings or :class:`ScoredText`) against ``gold`` and group their answers."""
     answers = [extract_answer(s, kind) for s in samples]
@@ -105,7 +108,7 @@ def build_rollout(
             )
         )
     prompt_ids = list(getattr(samples[0], "prompt_token_ids", ())) if samples else []
-    return QuestionRollout(task, doc_id, kind, prompt, gold, responses, prompt_ids)
+    return QuestionRollout(task, doc_id, kind, question, prompt, gold, responses, prompt_ids)
 
 
 def write_rollouts(rollouts: Iterable[QuestionRollout], path: str | os.PathLike) -> Path:

@@ -86,6 +86,29 @@ def minmax(values: Sequence[float]) -> list[float]:
     return [0.0 if v == -math.inf else (1.0 if hi == lo else (v - lo) / (hi - lo)) for v in values]
 
 
+def _ranks(values: Sequence[float]) -> list[int]:
+    """Rank 0 = best (highest); equal values share the best rank among them."""
+    return [sum(1 for w in values if w > v) for v in values]
+
+
+def combined(rs: Sequence[Response], scores: Sequence[str] = ("swift",), method: str = "scaling") -> Response:
+    """Argmax of a combination of several scores over the same candidates (SWIFT + a reward model, say).
+
+    ``scaling``: min-max normalise each score over the candidates and average. ``ranking``: each candidate's
+    worst rank across the scores, lowest wins. Ties go to the lowest index either way.
+    """
+    columns = [[_score(r, name) for r in rs] for name in scores]
+    if method == "scaling":
+        normed = [minmax(col) for col in columns]
+        key = [sum(col[i] for col in normed) / len(normed) for i in range(len(rs))]
+    elif method == "ranking":
+        ranks = [_ranks(col) for col in columns]
+        key = [-max(col[i] for col in ranks) for i in range(len(rs))]
+    else:
+        raise ValueError(f"unknown combination {method!r}: use 'scaling' or 'ranking'")
+    return rs[max(range(len(rs)), key=lambda i: (key[i], -i))]
+
+
 SELECTORS: dict[str, Selector] = {
     "first": first,
     "mean": mean,
@@ -93,7 +116,24 @@ SELECTORS: dict[str, Selector] = {
     "oracle": oracle,
     "argmax": argmax,
     "vote": weighted_vote,
+    "combined": combined,
 }
+
+
+Row = tuple[str, dict]  # (selector name, selector kwargs)
+
+
+def score_rows(name: str, reward_model: bool) -> dict[str, Row]:
+    """The rows a score adds: argmax ``<name>``, weighted vote ``<name>_vote`` (sigmoid weights for a SWIFT
+    reward, min-max for a reward model), and for a reward model its combinations with SWIFT."""
+    rows: dict[str, Row] = {
+        name: ("argmax", {"score": name}),
+        f"{name}_vote": ("vote", {"score": name, "weight": "minmax" if reward_model else "sigmoid"}),
+    }
+    if reward_model:
+        for method in ("scaling", "ranking"):
+            rows[f"swift+{name}_{method}"] = ("combined", {"scores": ["swift", name], "method": method})
+    return rows
 
 
 class BestOfNFilter(Filter):
@@ -140,3 +180,21 @@ class ArgmaxFilter(BestOfNFilter):
 @register_filter("weighted_vote")
 class WeightedVoteFilter(BestOfNFilter):
     selector = staticmethod(weighted_vote)
+
+
+@register_filter("combined_score")
+class CombinedFilter(BestOfNFilter):
+    """Argmax of several scores combined (``scores: [swift, skywork]``, ``method: scaling | ranking``)."""
+
+    selector = staticmethod(combined)
+
+
+FILTER_NAMES = {
+    "first": "bon_first",
+    "mean": "bon_mean",
+    "maj": "bon_majority",
+    "oracle": "bon_oracle",
+    "argmax": "argmax_score",
+    "vote": "weighted_vote",
+    "combined": "combined_score",
+}  # selector -> the lm-eval filter that applies it

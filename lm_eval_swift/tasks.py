@@ -11,7 +11,6 @@ import gc
 import json
 import logging
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +18,10 @@ import datasets
 from lm_eval.api.task import ConfigurableTask
 from tqdm import tqdm
 
-from lm_eval_swift import selectors  # noqa: F401  (registers the bon_* and swift filters the YAML names)
+from lm_eval_swift.selectors import FILTER_NAMES, score_rows  # (importing registers the filters the YAML names)
 from lm_eval_swift.grading import extract_answer
 from lm_eval_swift.rollouts import QuestionRollout, build_rollout
+from lm_eval_swift.scoring import add_live_model_head_scores, add_scorer_scores, parse_scorer_specs
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,8 @@ _install_rollouts_writer()
 
 # -- the task --------------------------------------------------------------------------------------------------
 
-_K_IN_NAME = re.compile(r"@(\d+|N)$")
+BON_KS = (1, 4, 16, 64)
+SCORE_FILTERS = {"swift": "score", "argmax_score": "score", "weighted_vote": "score", "combined_score": "scores"}
 
 
 def _row_k(row: dict) -> int | None:
@@ -181,21 +182,35 @@ def _row_k(row: dict) -> int | None:
     return ks[0] if ks else None
 
 
-def _row_score(row: dict) -> str | None:
-    """The score a row reads (``swift`` filters read ``swift`` unless told otherwise), or None."""
+def _row_scores(row: dict) -> set[str]:
+    """The scores a row reads (``swift`` filters read ``swift`` unless told otherwise)."""
+    needed: set[str] = set()
     for f in row["filter"]:
-        if f["function"] in ("swift", "argmax_score", "weighted_vote"):
-            return f.get("score", "swift")
-    return None
+        key = SCORE_FILTERS.get(f["function"])
+        if key == "score":
+            needed.add(f.get("score", "swift"))
+        elif key == "scores":
+            needed.update(f.get("scores", ["swift"]))
+    return needed
+
+
+def scorer_rows(name: str, ks: list[int]) -> list[dict]:
+    """lm-eval filter configs of a reward-model scorer's rows (see :func:`selectors.score_rows`), per k."""
+    return [
+        {"name": f"{row}@{k}", "filter": [{"function": FILTER_NAMES[selector], **kwargs, "k": k}]}
+        for k in ks
+        for row, (selector, kwargs) in score_rows(name, reward_model=True).items()
+    ]
 
 
 class BestOfNTask(ConfigurableTask):
     """A best-of-N task: N samples per question (``--metadata '{"n": N}'``, default 64) and one results row
-    per selector and k (rows with k > N are dropped; ``mean@N`` is named after N).
+    per selector and k (rows with k > N are dropped; ``mean@N`` is named after N). Reward-model rows are added
+    for the scorers named in ``--metadata '{"scorers": "skywork,eurus"}'``.
 
     Before lm-eval's filters run, every response is graded once, answers are grouped into equivalence
-    classes, missing SWIFT scores are added by rescoring when possible, and the question's rollout is kept
-    for the rollouts file.
+    classes, missing SWIFT scores are added by rescoring when possible, the scorers run, and the question's
+    rollout is kept for the rollouts file. Rows whose scores no response carries are left out, with a warning.
     """
 
     def __init__(self, config: dict | None = None, **kwargs) -> None:
@@ -205,29 +220,37 @@ class BestOfNTask(ConfigurableTask):
         n = int(meta.get("n", DEFAULT_N))
         if n < 1:
             raise ValueError(f"{config.get('task')}: metadata n must be >= 1, got {n}")
+        self.scorer_specs = parse_scorer_specs(meta.get("scorers"))
         config["repeats"] = n
-        rows = []
-        for row in config.get("filter_list") or []:
-            k = _row_k(row)
-            if k is not None and k > n:
-                continue
-            rows.append({**row, "name": _K_IN_NAME.sub(f"@{n}", row["name"]) if row["name"].endswith("@N") else row["name"]})
+        rows = [row for row in config.get("filter_list") or [] if (_row_k(row) or 0) <= n]
+        for row in rows:
+            if row["name"].endswith("@N"):
+                row["name"] = f"{row['name'][:-2]}@{n}"
+        for name in self.scorer_specs:
+            rows += scorer_rows(name, [k for k in BON_KS if k <= n])
         config["filter_list"] = rows
-        self._row_scores = {row["name"]: _row_score(row) for row in rows}
+        self._needed_scores = {row["name"]: _row_scores(row) for row in rows}
         super().__init__(config=config, **kwargs)
 
     def apply_filters(self):
-        rollouts = []
-        for inst in tqdm(self._instances, desc=f"Grading {self.config.task}", unit="q"):
-            rollout = build_rollout(
-                self.config.task, inst.doc_id, inst.doc["kind"], inst.arguments[0], inst.doc["answer"], inst.resps
+        rollouts = [
+            build_rollout(
+                self.config.task,
+                inst.doc_id,
+                inst.doc["kind"],
+                inst.doc["problem"],
+                inst.arguments[0],
+                inst.doc["answer"],
+                inst.resps,
             )
-            rollouts.append(rollout)
+            for inst in tqdm(self._instances, desc=f"Grading {self.config.task}", unit="q")
+        ]
         self._add_missing_swift_scores(rollouts)
+        add_scorer_scores(rollouts, self.scorer_specs)
         for inst, rollout in zip(self._instances, rollouts):
             inst.resps = rollout.responses
         present = {name for r in rollouts for resp in r.responses for name in resp.scores}
-        dropped = [row for row, score in self._row_scores.items() if score is not None and score not in present]
+        dropped = [row for row, needed in self._needed_scores.items() if not needed <= present]
         if dropped:
             log.warning(
                 "%s: no response carries the scores needed by rows %s; they are left out. Use --model hf-swift "
@@ -246,11 +269,9 @@ class BestOfNTask(ConfigurableTask):
         lm = _live_hf_model()
         if lm is None:
             return
-        from lm_eval_swift.rescoring import rescore_rollouts
-
         meta = self.config.metadata or {}
         max_gen_toks = int((self.config.generation_kwargs or {}).get("max_gen_toks", lm.max_gen_toks))
-        rescore_rollouts(rollouts, lm, heads=meta.get("heads"), max_gen_toks=max_gen_toks)
+        add_live_model_head_scores(rollouts, lm, meta.get("heads"), max_gen_toks)
 
 
 def _live_hf_model():

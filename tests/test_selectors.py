@@ -13,6 +13,7 @@ from lm_eval_swift.selectors import (
     MeanFilter,
     OracleFilter,
     argmax,
+    combined,
     majority,
     mean,
     minmax,
@@ -83,3 +84,21 @@ def test_filters_are_registered_in_lm_eval():
 
     assert get_filter("swift") is ArgmaxFilter
     assert get_filter("bon_majority") is MajorityFilter
+
+
+def both(cls: int, swift: float, rm: float) -> Response:
+    return Response(str(cls), str(cls), 0.0, cls, 1, scores={"swift": swift, "rm": rm})
+
+
+def test_combination_scaling_and_ranking():
+    rs = [both(0, 0.0, 10.0), both(1, 1.0, 0.0), both(2, 0.9, 9.0)]
+    # scaling: (0+1)/2, (1+0)/2, (0.9+0.9)/2 -> candidate 2
+    assert combined(rs, ["swift", "rm"], "scaling") is rs[2]
+    # ranking: worst ranks 2, 2, 1 -> candidate 2
+    assert combined(rs, ["swift", "rm"], "ranking") is rs[2]
+    # ties go to the lowest index; a constant score maps to 1.0 and does not decide
+    flat = [both(0, 1.0, 5.0), both(1, 1.0, 5.0)]
+    assert combined(flat, ["swift", "rm"], "scaling") is flat[0]
+    assert combined(flat, ["swift", "rm"], "ranking") is flat[0]
+    with pytest.raises(ValueError):
+        combined(rs, ["swift"], "product")

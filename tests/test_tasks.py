@@ -71,6 +71,9 @@ def test_rows_and_rollouts(tmp_path, shared_data):
         "oracle@4": 1.0,
         "swift@1": 0.5,
         "swift@4": 0.5,  # q0 right (2.0), q1 wrong (4)
+        "swift_vote@1": 0.5,
+        # q0: sigmoid-weighted 18 (0.881 + 0.269) beats 20 (0.525 + 0.622); q1: 3 (0.5 + 0.378) beats 4 (0.731)
+        "swift_vote@4": 1.0,
     }
     files = list(tmp_path.rglob("rollouts_gsm8k_bon_swift_*.jsonl"))
     assert len(files) == 1
@@ -91,7 +94,7 @@ def test_n_from_metadata_drops_rows(tmp_path, shared_data):
     script = [[(a, s) for a, s in q[:1]] for q in SCRIPT]
     res, _ = run(ScriptedLM(script), tmp_path, shared_data, n=1)
     filters = {key.split(",")[1] for key in res if key.startswith("acc,")}
-    assert filters == {"first", "mean@1", "maj@1", "oracle@1", "swift@1"}
+    assert filters == {"first", "mean@1", "maj@1", "oracle@1", "swift@1", "swift_vote@1"}
 
 
 def test_rows_without_scores_are_left_out(tmp_path, shared_data):
@@ -128,3 +131,40 @@ def test_task_yaml_is_lm_eval_style():
     assert "class: !function lm_eval_swift.tasks.BestOfNTask" in base
     for name in ("gsm8k_bon_swift", "math_bon_swift", "math_full_bon_swift"):
         assert (tasks_dir() / f"{name}.yaml").read_text().startswith("include: _bon_template_yaml")
+
+
+def test_reward_model_rows(tmp_path, shared_data):
+    """A scorer named in --metadata adds argmax, weighted-vote and SWIFT-combination rows, and its scores and
+    cost land in the rollouts file; the report recomputes the same values."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from lm_eval_swift.toy_models import char_tokenizer
+
+    tok = char_tokenizer()
+    torch.manual_seed(0)
+    rm = LlamaForSequenceClassification(
+        LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                    num_attention_heads=2, num_labels=1, pad_token_id=tok.pad_token_id)
+    )
+    rm.save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    tm = TaskManager(
+        include_path=str(tasks_dir()),
+        include_defaults=False,
+        metadata={"n": 4, "data_dir": str(shared_data), "scorers": {"seq-cls": {"model": str(tmp_path / "rm")}}},
+    )
+    tracker = EvaluationTracker(output_path=str(tmp_path / "out"))
+    results = simple_evaluate(model=ScriptedLM(SCRIPT), tasks=["gsm8k_bon_swift"], task_manager=tm, limit=2,
+                              evaluation_tracker=tracker)
+    tracker.save_results_aggregated(results=results, samples=None)
+    acc = {key.split(",")[1]: v for key, v in results["results"]["gsm8k_bon_swift"].items() if key.startswith("acc,")}
+    for row in ("seq-cls@4", "seq-cls_vote@4", "swift+seq-cls_scaling@4", "swift+seq-cls_ranking@1"):
+        assert row in acc
+    rollouts = list(read_rollouts(next((tmp_path / "out").rglob("rollouts_*.jsonl"))))
+    assert all("seq-cls" in resp.scores for r in rollouts for resp in r.responses)
+    assert rollouts[0].costs["seq-cls"]["parameters"] == sum(p.numel() for p in rm.parameters())
+    table = bon_table(rollouts)
+    assert table["seq-cls"][4] == acc["seq-cls@4"]
+    assert table["seq-cls_vote"][4] == pytest.approx(acc["seq-cls_vote@4"])
+    assert table["swift+seq-cls_ranking"][1] == acc["swift+seq-cls_ranking@1"]

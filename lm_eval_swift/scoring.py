@@ -1,0 +1,99 @@
+"""Adding scores to rollouts after sampling: SWIFT heads by rescoring, and reward-model scorers (one at a
+time, each freed before the next)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from lm_eval_swift.heads import SwiftHead, resolve_heads
+from lm_eval_swift.models import encode_prompt
+from lm_eval_swift.rescoring import rescore
+from lm_eval_swift.responses import prompt_tokens, response_tokens_from_text
+from lm_eval_swift.rollouts import QuestionRollout
+from lm_eval_swift.scorers import load_scorer
+
+log = logging.getLogger(__name__)
+
+ScorerSpecs = dict[str, dict[str, Any]]
+
+
+def parse_scorer_specs(spec: str | Sequence[str] | Mapping[str, Any] | None) -> ScorerSpecs:
+    """``"skywork,eurus"``, ``["skywork"]``, a JSON object string or ``{"skywork": {"model": "/path", ...}}`` ->
+    ``{name: load options}`` (``model`` overrides the scorer's default checkpoint)."""
+    if not spec:
+        return {}
+    if isinstance(spec, str):
+        spec = json.loads(spec) if spec.lstrip().startswith("{") else [s.strip() for s in spec.split(",") if s.strip()]
+    if isinstance(spec, Mapping):
+        return {str(name): dict(opts or {}) for name, opts in spec.items()}
+    return {str(name): {} for name in spec}
+
+
+def add_scorer_scores(rollouts: Sequence[QuestionRollout], specs: ScorerSpecs) -> None:
+    """Score every response of ``rollouts`` with each scorer (question text + response text) and record the
+    scorer's cost per sample in each rollout's ``costs``."""
+    pairs = [(r.question, resp.text) for r in rollouts for resp in r.responses]
+    if not pairs:
+        return
+    for name, options in specs.items():
+        options = dict(options)
+        with load_scorer(name, options.pop("model", None), **options) as scorer:
+            start = time.perf_counter()
+            values = iter(scorer.score([q for q, _ in pairs], [a for _, a in pairs]))
+            cost = {"seconds_per_sample": (time.perf_counter() - start) / len(pairs),
+                    "parameters": float(scorer.num_parameters)}
+        for r in rollouts:
+            for resp in r.responses:
+                resp.scores[name] = float(next(values))
+            r.costs[name] = cost
+
+
+def add_head_scores(
+    rollouts: Sequence[QuestionRollout],
+    model,
+    tokenizer,
+    heads: Mapping[str, SwiftHead],
+    *,
+    max_gen_toks: int,
+    encode: Callable[[str], list[int]] | None = None,
+    batch_size: int = 8,
+) -> None:
+    """Add each head's SWIFT reward (under its alias) to every response by one teacher-forced pass.
+
+    Tokens come from the rollouts when they carry them (``hf-swift``); otherwise the prompt is encoded with
+    ``encode`` (default: as lm-eval's HF backend would) and the response by the one response-token rule for text.
+    """
+    if not heads:
+        return
+    encode = encode or (lambda prompt: prompt_tokens(tokenizer, prompt))
+    prompts, responses, targets = [], [], []
+    for r in rollouts:
+        prompt_ids = r.prompt_token_ids or encode(r.prompt)
+        for resp in r.responses:
+            prompts.append(prompt_ids)
+            responses.append(resp.token_ids or response_tokens_from_text(resp.text, tokenizer, max_gen_toks))
+            targets.append(resp)
+    rewards = rescore(model, list(heads.values()), prompts, responses, batch_size=batch_size)
+    for resp, row in zip(targets, rewards.tolist()):
+        resp.scores.update(zip(heads, row))
+
+
+def add_live_model_head_scores(rollouts: Sequence[QuestionRollout], lm, heads: str | None, max_gen_toks: int) -> None:
+    """Rescore with the HFLM that generated the responses, reusing its weights (no second copy)."""
+    resolved = resolve_heads(heads, lm.model.name_or_path, lm.model.config)
+    if not resolved:
+        log.warning("No SWIFT head found for %s: give one with --metadata '{\"heads\": \"PATH\"}'.", lm.model.name_or_path)
+        return
+    add_head_scores(
+        rollouts,
+        lm.model,
+        lm.tokenizer,
+        resolved,
+        max_gen_toks=max_gen_toks,
+        encode=lambda prompt: encode_prompt(lm, prompt, max_gen_toks),
+        batch_size=lm.batch_size if isinstance(lm.batch_size, int) else 8,
+    )

@@ -168,3 +168,27 @@ def test_reward_model_rows(tmp_path, shared_data):
     assert table["seq-cls"][4] == acc["seq-cls@4"]
     assert table["seq-cls_vote"][4] == pytest.approx(acc["seq-cls_vote@4"])
     assert table["swift+seq-cls_ranking"][1] == acc["swift+seq-cls_ranking@1"]
+
+
+def test_training_rollout_sources(shared_data):
+    docs = load_source("math_train_12k", data_dir=str(shared_data))["test"]
+    assert len(docs) == 12000  # 7500 train + 4500 test problems outside MATH-500
+    math500 = {d["problem"] for d in load_source("math500_test", data_dir=str(shared_data))["test"]}
+    assert not math500 & set(docs["problem"])
+    assert len(load_source("gsm8k_train", data_dir=str(shared_data), max_questions=6000)["test"]) == 6000
+
+
+def test_training_rollout_tasks_default_to_8_samples(shared_data):
+    tm = TaskManager(include_path=str(tasks_dir()), include_defaults=False, metadata={"data_dir": str(shared_data)})
+    tasks = tm.load(["gsm8k_train_rollouts", "math_train_rollouts"])
+    flat = {t.config.task: t for t in _leaves(tasks)}
+    assert flat["gsm8k_train_rollouts"].config.repeats == 8
+    assert len(flat["math_train_rollouts"].test_docs()) == 6000
+
+
+def _leaves(obj):
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _leaves(v)
+    else:
+        yield obj

@@ -117,6 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     rescore.add_argument("--max-gen-toks", type=int, default=1024,
                          help="the generation limit of the run, for responses stored without token ids")
     rescore.set_defaults(func=cmd_rescore)
+
+    from lm_eval_swift.leaderboard import add_leaderboard_arguments, cmd_leaderboard
+    from lm_eval_swift.plot import add_plot_arguments, cmd_plot
+
+    board = sub.add_parser("leaderboard", help="best-of-N table over models from results JSON and/or rollouts files")
+    add_leaderboard_arguments(board)
+    board.set_defaults(func=cmd_leaderboard)
+    plot = sub.add_parser("plot", help="accuracy-vs-N curves per selector, one panel per model")
+    add_plot_arguments(plot)
+    plot.set_defaults(func=cmd_plot)
     return parser
 
 

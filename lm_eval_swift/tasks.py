@@ -258,7 +258,7 @@ class BestOfNTask(ConfigurableTask):
                 self.config.task, ", ".join(dropped),
             )
             self._filters = [f for f in self._filters if f.name not in dropped]
-        PENDING_ROLLOUTS[self.config.task] = rollouts
+        PENDING_ROLLOUTS[self.config.task] = _gather_across_ranks(rollouts)
         return super().apply_filters()
 
     def _add_missing_swift_scores(self, rollouts: list[QuestionRollout]) -> None:
@@ -272,6 +272,18 @@ class BestOfNTask(ConfigurableTask):
         meta = self.config.metadata or {}
         max_gen_toks = int((self.config.generation_kwargs or {}).get("max_gen_toks", lm.max_gen_toks))
         add_live_model_head_scores(rollouts, lm, meta.get("heads"), max_gen_toks)
+
+
+def _gather_across_ranks(rollouts: list[QuestionRollout]) -> list[QuestionRollout]:
+    """Under data parallelism each rank holds its share of the questions: collect them all (in doc order) on
+    every rank, so rank 0, which writes the files, has the whole task."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return rollouts
+    shares: list[list[QuestionRollout] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(shares, rollouts)
+    return sorted((r for share in shares for r in share or []), key=lambda r: r.doc_id)
 
 
 def _live_hf_model():

@@ -1,0 +1,72 @@
+"""Best-of-N curves: accuracy vs N (log2 axis) per selector, one subplot per model (and task)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from collections.abc import Iterable, Sequence
+
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from lm_eval_swift.leaderboard import add_source_arguments, leaderboard
+
+POWERS_OF_TWO = tuple(2**i for i in range(13))  # k = 1 .. 4096; the files' N bounds what is drawn
+REFERENCE_STYLES = {"oracle": {"color": "black", "linestyle": "--"}, "maj": {"color": "gray", "linestyle": ":"}}
+
+
+def plot_bon_curves(
+    files: Iterable[str | os.PathLike],
+    out_png: str | os.PathLike,
+    estimator: str = "first",
+    *,
+    ks: Sequence[int] = POWERS_OF_TWO,
+    subsets: int = 64,
+    seed: int = 0,
+) -> list[Axes]:
+    """Draw one curve per selector row that has at least two values of k (oracle dashed, majority dotted), with
+    a standard-error band, for each model of ``files`` (as :func:`leaderboard.leaderboard` reads them); save a
+    PNG and return the subplots' Axes (one per model and task)."""
+    board = leaderboard(files, ks, estimator, subsets=subsets, seed=seed)
+    groups = board.groups
+    fig = Figure(figsize=(5.5 * len(groups), 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = list(fig.subplots(1, len(groups), squeeze=False)[0])
+    for ax, group in zip(axes, groups):
+        for row in board.rows:
+            points = sorted((k, c) for (r, k), c in board.cells[group].items() if r == row)
+            if len(points) < 2:
+                continue
+            xs = [k for k, _ in points]
+            ys = [c.value for _, c in points]
+            (line,) = ax.plot(xs, ys, marker="o", label=row, **REFERENCE_STYLES.get(row, {}))
+            errs = [c.stderr for _, c in points]
+            if not any(math.isnan(e) for e in errs):
+                lo = [y - e for y, e in zip(ys, errs)]
+                hi = [y + e for y, e in zip(ys, errs)]
+                ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("N (samples per question)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(board.label(group))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(f"Best-of-N (estimator: {board.estimator})")
+    fig.savefig(out_png, dpi=120)
+    return axes
+
+
+def add_plot_arguments(parser: argparse.ArgumentParser) -> None:
+    add_source_arguments(parser)
+    parser.add_argument("-o", "--output", required=True, help="the PNG to write")
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    """Write the best-of-N curves of ``args.files`` to ``args.output``."""
+    try:
+        axes = plot_bon_curves(args.files, args.output, args.estimator, subsets=args.subsets, seed=args.seed)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"plot: {e}") from e
+    print(f"Wrote {args.output} ({sum(len(ax.get_lines()) for ax in axes)} curves, {len(axes)} panels)")

@@ -1,0 +1,101 @@
+"""Grading worker: runs Math-Verify's ``parse``/``verify`` in its own process.
+
+``lm_eval_swift.grading`` starts ``python -m lm_eval_swift._grading_worker`` and talks to it over pipes: the
+worker prints ``ready``, then answers each JSON request line (the keyword arguments of :func:`verify_now`) with
+``1`` or ``0``. Math-Verify's own SIGALRM timeouts are switched off here; the parent enforces the time limit by
+killing this process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from itertools import product
+
+from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+from math_verify.grader import is_atomic_or_pct_atomic
+from sympy import Expr, Float, Number
+
+# The extraction targets of Math-Verify's test helper ``compare_strings``: a boxed answer has top priority.
+TARGETS = {"latex": LatexExtractionConfig(boxed_match_priority=0), "expr": ExprExtractionConfig()}
+_RELATIVE_TOLERANCE = 1e-20
+
+
+def _exactly_different(gold: object, pred: object) -> bool:
+    """True when both sides are exact numbers (no floats, no symbols) that are not equal.
+
+    Math-Verify compares numbers that are not plain (percent) numbers with ``(a - b).evalf(chop=True) == 0``,
+    which calls any two tiny numbers equal (``1/2^{99}`` and ``1/2^{98}``); this check vetoes such matches.
+    """
+    if not all(isinstance(x, Expr) and x.is_number and not x.has(Float) for x in (gold, pred)):
+        return False
+    if is_atomic_or_pct_atomic(gold, Number) or is_atomic_or_pct_atomic(pred, Number):
+        return False  # Math-Verify compared these exactly already (and lets 28\% equal 28)
+    try:
+        diff = (gold - pred).doit()
+        if diff.is_Rational:
+            return diff != 0
+        scale = max(abs(gold.evalf(30)), abs(pred.evalf(30)))
+        return bool(abs(diff.evalf(30)) > scale * _RELATIVE_TOLERANCE)
+    except Exception:  # noqa: BLE001 - undecidable here: keep Math-Verify's verdict
+        return False
+
+
+def verify_now(
+    gold: str,
+    pred: str,
+    match_types: Sequence[str],
+    precision: int,
+    strict: bool,
+    allow_set_relation_comp: bool,
+) -> bool:
+    """Math-Verify's ``compare_strings``: parse both (gold first); true when any extracted pair verifies,
+    with exact numbers compared exactly."""
+    targets = tuple(TARGETS[m] for m in match_types)
+    gold_items = parse(gold, targets, parsing_timeout=None)
+    pred_items = parse(pred, targets, parsing_timeout=None)
+    return any(
+        verify(
+            g,
+            p,
+            float_rounding=precision,
+            strict=strict,
+            allow_set_relation_comp=allow_set_relation_comp,
+            timeout_seconds=None,
+        )
+        and not _exactly_different(g, p)
+        for g, p in product(gold_items, pred_items)
+    )
+
+
+def _exit_with_parent() -> None:
+    """Exit once the parent is gone (it may die without closing our stdin, e.g. a terminated pool worker)."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
+def main() -> None:
+    """Serve requests from stdin until EOF."""
+    # Keep the protocol channel private: anything a library prints goes to stderr.
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout is disabled" warnings: we enforce it
+    threading.Thread(target=_exit_with_parent, daemon=True).start()
+    replies.write(b"ready\n")
+    for line in sys.stdin.buffer:
+        try:
+            ok = verify_now(**json.loads(line))
+        except Exception:  # noqa: BLE001 - a grading failure is a "not equal", never a dead worker
+            ok = False
+        replies.write(b"1\n" if ok else b"0\n")
+
+
+if __name__ == "__main__":
+    main()

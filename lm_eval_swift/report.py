@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+from collections import defaultdict
 from collections.abc import Collection, Sequence
 
-from lm_eval_swift.rollouts import QuestionRollout
+from lm_eval_swift.rollouts import QuestionRollout, read_rollouts
 from lm_eval_swift.selectors import SELECTORS, Row, score_rows
 
 DEFAULT_KS = (1, 4, 16, 64)
@@ -54,3 +56,20 @@ def format_table(table: dict[str, dict[int, float]], title: str = "") -> str:
         cells = [f"{cols[k]:.4f}" if k in cols else "" for k in ks]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("rollouts", nargs="+", help="rollouts_*.jsonl files written next to lm_eval's results")
+    parser.add_argument("--k", type=int, nargs="+", default=list(DEFAULT_KS), help="values of k (default 1 4 16 64)")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    """``lm-eval-swift report``: one table per task found in the files."""
+    by_task: dict[str, list[QuestionRollout]] = defaultdict(list)
+    for path in args.rollouts:
+        for r in read_rollouts(path):
+            by_task[r.task].append(r)
+    for task, rollouts in by_task.items():
+        n = min(len(r.responses) for r in rollouts)
+        print(format_table(bon_table(rollouts, args.k), f"{task}: {len(rollouts)} questions, N={n}"))
+        print()

@@ -3,6 +3,7 @@ time, each freed before the next)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import time
@@ -97,3 +98,39 @@ def add_live_model_head_scores(rollouts: Sequence[QuestionRollout], lm, heads: s
         encode=lambda prompt: encode_prompt(lm, prompt, max_gen_toks),
         batch_size=lm.batch_size if isinstance(lm.batch_size, int) else 8,
     )
+
+
+def add_rescore_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("rollouts", nargs="+")
+    parser.add_argument("--head", help="head spec: [alias=]path_or_name[,...] (the first head's alias defaults to swift)")
+    parser.add_argument("--model", help="base model for the heads (default: the first head's base model)")
+    parser.add_argument("--scorer", action="append", default=[], help="reward-model scorer name (repeatable)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--parallelize", action="store_true", help="shard the model across GPUs (accelerate)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-gen-toks", type=int, default=1024,
+                        help="the generation limit of the run, for responses stored without token ids")
+
+
+def cmd_rescore(args: argparse.Namespace) -> None:
+    """``lm-eval-swift rescore``: add head and scorer scores to rollouts files, rewriting each atomically."""
+    from lm_eval_swift.features import load_base_model
+    from lm_eval_swift.heads import find_head
+    from lm_eval_swift.rollouts import read_rollouts, write_rollouts
+
+    if not args.head and not args.scorer:
+        raise SystemExit("rescore: give at least one --head or --scorer")
+    files = {path: list(read_rollouts(path)) for path in args.rollouts}
+    rollouts = [r for rs in files.values() for r in rs]
+    if args.head:
+        first_ref = args.head.split(",")[0].split("=")[-1]
+        model_id = args.model or SwiftHead.from_pretrained(find_head(first_ref)).base.name_or_path
+        model, tokenizer = load_base_model(model_id, device=args.device, dtype=args.dtype, parallelize=args.parallelize)
+        heads = resolve_heads(args.head, model_id, model.config)
+        add_head_scores(rollouts, model, tokenizer, heads, max_gen_toks=args.max_gen_toks, batch_size=args.batch_size)
+        del model
+    add_scorer_scores(rollouts, parse_scorer_specs(",".join(args.scorer)))
+    for path, rs in files.items():
+        write_rollouts(rs, path)
+        print(f"Rescored {len(rs)} questions in {path}")

@@ -1,0 +1,231 @@
+"""Teacher-forced SWIFT features for training, one batch of responses at a time.
+
+The features of a response with T response tokens are [T, F] fp32: for each response token, the concatenation (in a
+head's ``entries`` order) of ``output_hidden_states[e]`` (or the logits) at the position where that token is the
+model's input, after the prompt ids (the positions generation and rescoring score). A batch of responses comes as
+right-padded features [B, T_max, F] (zeros past each response) and a mask [B, T_max].
+
+Features are produced per batch (:class:`StreamedFeatures`, one forward of the base model) or read from an fp16 cache
+on disk (:class:`FeatureCache`), so the features of a whole data set are never in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from lm_eval.models.utils_hf import get_dtype
+from torch import nn
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from lm_eval_swift.heads import Entry
+
+log = logging.getLogger(__name__)
+
+Ids = Sequence[int]
+
+
+def load_base_model(
+    name_or_path: str,
+    *,
+    device: str | None = None,
+    dtype: str | torch.dtype = "auto",
+    parallelize: bool = False,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(model, tokenizer) loaded as lm-eval's ``hf`` model loads them: a local path or hub id, ``dtype`` a name
+    ("auto", "bfloat16", ...) or torch dtype, on ``device`` (default cuda when available) or, with ``parallelize``,
+    spread over the visible GPUs by accelerate (``device_map="auto"``). The model is in eval mode without grads."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForCausalLM.from_pretrained(
+        name_or_path,
+        revision=revision,
+        dtype=get_dtype(dtype),
+        trust_remote_code=trust_remote_code,
+        device_map="auto" if parallelize else {"": str(device)},
+    )
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    return model.eval().requires_grad_(False), tokenizer
+
+
+def entry_width(config, entry: Entry) -> int:
+    """Width of one entry's feature block for a model with HF ``config``: hidden_size, or vocab_size for logits."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(text.vocab_size if entry == "logits" else text.hidden_size)
+
+
+class FeatureExtractor:
+    """Response-token features of ``model`` for ``entries`` (hidden_states indices and/or "logits"), gathered on the
+    device of the input embeddings (the first device of a model spread over several)."""
+
+    def __init__(self, model: nn.Module, entries: Sequence[Entry], pad_token_id: int | None = None):
+        if not entries:
+            raise ValueError("FeatureExtractor needs at least one entry")
+        self.model, self.entries = model, tuple(entries)
+        self.n_features = sum(entry_width(model.config, e) for e in self.entries)
+        self.pad_token_id = int(pad_token_id or 0)
+        self.device: torch.device = model.get_input_embeddings().weight.device
+
+    @torch.no_grad()
+    def __call__(self, prompts: Sequence[Ids], responses: Sequence[Ids]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features [B, T_max, F] fp32 (zero past each response) and mask [B, T_max] of responses[b] after prompts[b]."""
+        seqs = [list(p) + list(r) for p, r in zip(prompts, responses, strict=True)]
+        ids = torch.full((len(seqs), max(map(len, seqs))), self.pad_token_id, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for b, seq in enumerate(seqs):
+            ids[b, : len(seq)], attn[b, : len(seq)] = torch.tensor(seq, dtype=torch.long), 1
+        wants_logits = "logits" in self.entries
+        out = self.model(
+            input_ids=ids.to(self.model.device),
+            attention_mask=attn.to(self.model.device),
+            output_hidden_states=any(e != "logits" for e in self.entries),
+            use_cache=False,
+            logits_to_keep=0 if wants_logits else 1,
+        )
+        starts = torch.tensor([len(p) for p in prompts])
+        lengths = torch.tensor([len(r) for r in responses])
+        t = torch.arange(max(int(lengths.max()), 1))
+        pos = (starts[:, None] + t).clamp_max(ids.shape[1] - 1)  # [B, T]
+        rows = torch.arange(len(seqs))[:, None]
+        blocks = []
+        for e in self.entries:
+            x = out.logits if e == "logits" else out.hidden_states[e]
+            blocks.append(x[rows.to(x.device), pos.to(x.device)].to(self.device, torch.float32))
+        mask = (t < lengths[:, None]).to(self.device)
+        return torch.cat(blocks, dim=-1).masked_fill_(~mask[..., None], 0.0), mask
+
+
+class FeatureSource(Protocol):
+    """Features of responses by index: ``source(indices) -> (features [B, T, F] fp32, mask [B, T])`` on ``device``."""
+
+    n_features: int
+    device: torch.device
+
+    def __call__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class StreamedFeatures:
+    """A :class:`FeatureSource` that runs the base model on every call (nothing is kept)."""
+
+    def __init__(self, extractor: FeatureExtractor, prompts: Sequence[Ids], responses: Sequence[Ids]):
+        self.extractor, self.prompts, self.responses = extractor, prompts, responses
+        self.n_features, self.device = extractor.n_features, extractor.device
+
+    def __call__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.extractor([self.prompts[i] for i in indices], [self.responses[i] for i in indices])
+
+
+class FeatureCacheError(RuntimeError):
+    """Features that cannot be cached (e.g. values beyond the fp16 range)."""
+
+
+class FeatureCache:
+    """A :class:`FeatureSource` reading every response's features from ``features.f16`` ([sum_i T_i, F] fp16 rows,
+    response i at rows offsets[i]:offsets[i+1]) in a directory with a ``meta.json`` written once it is complete."""
+
+    FEATURES, META = "features.f16", "meta.json"
+
+    def __init__(self, directory: Path, lengths: Sequence[int], n_features: int, device: torch.device):
+        self.directory, self.n_features, self.device = Path(directory), n_features, device
+        self.lengths = list(lengths)
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)])
+        shape = (max(int(self.offsets[-1]), 1), n_features)
+        self.rows = np.memmap(self.directory / self.FEATURES, dtype=np.float16, mode="r", shape=shape)
+
+    @classmethod
+    def open_or_build(
+        cls,
+        root: str | os.PathLike,
+        extractor: FeatureExtractor,
+        prompts: Sequence[Ids],
+        responses: Sequence[Ids],
+        batch_size: int,
+        key: str,
+        progress: bool = True,
+    ) -> FeatureCache:
+        """The cache for these (prompt, response) pairs under ``root``/<hash of key and token ids>, built first (one
+        pass of the base model) unless a complete one is there. ``key`` names the model and features."""
+        lengths = [len(r) for r in responses]
+        directory = Path(root) / _fingerprint(key, extractor.entries, prompts, responses)
+        meta = {"key": key, "entries": list(extractor.entries), "n_features": extractor.n_features, "n_tokens": sum(lengths)}
+        meta_path = directory / cls.META
+        if meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
+            return cls(directory, lengths, extractor.n_features, extractor.device)
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        try:
+            cls._build(directory / cls.FEATURES, extractor, prompts, responses, batch_size, progress)
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)  # a partial cache is of no use
+            raise
+        meta_path.write_text(json.dumps(meta))
+        return cls(directory, lengths, extractor.n_features, extractor.device)
+
+    @staticmethod
+    def _build(path: Path, extractor: FeatureExtractor, prompts: Sequence[Ids], responses: Sequence[Ids], batch_size: int, progress: bool) -> None:
+        """Write every response's features to ``path`` in one pass, longest sequences first."""
+        lengths = [len(r) for r in responses]
+        offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+        rows = np.memmap(path, dtype=np.float16, mode="w+", shape=(max(sum(lengths), 1), extractor.n_features))
+        order = sorted(range(len(responses)), key=lambda i: -(len(prompts[i]) + lengths[i]))
+        batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+        for batch in tqdm(batches, desc="Caching SWIFT features", unit="batch", disable=not progress):
+            feats, _ = extractor([prompts[i] for i in batch], [responses[i] for i in batch])
+            half = feats.to(torch.float16)
+            if not torch.isfinite(half).all():
+                raise FeatureCacheError(f"features exceed the fp16 range ({feats.abs().max().item():.3g}); train without a feature cache")
+            half = half.cpu().numpy()
+            for b, i in enumerate(batch):
+                rows[offsets[i] : offsets[i + 1]] = half[b, : lengths[i]]
+        rows.flush()
+
+    def __call__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        lengths = torch.tensor([self.lengths[i] for i in indices])
+        feats = torch.zeros(len(indices), max(int(lengths.max()), 1), self.n_features)
+        for b, i in enumerate(indices):
+            feats[b, : lengths[b]] = torch.from_numpy(np.array(self.rows[self.offsets[i] : self.offsets[i + 1]], dtype=np.float32))
+        mask = torch.arange(feats.shape[1]) < lengths[:, None]
+        return feats.to(self.device), mask.to(self.device)
+
+
+def cache_bytes(responses: Sequence[Ids], n_features: int) -> int:
+    """Size of the fp16 feature cache of these responses, in bytes."""
+    return sum(len(r) for r in responses) * n_features * 2
+
+
+def feature_source(
+    extractor: FeatureExtractor,
+    prompts: Sequence[Ids],
+    responses: Sequence[Ids],
+    *,
+    batch_size: int,
+    key: str,
+    cache_dir: str | os.PathLike | None = None,
+    cache_budget_gb: float = 50.0,
+    progress: bool = True,
+) -> FeatureSource:
+    """A :class:`FeatureCache` under ``cache_dir`` when given and the cache fits ``cache_budget_gb`` (10^9 bytes),
+    else :class:`StreamedFeatures`."""
+    size = cache_bytes(responses, extractor.n_features)
+    if cache_dir is not None and size <= cache_budget_gb * 1e9:
+        return FeatureCache.open_or_build(cache_dir, extractor, prompts, responses, batch_size, key, progress)
+    if cache_dir is not None:
+        log.warning("feature cache would take %.1f GB > budget %.1f GB: streaming features every epoch", size / 1e9, cache_budget_gb)
+    return StreamedFeatures(extractor, prompts, responses)
+
+
+def _fingerprint(key: str, entries: Sequence[Entry], prompts: Sequence[Ids], responses: Sequence[Ids]) -> str:
+    h = hashlib.sha256(json.dumps([key, list(entries)]).encode())
+    for p, r in zip(prompts, responses, strict=True):
+        h.update(np.asarray([len(p), len(r), *p, *r], dtype=np.int64).tobytes())
+    return h.hexdigest()[:20]

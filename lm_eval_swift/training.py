@@ -1,0 +1,499 @@
+"""Train a SWIFT head on graded rollouts: a linear head over a frozen base model's features, labels = correctness.
+
+    lm-eval-swift train rollouts_gsm8k.jsonl --base-model Qwen/Qwen2.5-1.5B-Instruct --out heads/qwen-gsm8k
+
+Every response of the rollouts files is an example, labelled by the grade it carries (``Response.correct``, the
+grader of the evaluation). Its features are those of its response tokens (:mod:`lm_eval_swift.features`), taken
+from the rollout's token ids or, when absent, by the response-token rule from its text. A seeded 20% of the
+QUESTIONS is held out for validation (a question never has responses on both sides).
+
+Losses: ``bce`` (the paper's): BCE-with-logits of R against correctness; ``hinge``: max(0, 1 - (R_c - R_i)) and
+``dpo``: -log sigmoid(R_c - R_i) over every (correct c, incorrect i) pair of one question within a step. A step is
+a batch of at most ``batch_size`` responses made of whole questions (a question with more responses is cut into
+several steps). AdamW; after each epoch the validation metrics decide the best epoch (``early_stop``: validation
+loss, or within-question AUROC) and training stops after ``patience`` epochs without improvement. The saved head is
+the best epoch's.
+
+Each epoch ends with a checkpoint (``out_dir/checkpoints/last.pt``: head, optimizer, shuffling RNG, best so far); a
+run started again with the same arguments resumes from it and ends with the same head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from collections.abc import Hashable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from lm_eval_swift.features import (
+    FeatureCache,
+    FeatureExtractor,
+    FeatureSource,
+    feature_source,
+    load_base_model,
+)
+from lm_eval_swift.heads import SwiftHead
+from lm_eval_swift.metrics import auroc, within_question_auroc
+from lm_eval_swift.report import bon_table
+from lm_eval_swift.responses import prompt_tokens, response_tokens_from_text
+from lm_eval_swift.rollouts import QuestionRollout, read_rollouts
+
+Loss = Literal["bce", "hinge", "dpo"]
+EarlyStop = Literal["loss", "within_auroc"]
+LOSSES: tuple[str, ...] = ("bce", "hinge", "dpo")
+EARLY_STOPS: tuple[str, ...] = ("loss", "within_auroc")
+BON_KS = (1, 4, 8)
+CHECKPOINT = Path("checkpoints") / "last.pt"
+SCORE = "swift"  # the score name the validation best-of-N rows are computed with
+
+
+# ---- data -------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingData:
+    """All responses of the rollouts, flattened: question q's responses are indices ``spans[q]``."""
+
+    rollouts: list[QuestionRollout]
+    prompts: list[list[int]]  # per response: the prompt ids it followed
+    responses: list[list[int]]  # per response: its response tokens
+    labels: torch.Tensor  # [n] fp32, 1.0 correct / 0.0 incorrect
+    question: list[int]  # [n] index into rollouts
+    spans: list[range]
+
+    @classmethod
+    def load(cls, paths: Sequence[str | os.PathLike], tokenizer, max_gen_toks: int) -> TrainingData:
+        """Read rollouts files; token ids come from the file or, when absent, from the response-token rule."""
+        rollouts = [r for path in paths for r in read_rollouts(path)]
+        prompts, responses, labels, question, spans = [], [], [], [], []
+        for q, rollout in enumerate(rollouts):
+            prompt = list(rollout.prompt_token_ids) or prompt_tokens(tokenizer, rollout.prompt)
+            spans.append(range(len(labels), len(labels) + len(rollout.responses)))
+            for r in rollout.responses:
+                prompts.append(prompt)
+                responses.append(list(r.token_ids) or response_tokens_from_text(r.text, tokenizer, max_gen_toks))
+                labels.append(float(r.correct))
+                question.append(q)
+        if not rollouts:
+            raise ValueError(f"no questions in rollouts files {[str(p) for p in paths]}")
+        return cls(rollouts, prompts, responses, torch.tensor(labels), question, spans)
+
+    def responses_of(self, questions: Sequence[int]) -> list[int]:
+        return [i for q in questions for i in self.spans[q]]
+
+
+def question_key(rollout: QuestionRollout) -> tuple[str, int]:
+    """What makes two rollouts the same question (e.g. in two files): task and document id."""
+    return rollout.task, rollout.doc_id
+
+
+def split_questions(keys: Sequence[Hashable], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, validation) item indices: round(val_fraction * #distinct keys) keys (at least 1, at most all but
+    one), drawn with ``seed``, go to validation with all their items."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    distinct = list(dict.fromkeys(keys))
+    if len(distinct) < 2:
+        raise ValueError(f"need at least 2 distinct questions to hold some out for validation, got {len(distinct)}")
+    n_val = min(max(round(val_fraction * len(distinct)), 1), len(distinct) - 1)
+    perm = torch.randperm(len(distinct), generator=torch.Generator().manual_seed(seed)).tolist()
+    val_keys = {distinct[i] for i in perm[:n_val]}
+    train = [i for i, k in enumerate(keys) if k not in val_keys]
+    val = [i for i, k in enumerate(keys) if k in val_keys]
+    return train, val
+
+
+def pack_steps(data: TrainingData, questions: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Response indices of each step: whole questions, in the given order, up to ``batch_size`` responses a step
+    (a question with more is cut into chunks)."""
+    steps: list[list[int]] = []
+    current: list[int] = []
+    for q in questions:
+        idx = list(data.spans[q])
+        if current and len(current) + len(idx) > batch_size:
+            steps.append(current)
+            current = []
+        while len(idx) > batch_size:
+            steps.append(idx[:batch_size])
+            idx = idx[batch_size:]
+        current += idx
+    return steps + [current] if current else steps
+
+
+def correct_incorrect_pairs(questions: Sequence[int], labels: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions (c, i) [P] of every (correct, incorrect) pair of items with the same question."""
+    by_question: dict[int, tuple[list[int], list[int]]] = {}
+    for j, (q, y) in enumerate(zip(questions, labels, strict=True)):
+        by_question.setdefault(q, ([], []))[0 if y >= 0.5 else 1].append(j)
+    c: list[int] = []
+    i: list[int] = []
+    for pos, neg in by_question.values():
+        for a in pos:
+            c += [a] * len(neg)
+            i += neg
+    return torch.tensor(c, dtype=torch.long), torch.tensor(i, dtype=torch.long)
+
+
+# ---- losses and metrics -----------------------------------------------------------------------------------------
+
+
+def objective(rewards: torch.Tensor, labels: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor], loss: Loss) -> torch.Tensor | None:
+    """Mean loss of rewards R [n] against labels [n] (bce) or over the (correct, incorrect) ``pairs``; None when a
+    pairwise loss has no pair."""
+    if loss == "bce":
+        return F.binary_cross_entropy_with_logits(rewards, labels)
+    c, i = (p.to(rewards.device) for p in pairs)
+    if not len(c):
+        return None
+    margin = rewards[c] - rewards[i]
+    return F.relu(1.0 - margin).mean() if loss == "hinge" else -F.logsigmoid(margin).mean()
+
+
+def validation_metrics(
+    data: TrainingData, questions: Sequence[int], rewards: torch.Tensor, loss: Loss, ks: Sequence[int] = BON_KS
+) -> dict[str, Any]:
+    """Held-out metrics of rewards R [n_val] of ``data.responses_of(questions)`` (in that order).
+
+    ``val_loss`` (the training objective), ``val_bce``, ``auroc`` (global, R vs correctness), ``within_auroc``
+    (same-question correct/incorrect pairs) and ``bon``: best-of-k accuracy {row: {k: acc}} of the report's rows,
+    ``swift`` (argmax of R) and ``swift_vote`` (vote weighted by sigmoid(R)) among them. Undefined values are None.
+    """
+    idx = data.responses_of(questions)
+    labels = data.labels[idx]
+    pairs = correct_incorrect_pairs([data.question[i] for i in idx], labels.tolist())
+    value = objective(rewards, labels, pairs, loss)
+    scored, offset = [], 0
+    for q in questions:
+        rollout = data.rollouts[q]
+        rs = [replace(r, scores={SCORE: float(rewards[offset + j])}) for j, r in enumerate(rollout.responses)]
+        scored.append(replace(rollout, responses=rs))
+        offset += len(rs)
+    metrics = {
+        "val_loss": None if value is None else float(value),
+        "val_bce": float(F.binary_cross_entropy_with_logits(rewards, labels)),
+        "auroc": auroc(rewards.tolist(), labels.tolist()),
+        "within_auroc": within_question_auroc(
+            [([r.scores[SCORE] for r in q.responses], [r.correct for r in q.responses]) for q in scored]
+        ),
+        "bon": {row: {str(k): acc for k, acc in cols.items()} for row, cols in bon_table(scored, ks).items()},
+        "n_questions": len(questions),
+        "n_responses": len(idx),
+        "n_pairs": len(pairs[0]),
+    }
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
+
+
+# ---- training ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainState:
+    """Everything but the head, optimizer and RNG that an epoch checkpoint holds."""
+
+    epoch: int = 0  # epochs completed
+    bad_epochs: int = 0  # epochs since the best one
+    best_epoch: int = 0
+    best_score: float = math.inf  # lower is better
+    best_head: dict[str, torch.Tensor] = field(default_factory=dict)
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_tokens: int = 0
+    train_seconds: float = 0.0
+
+
+def train_head(
+    rollouts: Sequence[str | os.PathLike],
+    base_model: str,
+    out_dir: str | os.PathLike,
+    *,
+    layers: Sequence[int] | None = None,
+    logits: bool = False,
+    gate: bool = True,
+    loss: Loss = "bce",
+    lr: float = 1e-4,
+    weight_decay: float = 1e-5,
+    epochs: int = 40,
+    patience: int = 3,
+    early_stop: EarlyStop = "loss",
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    batch_size: int = 16,
+    cache_dir: str | os.PathLike | None = None,
+    cache_budget_gb: float = 50.0,
+    device: str | None = None,
+    dtype: str | torch.dtype = "auto",
+    parallelize: bool = False,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    max_gen_toks: int = 1024,
+    name: str = "swift",
+    progress: bool = True,
+) -> SwiftHead:
+    """Train a head for ``base_model`` on ``rollouts`` files and save it to ``out_dir``; returns it (on cpu).
+
+    Features: hidden-state entries ``layers`` (default all, 0..L) or, with ``logits``, the final logits.
+    ``batch_size``: responses per step (one base-model forward). ``cache_dir``: keep fp16 features there when they
+    fit ``cache_budget_gb``, else recompute them every epoch. ``device``/``dtype``/``parallelize``: as lm-eval's hf.
+    ``max_gen_toks``: of the run that sampled the rollouts (response-token rule for responses without token ids).
+    The saved config's ``training`` holds these settings, the best epoch's validation metrics, the epoch history and
+    the training throughput (response tokens per second, feature extraction included).
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}: choose from {LOSSES}")
+    if early_stop not in EARLY_STOPS:
+        raise ValueError(f"unknown early_stop {early_stop!r}: choose from {EARLY_STOPS}")
+    if logits and layers:
+        raise ValueError("a head reads either hidden-state layers or the logits, not both")
+    if batch_size < 1 or epochs < 1 or patience < 1:
+        raise ValueError(f"batch_size, epochs and patience must be >= 1 (got {batch_size}, {epochs}, {patience})")
+    out_dir = Path(out_dir)
+    model, tokenizer = load_base_model(
+        base_model, device=device, dtype=dtype, parallelize=parallelize, revision=revision, trust_remote_code=trust_remote_code
+    )
+    data = TrainingData.load(rollouts, tokenizer, max_gen_toks)
+    train_q, val_q = split_questions([question_key(r) for r in data.rollouts], val_fraction, seed)
+    _check_pairs(data, train_q, val_q, loss, early_stop)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = SwiftHead.for_model(
+            model.config, base_model, revision, kind="logits" if logits else "hidden_states", layers=layers, gate=gate, name=name
+        )
+    extractor = FeatureExtractor(model, head.entries, tokenizer.pad_token_id)
+    source = feature_source(
+        extractor,
+        data.prompts,
+        data.responses,
+        batch_size=batch_size,
+        key=json.dumps([base_model, revision, str(model.dtype)]),
+        cache_dir=cache_dir,
+        cache_budget_gb=cache_budget_gb,
+        progress=progress,
+    )
+    config = {
+        "rollouts": [str(Path(p).resolve()) for p in rollouts],
+        "base_model": base_model,
+        "revision": revision,
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "features": {"kind": head.kind, "layers": list(head.layers)},
+        "gate": gate,
+        "loss": loss,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "epochs": epochs,
+        "patience": patience,
+        "early_stop": early_stop,
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "batch_size": batch_size,
+        "max_gen_toks": max_gen_toks,
+        "feature_cache": isinstance(source, FeatureCache),
+    }
+    head.to(source.device)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    rng = torch.Generator().manual_seed(seed)
+    state = _resume(out_dir / CHECKPOINT, config, head, optimizer, rng) or TrainState()
+
+    epochs_bar = tqdm(range(state.epoch, epochs), initial=state.epoch, total=epochs, desc="SWIFT training", unit="epoch", disable=not progress)
+    for epoch in epochs_bar:
+        if state.bad_epochs >= patience:
+            break
+        order = [train_q[i] for i in torch.randperm(len(train_q), generator=rng).tolist()]
+        train_loss = _train_epoch(head, optimizer, source, data, pack_steps(data, order, batch_size), loss, state, f"epoch {epoch + 1}", progress)
+        rewards = _rewards(head, source, data.responses_of(val_q), batch_size, progress)
+        metrics = validation_metrics(data, val_q, rewards, loss)
+        score = metrics["val_loss"] if early_stop == "loss" else -metrics["within_auroc"]
+        state.epoch = epoch + 1
+        if score < state.best_score:
+            state.best_epoch, state.best_score, state.best_metrics, state.bad_epochs = epoch + 1, score, metrics, 0
+            state.best_head = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
+        else:
+            state.bad_epochs += 1
+        summary = {k: metrics[k] for k in ("val_loss", "val_bce", "auroc", "within_auroc")}
+        state.history.append({"epoch": epoch + 1, "train_loss": train_loss, **summary})
+        shown = {"train_loss": train_loss, **summary, "best": state.best_epoch}
+        epochs_bar.set_postfix({k: v for k, v in shown.items() if v is not None})
+        _save_checkpoint(out_dir / CHECKPOINT, config, head, optimizer, rng, state)
+    epochs_bar.close()
+
+    if not state.best_head:
+        raise RuntimeError(f"no epoch gave a finite validation {early_stop}: history {state.history}")
+    head.load_state_dict(state.best_head)
+    head.training_info = {
+        **config,
+        "best_epoch": state.best_epoch,
+        "epochs_run": state.epoch,
+        "metrics": state.best_metrics,
+        "history": state.history,
+        "train_tokens_per_s": state.train_tokens / state.train_seconds if state.train_seconds else None,
+        "n_train_questions": len(train_q),
+        "n_train_responses": len(data.responses_of(train_q)),
+        "validation_questions": [list(question_key(data.rollouts[q])) for q in val_q],
+    }
+    head.cpu().save_pretrained(out_dir)
+    return head
+
+
+def _check_pairs(data: TrainingData, train_q: Sequence[int], val_q: Sequence[int], loss: Loss, early_stop: EarlyStop) -> None:
+    """Refuse settings that need (correct, incorrect) pairs where there are none."""
+
+    def n_pairs(questions: Sequence[int]) -> int:
+        idx = data.responses_of(questions)
+        return len(correct_incorrect_pairs([data.question[i] for i in idx], data.labels[idx].tolist())[0])
+
+    if loss != "bce" and not n_pairs(train_q):
+        raise ValueError(f"loss {loss!r} needs questions with both correct and incorrect responses; the training split has none")
+    if (loss != "bce" or early_stop == "within_auroc") and not n_pairs(val_q):
+        raise ValueError(
+            "the validation questions have no correct/incorrect response pair, so the pairwise validation metric is "
+            "undefined: use more questions, another --seed or --val-fraction, or --loss bce --early-stop loss"
+        )
+
+
+def _train_epoch(
+    head: SwiftHead,
+    optimizer: torch.optim.Optimizer,
+    source: FeatureSource,
+    data: TrainingData,
+    steps: Sequence[list[int]],
+    loss: Loss,
+    state: TrainState,
+    desc: str,
+    progress: bool,
+) -> float | None:
+    """One pass over ``steps``; returns the mean step loss (None: no step had a loss). Adds to the state's token and
+    time counts."""
+    total, n = 0.0, 0
+    start = time.perf_counter()
+    bar = tqdm(steps, desc=desc, unit="step", leave=False, disable=not progress)
+    for idx in bar:
+        features, mask = source(idx)
+        labels = data.labels[idx]
+        pairs = correct_incorrect_pairs([data.question[i] for i in idx], labels.tolist())
+        value = objective(head.reward(features, mask), labels.to(source.device), pairs, loss)
+        state.train_tokens += sum(len(data.responses[i]) for i in idx)
+        if value is None:
+            continue
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        optimizer.step()
+        total, n = total + value.item(), n + 1
+        bar.set_postfix(loss=total / n)
+    state.train_seconds += time.perf_counter() - start
+    return total / n if n else None
+
+
+@torch.no_grad()
+def _rewards(head: SwiftHead, source: FeatureSource, indices: Sequence[int], batch_size: int, progress: bool) -> torch.Tensor:
+    """R [len(indices)] (fp32, cpu) of the head for those responses."""
+    out = []
+    for s in tqdm(range(0, len(indices), batch_size), desc="validation", unit="batch", leave=False, disable=not progress):
+        features, mask = source(indices[s : s + batch_size])
+        out.append(head.reward(features, mask).cpu())
+    return torch.cat(out)
+
+
+def _save_checkpoint(
+    path: Path, config: dict, head: SwiftHead, optimizer: torch.optim.Optimizer, rng: torch.Generator, state: TrainState
+) -> None:
+    """Write atomically (temp file + rename): a kill mid-write keeps the previous checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(
+        {"config": config, "head": head.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng.get_state(), "state": asdict(state)},
+        tmp,
+    )
+    os.replace(tmp, path)
+
+
+def _resume(
+    path: Path, config: dict, head: SwiftHead, optimizer: torch.optim.Optimizer, rng: torch.Generator
+) -> TrainState | None:
+    """Restore head, optimizer and RNG from a checkpoint of the same configuration; None when there is none."""
+    if not path.is_file():
+        return None
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if ckpt["config"] != config:
+        changed = sorted(k for k in {*config, *ckpt["config"]} if config.get(k) != ckpt["config"].get(k))
+        raise ValueError(
+            f"{path} is a checkpoint of a run with other settings ({', '.join(changed)}): train into another "
+            f"output directory, or delete {path.parent} to start over"
+        )
+    head.load_state_dict(ckpt["head"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    rng.set_state(ckpt["rng"])
+    return TrainState(**ckpt["state"])
+
+
+# ---- command line -----------------------------------------------------------------------------------------------
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``lm-eval-swift train``."""
+    parser.add_argument("rollouts", nargs="+", help="graded rollouts_*.jsonl files (all their questions are used)")
+    parser.add_argument("--base-model", required=True, help="the model that generated the rollouts: path or hub id")
+    parser.add_argument("--out", required=True, help="output head directory (checkpoints go to OUT/checkpoints)")
+    features = parser.add_mutually_exclusive_group()
+    features.add_argument("--layers", type=int, nargs="+", help="hidden_states indices to read (default: all, 0..L)")
+    features.add_argument("--logits", action="store_true", help="read the final logits instead of hidden states")
+    parser.add_argument("--no-gate", dest="gate", action="store_false", help="mean reward over tokens instead of the gated one")
+    parser.add_argument("--loss", choices=LOSSES, default="bce", help="bce (default), or pairwise hinge / dpo")
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--weight-decay", type=float, default=1e-5)
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--patience", type=int, default=3, help="epochs without improvement before stopping")
+    parser.add_argument("--early-stop", choices=EARLY_STOPS, default="loss", help="validation loss, or within-question AUROC")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="fraction of questions held out (default 0.2)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=16, help="responses per step / base-model forward")
+    parser.add_argument("--cache-dir", help="cache fp16 features here (when they fit --cache-budget-gb)")
+    parser.add_argument("--cache-budget-gb", type=float, default=50.0)
+    parser.add_argument("--device", help="e.g. cuda, cuda:1, cpu (default: cuda when available)")
+    parser.add_argument("--dtype", default="auto", help="base model dtype: auto, bfloat16, float16, float32")
+    parser.add_argument("--parallelize", action="store_true", help="spread the base model over all GPUs (accelerate)")
+    parser.add_argument("--revision")
+    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--max-gen-toks", type=int, default=1024, help="max_gen_toks of the sampling run (default 1024)")
+    parser.add_argument("--name", default="swift", help="the head's name (default swift)")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    """Run ``lm-eval-swift train`` and print the held-out metrics."""
+    head = train_head(
+        args.rollouts,
+        args.base_model,
+        args.out,
+        layers=args.layers,
+        logits=args.logits,
+        gate=args.gate,
+        loss=args.loss,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        epochs=args.epochs,
+        patience=args.patience,
+        early_stop=args.early_stop,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        cache_dir=args.cache_dir,
+        cache_budget_gb=args.cache_budget_gb,
+        device=args.device,
+        dtype=args.dtype,
+        parallelize=args.parallelize,
+        revision=args.revision,
+        trust_remote_code=args.trust_remote_code,
+        max_gen_toks=args.max_gen_toks,
+        name=args.name,
+    )
+    info = head.training_info
+    print(f"SWIFT head saved to {args.out} (best epoch {info['best_epoch']} of {info['epochs_run']})")
+    print(json.dumps({"metrics": info["metrics"], "train_tokens_per_s": info["train_tokens_per_s"]}, indent=2))

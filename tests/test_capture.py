@@ -1,0 +1,152 @@
+"""HeadProjector and rescore against a reference computed directly from ``output_hidden_states=True``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, Gemma2Config, GemmaConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig
+
+from lm_eval_swift.capture import CaptureLayoutError, HeadProjector
+from lm_eval_swift.heads import SwiftHead
+from lm_eval_swift.rescoring import rescore
+
+torch.set_num_threads(1)
+ARCHS = ["llama", "mistral", "qwen2"]
+
+
+def reference_rewards(model, heads, prompts, responses) -> torch.Tensor:
+    """R [n, H]: one unbatched forward per sample with output_hidden_states=True, features concatenated."""
+    out = torch.zeros(len(prompts), len(heads))
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        with torch.no_grad():
+            o = model(torch.tensor([list(p) + list(r)], device=model.device), output_hidden_states=True)
+        at = slice(len(p), len(p) + len(r))  # positions where the response tokens are the input
+        for h, head in enumerate(heads):
+            if head.kind == "logits":
+                feats = o.logits[0, at]
+            else:
+                feats = torch.cat([o.hidden_states[e][0, at] for e in head.layers], dim=-1)
+            out[i, h] = head.reward(feats.float().cpu(), torch.ones(len(r)))
+    return out
+
+
+def make_heads(config, name_or_path, seed=0) -> list[SwiftHead]:
+    """All layers (gated), the last 4 entries (no gate), logits (gated); O(1) weights so rewards are not ~0."""
+    torch.manual_seed(seed)
+    L = config.num_hidden_layers
+    heads = [
+        SwiftHead.for_model(config, name_or_path, name="all"),
+        SwiftHead.for_model(config, name_or_path, layers=range(L - 3, L + 1), gate=False, name="last4"),
+        SwiftHead.for_model(config, name_or_path, kind="logits", name="logits"),
+    ]
+    for head in heads:
+        torch.nn.init.normal_(head.linear.weight, std=0.5)
+        torch.nn.init.normal_(head.linear.bias, std=0.5)
+    return heads
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def model_and_heads(request, tiny_model_factory):
+    path = tiny_model_factory(request.param, num_hidden_layers=4)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    return model, make_heads(model.config, str(path))
+
+
+def n_hooks(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def random_pairs(n, vocab, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.randint(1, 12, (n, 2), generator=g).tolist()
+    prompts = [torch.randint(0, vocab, (a,), generator=g).tolist() for a, _ in lens]
+    responses = [torch.randint(0, vocab, (b,), generator=g).tolist() for _, b in lens]
+    responses[-1] = []  # an empty response scores 0
+    return prompts, responses
+
+
+def test_rescore_matches_reference(model_and_heads):
+    model, heads = model_and_heads
+    prompts, responses = random_pairs(7, model.config.vocab_size)
+    got = rescore(model, heads, prompts, responses, batch_size=3, disable_tqdm=True)
+    want = reference_rewards(model, heads, prompts, responses)
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5)
+    assert (got[-1] == 0).all() and got[:-1].abs().min() > 1e-3
+
+
+def test_projector_hooks_only_used_entries(model_and_heads):
+    model, heads = model_and_heads
+    proj, before = HeadProjector(model, heads[1:2]), n_hooks(model)  # entries 1..4
+    assert sorted(proj.weights) == [1, 2, 3, 4] and not proj.uses_logits
+    with proj:
+        model(torch.tensor([[5, 6, 7]]))
+        with proj.paused():
+            model(torch.tensor([[5, 6, 7, 8]]))
+        assert proj.take().shape == (1, 3, 1, 2)
+        with pytest.raises(RuntimeError, match="no forward pass"):
+            proj.take()
+    assert n_hooks(model) == before
+
+
+def test_projection_stays_fp32_under_autocast(model_and_heads):
+    model, heads = model_and_heads
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), HeadProjector(model, heads[:1]) as proj:
+        out = model(ids, output_hidden_states=True)
+        got = proj.take()[0, :, 0]
+    want = heads[0](torch.cat([h[0].float() for h in out.hidden_states], dim=-1))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _tiny(config_cls, logit_scale=1.0, **kw):
+    torch.manual_seed(0)
+    config = config_cls(
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=8,
+        **kw,
+    )
+    model = AutoModelForCausalLM.from_config(config).eval()
+    model.lm_head.weight.data *= logit_scale
+    return model
+
+
+def test_gemma_scaled_embeddings_are_captured_as_hf_defines_them():
+    model = _tiny(GemmaConfig)
+    heads = make_heads(model.config, "tiny-gemma")
+    prompts, responses = random_pairs(3, 50)
+    torch.testing.assert_close(
+        rescore(model, heads, prompts, responses, disable_tqdm=True),
+        reference_rewards(model, heads, prompts, responses),
+        rtol=1e-3,
+        atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize(
+    "model, head",
+    [
+        (lambda: _tiny(LlamaConfig, tie_last_hidden_states=False), 0),  # hidden_states[-1] before the final norm
+        (lambda: _tiny(Gemma2Config, logit_scale=1e3), 2),
+    ],  # logits (large enough to matter) soft-capped after lm_head
+)
+def test_self_check_refuses_other_layouts(model, head):
+    model = model()
+    proj = HeadProjector(model, make_heads(model.config, "m")[head : head + 1])
+    with pytest.raises(CaptureLayoutError, match="self-check failed"):
+        proj.check()
+    before = n_hooks(model)  # HF's own output-capturing hooks are installed by the check's forward
+    with pytest.raises(CaptureLayoutError):
+        proj.check()
+    assert n_hooks(model) == before
+
+
+def test_unsupported_architecture():
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=16, n_layer=2, n_head=2))
+    config = LlamaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2)
+    with pytest.raises(CaptureLayoutError, match="Llama/Mistral/Qwen2-like"):
+        HeadProjector(model, [SwiftHead.for_model(config, "gpt2")])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -299,12 +300,22 @@ def available_heads() -> dict[str, Path]:
     return found
 
 
+def head_refs(spec: str) -> list[tuple[str, str]]:
+    """``"[alias=]ref,..."`` -> [(alias or "", ref)]. ``;`` separates too: lm-eval's ``--model_args`` splits on
+    commas, so several heads there are written ``heads=a=path1;b=path2``."""
+    refs = []
+    for entry in filter(None, (e.strip() for e in re.split(r"[,;]", spec))):
+        alias, _, ref = entry.partition("=") if "=" in entry else ("", "", entry)
+        refs.append((alias.strip(), ref.strip()))
+    return refs
+
+
 def resolve_heads(spec: str | None, model_name_or_path: str, model_config) -> dict[str, SwiftHead]:
     """Heads to score with, by alias, loaded and checked against the model.
 
-    ``spec``: comma-separated ``[alias=]path_or_name_or_hub_id``; the first head's alias defaults to "swift", later
-    ones to their own names. None/"auto": the one head under :func:`heads_dirs` made for a model with this
-    basename (several: error; none: no heads). ""/"none"/"off": no heads.
+    ``spec``: ``[alias=]path_or_name_or_hub_id`` entries (see :func:`head_refs`); the first head's alias defaults
+    to "swift", later ones to their own names. None/"auto": the one head under :func:`heads_dirs` made for a
+    model with this basename (several: error; none: no heads). ""/"none"/"off": no heads.
     """
     spec = "auto" if spec is None else spec.strip()
     if spec.lower() == "auto":
@@ -312,10 +323,9 @@ def resolve_heads(spec: str | None, model_name_or_path: str, model_config) -> di
     if spec.lower() in ("", "none", "off"):
         return {}
     heads: dict[str, SwiftHead] = {}
-    for entry in filter(None, (e.strip() for e in spec.split(","))):
-        alias, _, ref = entry.partition("=") if "=" in entry else ("", "", entry)
-        head = SwiftHead.from_pretrained(find_head(ref.strip()))
-        alias = alias.strip() or ("swift" if not heads else head.name)
+    for alias, ref in head_refs(spec):
+        head = SwiftHead.from_pretrained(find_head(ref))
+        alias = alias or ("swift" if not heads else head.name)
         if alias in heads:
             raise HeadError(f"two SWIFT heads are called {alias!r} in {spec!r}; name them with alias=path")
         head.check_compatible(model_config, model_name_or_path)

@@ -116,7 +116,7 @@ def add_rescore_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_rescore(args: argparse.Namespace) -> None:
     """``lm-eval-swift rescore``: add head and scorer scores to rollouts files, rewriting each atomically."""
     from lm_eval_swift.features import load_base_model
-    from lm_eval_swift.heads import find_head
+    from lm_eval_swift.heads import find_head, head_refs
     from lm_eval_swift.rollouts import read_rollouts, write_rollouts
 
     if not args.head and not args.scorer:
@@ -124,7 +124,7 @@ def cmd_rescore(args: argparse.Namespace) -> None:
     files = {path: list(read_rollouts(path)) for path in args.rollouts}
     rollouts = [r for rs in files.values() for r in rs]
     if args.head:
-        first_ref = args.head.split(",")[0].split("=")[-1]
+        first_ref = head_refs(args.head)[0][1]
         model_id = args.model or SwiftHead.from_pretrained(find_head(first_ref)).base.name_or_path
         model, tokenizer = load_base_model(model_id, device=args.device, dtype=args.dtype, parallelize=args.parallelize)
         heads = resolve_heads(args.head, model_id, model.config)

@@ -34,9 +34,20 @@ def tasks_dir() -> Path:
     return shipped if shipped.is_dir() else Path(__file__).resolve().parents[1] / "tasks"
 
 
+def _requested_tasks(argv: Sequence[str]) -> set[str]:
+    """The task names given with ``--tasks a,b`` / ``--tasks=a,b`` in lm_eval-style arguments."""
+    for i, arg in enumerate(argv):
+        if arg == "--tasks" and i + 1 < len(argv):
+            return set(argv[i + 1].split(","))
+        if arg.startswith("--tasks="):
+            return set(arg.split("=", 1)[1].split(","))
+    return set()
+
+
 def run_lm_eval(argv: Sequence[str]) -> None:
     """Run lm-eval's own CLI with ``argv`` after registering our models and filters and adding our task
-    directory to the ones lm-eval searches (besides any ``--include_path`` given)."""
+    directory to the ones lm-eval searches (besides any ``--include_path`` given). When every requested task is
+    ours and no other path is given, lm-eval's own ~15k task configs are not indexed (that takes seconds)."""
     import lm_eval.tasks
     from lm_eval.__main__ import cli_evaluate
 
@@ -44,10 +55,13 @@ def run_lm_eval(argv: Sequence[str]) -> None:
     import lm_eval_swift.tasks  # noqa: F401  (registers the filters, writes rollouts files)
 
     ours = str(tasks_dir())
+    only_ours = _requested_tasks(argv) <= {p.stem for p in tasks_dir().glob("*.yaml")} and "--include_path" not in argv
 
     class TaskManager(lm_eval.tasks.TaskManager):
         def __init__(self, *args, include_path=None, **kwargs):
             paths = [include_path] if isinstance(include_path, (str, Path)) else list(include_path or [])
+            if only_ours:
+                kwargs["include_defaults"] = False
             super().__init__(*args, include_path=[*paths, ours], **kwargs)
 
     lm_eval.tasks.TaskManager = TaskManager

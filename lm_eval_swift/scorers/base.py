@@ -214,6 +214,22 @@ class Scorer:
         """Return ``(model, tokenizer)`` placed on ``self.device`` / ``self.device_map``."""
         raise NotImplementedError
 
+    def _load_auto(self, auto_cls) -> tuple[torch.nn.Module, Any]:
+        """(model, tokenizer) for scorers that are a plain transformers ``auto_cls`` checkpoint, strictly loaded."""
+        from transformers import AutoTokenizer
+
+        from .weights import strict_from_pretrained
+
+        kwargs: dict[str, Any] = {"dtype": self.dtype}
+        if self.device_map is not None:
+            kwargs["device_map"] = self.device_map
+        if self.attn_implementation is not None:
+            kwargs["attn_implementation"] = self.attn_implementation
+        model = strict_from_pretrained(auto_cls, self.model_id, **kwargs)
+        if self.device_map is None:
+            model.to(self.device)
+        return model, AutoTokenizer.from_pretrained(self.tokenizer_id or self.model_id)
+
     def _setup(self) -> None:
         """Hook run once after loading (resolve token ids, check the tokenizer, ...)."""
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from .base import AGGREGATIONS, Encoded, Scorer, aggregate, register_scorer
-from .weights import strict_from_pretrained
 
 __all__ = [
     "CausalLMStepScorer",
@@ -57,16 +56,7 @@ class CausalLMStepScorer(Scorer):
         self.candidate_ids: tuple[int, int] = (-1, -1)
 
     def _load(self):
-        kwargs: dict[str, Any] = {"dtype": self.dtype}
-        if self.device_map is not None:
-            kwargs["device_map"] = self.device_map
-        if self.attn_implementation is not None:
-            kwargs["attn_implementation"] = self.attn_implementation
-        model = strict_from_pretrained(AutoModelForCausalLM, self.model_id, **kwargs)
-        if self.device_map is None:
-            model.to(self.device)
-        tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_id or self.model_id)
-        return model, tokenizer
+        return self._load_auto(AutoModelForCausalLM)
 
     def _setup(self) -> None:
         self._lm_head = self.model.get_output_embeddings()

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification
 
 from .base import Encoded, Scorer, register_scorer
-from .weights import strict_from_pretrained
 
 __all__ = ["SeqClsScorer", "SkyworkScorer", "SkyworkV02Scorer"]
 
@@ -34,16 +33,7 @@ class SeqClsScorer(Scorer):
         self.label_index = label_index
 
     def _load(self):
-        kwargs: dict[str, Any] = {"dtype": self.dtype}
-        if self.device_map is not None:
-            kwargs["device_map"] = self.device_map
-        if self.attn_implementation is not None:
-            kwargs["attn_implementation"] = self.attn_implementation
-        model = strict_from_pretrained(AutoModelForSequenceClassification, self.model_id, **kwargs)
-        if self.device_map is None:
-            model.to(self.device)
-        tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_id or self.model_id)
-        return model, tokenizer
+        return self._load_auto(AutoModelForSequenceClassification)
 
     def _setup(self) -> None:
         if self.chat_template is not None:

@@ -5,6 +5,9 @@ Per question the prompt is encoded as HFLM would and prefilled once; each chunk 
 decodes from a copy of that KV cache. Sample i draws its uniforms from its own seed (``sample_seed``), so samples do
 not depend on batching. The heads' outputs of each fed token are captured by a
 :class:`~lm_eval_swift.capture.HeadProjector`; the last sampled token of a row is fed once more to be captured.
+
+Finished samples are kept in a :class:`~lm_eval_swift.sample_cache.SampleCache` (one commit per chunk), so a run
+started again after a kill samples only the chunks that were not finished.
 """
 
 from __future__ import annotations
@@ -12,8 +15,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Callable, Collection, Sequence
-from contextlib import nullcontext
+import logging
+import os
+import sqlite3
+import sys
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import closing, nullcontext
 
 import torch
 import torch.nn as nn
@@ -33,6 +40,15 @@ from transformers.generation.logits_process import (
 from lm_eval_swift.capture import HeadProjector
 from lm_eval_swift.heads import resolve_heads, swift_reward
 from lm_eval_swift.responses import ScoredText, response_tokens
+from lm_eval_swift.sample_cache import (
+    SampleCache,
+    head_fingerprint,
+    model_fingerprint,
+    question_key,
+    resolve_path,
+)
+
+log = logging.getLogger(__name__)
 
 # transformers' GenerationConfig defaults, used where neither the request nor the model's generation_config says
 HF_SAMPLING_DEFAULTS = {"do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": 1.0, "min_p": None}
@@ -66,6 +82,11 @@ class Sampling:
     def from_gen_kwargs(cls, kwargs: dict, generation_config) -> Sampling:
         """From normalized lm-eval gen_kwargs (until / max_gen_toks removed) over ``generation_config``, as HF's
         ``generate`` merges them."""
+        return cls(**cls.resolve(kwargs, generation_config))
+
+    @staticmethod
+    def resolve(kwargs: dict, generation_config) -> dict:
+        """The effective ``__init__`` arguments for normalized lm-eval gen_kwargs over ``generation_config``."""
         unknown = set(kwargs) - set(HF_SAMPLING_DEFAULTS)
         if unknown:
             raise ValueError(f"hf-swift does not support generation kwargs {sorted(unknown)}")
@@ -75,7 +96,14 @@ class Sampling:
                 if value is not None:
                     return value
 
-        return cls(bool(get("do_sample")), float(get("temperature")), get("top_k"), float(get("top_p")), get("min_p"))
+        min_p = get("min_p")
+        return {
+            "do_sample": bool(get("do_sample")),
+            "temperature": float(get("temperature")),
+            "top_k": get("top_k"),
+            "top_p": float(get("top_p")),
+            "min_p": None if min_p is None else float(min_p),
+        }
 
     def pick(self, logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """logits [rows, V] fp32, u [rows] uniforms in [0, 1) -> token ids [rows]: inverse CDF of the warped softmax."""
@@ -123,19 +151,36 @@ def sample_continuations(
 
     Rows stop when ``stop(ids)`` or after ``max_new_tokens``. ``projector`` (not active yet) is entered here.
     """
+    chunks = [seeds[s : s + batch_size] for s in range(0, len(seeds), batch_size)]
+    return [
+        row
+        for chunk in iter_continuations(model, prompt_ids, chunks, sampling, max_new_tokens, stop, projector)
+        for row in chunk
+    ]
+
+
+@torch.no_grad()
+def iter_continuations(
+    model: nn.Module,
+    prompt_ids: Sequence[int],
+    chunks: Sequence[Sequence[int]],
+    sampling: Sampling,
+    max_new_tokens: int,
+    stop: Callable[[Sequence[int]], bool],
+    projector: HeadProjector | None = None,
+) -> Iterator[list[tuple[list[int], torch.Tensor | None]]]:
+    """As :func:`sample_continuations`, one list per chunk of seeds, yielded as soon as that chunk is decoded
+    (each chunk is one batch). The prompt is prefilled once, on the first ``next``."""
+    if not chunks:
+        return
     prompt = torch.tensor([list(prompt_ids)], device=model.device)
     cache = DynamicCache(config=model.config)
-    results = []
     with projector if projector is not None else nullcontext():
         with projector.paused() if projector is not None else nullcontext():
             logits = model(input_ids=prompt, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
-        starts = range(0, len(seeds), batch_size)
-        for s in starts:
-            chunk_cache = cache if s == starts[-1] else copy.deepcopy(cache)
-            results += _decode(
-                model, chunk_cache, logits, seeds[s : s + batch_size], sampling, max_new_tokens, stop, projector
-            )
-    return results
+        for c, seeds in enumerate(chunks):
+            chunk_cache = cache if c == len(chunks) - 1 else copy.deepcopy(cache)
+            yield _decode(model, chunk_cache, logits, seeds, sampling, max_new_tokens, stop, projector)
 
 
 def _decode(model, cache, logits, seeds, sampling, max_new_tokens, stop, projector):
@@ -198,29 +243,127 @@ def eos_token_ids(lm: HFLM) -> set[int]:
     return ids
 
 
+def padding_copies(requests: Sequence) -> dict[int, int]:
+    """Under data parallelism lm-eval pads a rank holding fewer documents with ``repeats`` more copies of the
+    request object it sent last. Maps each position of a request object beyond its first ``repeats`` to an
+    earlier position of the same object, whose response it reuses instead of drawing another sample."""
+    positions: dict[int, list[int]] = {}
+    for i, req in enumerate(requests):
+        positions.setdefault(id(req), []).append(i)
+    copies = {}
+    for where in positions.values():
+        repeats = getattr(requests[where[0]], "repeats", None)
+        if isinstance(repeats, int) and repeats > 0:
+            copies.update({i: where[j % repeats] for j, i in enumerate(where[repeats:])})
+    return copies
+
+
+def destroy_gloo_group_at_exit() -> None:
+    """Destroy the default process group when the process exits, if it is gloo: left to interpreter teardown, its
+    threads sometimes abort the process ("terminate called without an active exception", about 1 run in 10 of 2
+    CPU processes here), failing a launch whose results were written."""
+    import atexit
+
+    import torch.distributed as dist
+
+    def destroy() -> None:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo":
+        atexit.register(destroy)
+
+
+def _cpu_process_group_env(device: str | None) -> None:
+    """Under a multi-process launch (``WORLD_SIZE`` > 1: ``accelerate launch --multi_gpu``, ``torchrun``) on a
+    machine without CUDA, or with ``device=cpu``, let accelerate form a CPU (gloo) process group: it does so only
+    when ``ACCELERATE_USE_CPU`` is set, and otherwise every process would run the whole evaluation alone."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "ACCELERATE_USE_CPU" in os.environ:
+        return
+    if torch.cuda.is_available() and not str(device or "").startswith("cpu"):
+        return
+    log.info("hf-swift: %s processes on CPU: setting ACCELERATE_USE_CPU=true (gloo)", os.environ["WORLD_SIZE"])
+    os.environ["ACCELERATE_USE_CPU"] = "true"
+
+
 @register_model("hf-swift")
 class HFSwiftLM(HFLM):
     """HFLM plus best-of-N sampling with SWIFT rewards: ``generate_until`` returns :class:`ScoredText` responses.
 
     ``heads``: head spec as in :func:`~lm_eval_swift.heads.resolve_heads` (default "auto"; None, "none", "off" or ""
-    mean no heads: plain sampling). ``seed``: sampling seed. Every other argument is HFLM's.
+    mean no heads: plain sampling). ``seed``: sampling seed. ``sample_cache``: where finished samples are kept so
+    that a run started again samples only what is missing (see :mod:`~lm_eval_swift.sample_cache`): a SQLite
+    file or a directory for one; "auto" (default): ``hf-swift-samples.sqlite`` in lm-eval's cache folder
+    (``$LM_HARNESS_CACHE_PATH``); None or "none": no cache. Every other argument is HFLM's.
+
+    Data parallel: under ``accelerate launch`` with several processes each rank samples the questions lm-eval gives
+    it (lm-eval splits documents round-robin by rank). HFLM enables that only with several GPUs; hf-swift also
+    does on CPU (gloo) and with several processes on one GPU.
     """
 
-    def __init__(self, pretrained, heads: str | None = "auto", seed: int = 1234, **kwargs):
+    def __init__(
+        self,
+        pretrained,
+        heads: str | None = "auto",
+        seed: int = 1234,
+        sample_cache: str | os.PathLike | None = "auto",
+        **kwargs,
+    ):
+        _cpu_process_group_env(kwargs.get("device"))
         super().__init__(pretrained, **kwargs)
         if self.backend != "causal":
             raise ValueError("hf-swift needs a decoder-only (causal) model")
         if self.think_end_token is not None:
             raise NotImplementedError("hf-swift does not support think_end_token yet")
+        accelerator = getattr(self, "accelerator", None)
+        if accelerator is not None and accelerator.num_processes > 1 and self.world_size == 1:
+            # HFLM shards across ranks only with several GPUs; the sampling here needs no collective op
+            self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
+        if self.world_size > 1:
+            destroy_gloo_group_at_exit()
         self.seed = int(seed)
         self.heads = resolve_heads("none" if heads is None else str(heads), self.model.name_or_path, self.model.config)
         self.projector = HeadProjector(self.model, list(self.heads.values())) if self.heads else None
         if self.projector is not None:
             self.projector.check()
+        self.sample_cache = self._open_sample_cache(sample_cache)
+        self._fingerprints: dict[str, tuple[object, str]] = {}  # "model" or head alias -> (object, fingerprint)
+        self._counts = {"cached": 0, "sampled": 0}  # of the last generate_until
+
+    def _open_sample_cache(self, spec) -> SampleCache | None:
+        path = resolve_path(spec)
+        if path is None:
+            return None
+        try:
+            cache = SampleCache(path)
+        except (OSError, sqlite3.Error) as e:
+            if spec not in ("auto", "default"):
+                raise
+            log.warning("hf-swift: cannot open the default sample cache %s (%s); running without one", path, e)
+            return None
+        log.info("hf-swift: sample cache %s", path)
+        return cache
+
+    def _cache_identity(self) -> tuple[str, list[tuple[str, str]]]:
+        """(model fingerprint, [(alias, head fingerprint)]) of the model and heads in use now; each fingerprint is
+        computed once per object."""
+
+        def memo(key: str, obj, compute, *args) -> str:
+            held = self._fingerprints.get(key)
+            if held is None or held[0] is not obj:
+                held = self._fingerprints[key] = (obj, compute(*args))
+            return held[1]
+
+        model = memo("model", self.model, model_fingerprint, self.model)
+        heads = [(alias, memo(alias, head, head_fingerprint, alias, head)) for alias, head in self.heads.items()]
+        return model, heads
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[ScoredText]:
+        copies = padding_copies(requests) if self.world_size > 1 else {}
         questions: dict[tuple[str, str], list[int]] = {}  # identical (context, gen_kwargs) -> request indices
         for i, req in enumerate(requests):
+            if i in copies:
+                continue
             context, gen_kwargs = req.args
             questions.setdefault((context, json.dumps(gen_kwargs, sort_keys=True, default=str)), []).append(i)
         batch_size = self._detect_batch_size() if self.batch_size == "auto" else int(self.batch_size)
@@ -228,6 +371,7 @@ class HFSwiftLM(HFLM):
         autocast = torch.autocast(
             self.device.type, self.mixed_precision_dtype, enabled=self.mixed_precision_dtype is not None
         )
+        self._counts = {"cached": 0, "sampled": 0}
         bar = tqdm(questions.values(), desc="hf-swift: sampling questions", disable=disable_tqdm or self.rank != 0)
         with autocast:
             for idxs in bar:
@@ -235,36 +379,85 @@ class HFSwiftLM(HFLM):
                 for i, response in zip(idxs, self.sample_question(context, gen_kwargs, len(idxs), batch_size)):
                     results[i] = response
                     self.cache_hook.add_partial("generate_until", requests[i].args, response)
+        for i, original in copies.items():
+            results[i] = results[original]
+        if self.sample_cache is not None:
+            rank = f" (rank {self.rank})" if self.world_size > 1 else ""
+            print(
+                f"hf-swift sample cache{rank} {self.sample_cache.path}: {self._counts['cached']} samples cached, "
+                f"{self._counts['sampled']} sampled",
+                file=sys.stderr,
+                flush=True,
+            )
         return results
 
     def sample_question(self, context: str, gen_kwargs: dict, n: int, batch_size: int) -> list[ScoredText]:
-        """n scored responses to one prompt (all n the same greedy one when not sampling)."""
+        """n scored responses to one prompt (all n the same greedy one when not sampling).
+
+        Samples found in the sample cache are not drawn again; the others are drawn in chunks of ``batch_size``
+        (the chunks an uninterrupted run would draw) and each chunk is committed to the cache as it finishes.
+        """
         kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
         until = handle_stop_sequences(
             kwargs.pop("until", None), eos=self.tok_decode(self.eot_token_id, skip_special_tokens=False)
         )
         max_gen_toks = kwargs.pop("max_gen_toks")
-        sampling = Sampling.from_gen_kwargs(kwargs, self.model.generation_config)
+        settings = Sampling.resolve(kwargs, self.model.generation_config)
+        sampling = Sampling(**settings)
         prompt = encode_prompt(self, context, max_gen_toks)
         eos = eos_token_ids(self)
-        seeds = [sample_seed(self.seed, context, gen_kwargs, i) for i in range(n if sampling.do_sample else 1)]
-        samples = sample_continuations(
+        count = n if sampling.do_sample else 1
+        seeds = [sample_seed(self.seed, context, gen_kwargs, i) for i in range(count)]
+        responses: dict[int, ScoredText] = {}
+        question = description = None
+        if self.sample_cache is not None:
+            model_id, head_ids = self._cache_identity()
+            question, description = question_key(
+                model=model_id,
+                heads=head_ids,
+                context=context,
+                gen_kwargs=gen_kwargs,
+                prompt_token_ids=prompt,
+                settings={
+                    **settings,
+                    "until": until,
+                    "max_gen_toks": max_gen_toks,
+                    "eos": sorted(eos),
+                    "autocast": str(self.mixed_precision_dtype),  # mixed_precision_dtype changes the numbers
+                },
+                seed=self.seed,
+            )
+            responses = self.sample_cache.get(question, range(count))
+        chunks = [
+            missing
+            for s in range(0, count, batch_size)
+            if (missing := [i for i in range(s, min(s + batch_size, count)) if i not in responses])
+        ]
+        self._counts["cached"] += len(responses)
+        decoded = iter_continuations(
             self.model,
             prompt,
-            seeds,
+            [[seeds[i] for i in chunk] for chunk in chunks],
             sampling,
             max_gen_toks,
             StopCheck(self.tokenizer, until, eos),
             self.projector,
-            batch_size,
         )
-        responses = []
-        for generated, parts in samples:
-            kept, text, finish = response_tokens(generated, self.tokenizer, until, eos)
-            mask = torch.ones(len(kept), dtype=torch.bool)
-            scores = {
-                alias: float(swift_reward(parts[: len(kept), h], mask, head.gate))
-                for h, (alias, head) in enumerate(self.heads.items())
-            }
-            responses.append(ScoredText(text, kept, finish, scores, prompt))
-        return responses * (n // len(responses))
+        with closing(decoded):  # leaves the projector's hooks now, not when the generator is collected
+            for chunk, samples in zip(chunks, decoded):
+                fresh = {i: self._scored(ids, parts, until, eos, prompt) for i, (ids, parts) in zip(chunk, samples)}
+                if self.sample_cache is not None:
+                    self.sample_cache.put(question, description, fresh, {i: seeds[i] for i in chunk})
+                responses.update(fresh)
+                self._counts["sampled"] += len(fresh)
+        ordered = [responses[i] for i in range(count)]
+        return ordered * (n // count)
+
+    def _scored(self, generated, parts, until, eos, prompt) -> ScoredText:
+        kept, text, finish = response_tokens(generated, self.tokenizer, until, eos)
+        mask = torch.ones(len(kept), dtype=torch.bool)
+        scores = {
+            alias: float(swift_reward(parts[: len(kept), h], mask, head.gate))
+            for h, (alias, head) in enumerate(self.heads.items())
+        }
+        return ScoredText(text, kept, finish, scores, prompt)

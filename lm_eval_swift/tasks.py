@@ -231,8 +231,13 @@ class BestOfNTask(ConfigurableTask):
         config["filter_list"] = rows
         self._needed_scores = {row["name"]: _row_scores(row) for row in rows}
         super().__init__(config=config, **kwargs)
+        _shard_hflm_across_processes()
 
     def apply_filters(self):
+        for inst in self._instances:
+            # under data parallelism lm-eval pads a rank holding fewer documents with copies of its last request,
+            # whose responses are appended to that request: keep the N of the request itself
+            del inst.resps[self.config.repeats :]
         rollouts = [
             build_rollout(
                 self.config.task,
@@ -284,6 +289,27 @@ def _gather_across_ranks(rollouts: list[QuestionRollout]) -> list[QuestionRollou
     shares: list[list[QuestionRollout] | None] = [None] * dist.get_world_size()
     dist.all_gather_object(shares, rollouts)
     return sorted((r for share in shares for r in share or []), key=lambda r: r.doc_id)
+
+
+def _shard_hflm_across_processes() -> None:
+    """Make the process's lm-eval HFLM (``--model hf``) take its share of the documents when it was launched in
+    several processes that HFLM does not shard: HFLM splits documents across ranks only with several GPUs, so on CPU
+    (``ACCELERATE_USE_CPU=true accelerate launch --multi_gpu``, gloo) every process would evaluate everything and
+    write the same files. Runs while tasks load, after the model is made and before lm-eval splits the documents
+    by ``lm.rank``. ``hf-swift`` does this itself."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    lm = _live_hf_model()
+    accelerator = getattr(lm, "accelerator", None)
+    if accelerator is not None and accelerator.num_processes > 1 and lm.world_size == 1:
+        log.info("HFLM: sharding documents across %d processes (rank %d)", accelerator.num_processes,
+                 accelerator.process_index)
+        lm._rank, lm._world_size = accelerator.process_index, accelerator.num_processes
+        from lm_eval_swift.models import destroy_gloo_group_at_exit
+
+        destroy_gloo_group_at_exit()
 
 
 def _live_hf_model():

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
-import pytest
-
-from lm_eval_swift.toy_models import random_causal_lm
-
+# before lm_eval is imported anywhere: this session's caches (hf-swift's sample cache among them) live in a fresh
+# temp folder, so no test reads samples another session or another test run left behind
+os.environ["LM_HARNESS_CACHE_PATH"] = tempfile.mkdtemp(prefix="lm-eval-swift-tests-cache-")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from lm_eval_swift.toy_models import random_causal_lm  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

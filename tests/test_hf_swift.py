@@ -36,7 +36,7 @@ def lm(request, tiny_model_factory, tmp_path_factory):
     path = tiny_model_factory(request.param, num_hidden_layers=4)
     heads = make_heads(AutoConfig.from_pretrained(path), str(path))
     spec = save_heads(heads, tmp_path_factory.mktemp("heads"))
-    return HFSwiftLM(pretrained=str(path), device="cpu", batch_size=4, heads=spec)
+    return HFSwiftLM(pretrained=str(path), device="cpu", batch_size=4, heads=spec, sample_cache=None)
 
 
 def test_captured_scores_match_rescoring_and_reference(lm):

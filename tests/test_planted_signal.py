@@ -59,7 +59,8 @@ def rollouts_of(lm: HFSwiftLM, questions: list[str], task: str):
 def test_last_token_signal_is_recovered(marker_model, tmp_path):
     path, tok = marker_model
     torch.manual_seed(0)
-    plain = HFSwiftLM(pretrained=str(path), device="cpu", batch_size=8, heads=None, dtype="float32")
+    plain = HFSwiftLM(pretrained=str(path), device="cpu", batch_size=8, heads=None, dtype="float32",
+                      sample_cache=None)
     train = rollouts_of(plain, [f"{i} abc 3+4=?" for i in range(40)], "train")
     endings = [r.token_ids[-1] for q in train for r in q.responses]
     markers = {tok.convert_tokens_to_ids(RIGHT), tok.convert_tokens_to_ids(WRONG)}
@@ -72,7 +73,8 @@ def test_last_token_signal_is_recovered(marker_model, tmp_path):
                       batch_size=32, device="cpu", dtype="float32", max_gen_toks=GEN["max_gen_toks"], progress=False)
     assert head.training_info["metrics"]["within_auroc"] > 0.99
 
-    lm = HFSwiftLM(pretrained=str(path), device="cpu", batch_size=8, heads=str(tmp_path / "head"), dtype="float32")
+    lm = HFSwiftLM(pretrained=str(path), device="cpu", batch_size=8, heads=str(tmp_path / "head"), dtype="float32",
+                   sample_cache=None)
     test = rollouts_of(lm, [f"{i} hg 4+3=?" for i in range(20)], "test")
     captured = [[r.scores["swift"] for r in q.responses] for q in test]
     add_head_scores(test, lm.model, lm.tokenizer, {"rescored": SwiftHead.from_pretrained(tmp_path / "head")},

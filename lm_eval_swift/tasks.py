@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from lm_eval_swift.selectors import FILTER_NAMES, score_rows  # (importing registers the filters the YAML names)
 from lm_eval_swift.grading import extract_answer
+from lm_eval_swift.models import HFSwiftLM
 from lm_eval_swift.rollouts import QuestionRollout, build_rollout
 from lm_eval_swift.scoring import add_live_model_head_scores, add_scorer_scores, parse_scorer_specs
 
@@ -272,7 +273,7 @@ class BestOfNTask(ConfigurableTask):
         if not rollouts or any(resp.scores for r in rollouts for resp in r.responses):
             return
         lm = _live_hf_model()
-        if lm is None:
+        if lm is None or isinstance(lm, HFSwiftLM):  # hf-swift already scored with the heads it was given
             return
         meta = self.config.metadata or {}
         max_gen_toks = int((self.config.generation_kwargs or {}).get("max_gen_toks", lm.max_gen_toks))

@@ -9,106 +9,40 @@ spent inside capture code), and what HF ``generate(output_hidden_states=True)`` 
 Time: on CPU the process CPU time (wall time is reported too, but on a shared machine it mostly measures the
 neighbours), on CUDA wall time. Peak memory: on CPU the peak RSS above the RSS before the run (VmHWM after resetting
 it via /proc/self/clear_refs), on CUDA ``torch.cuda.max_memory_allocated`` above the allocation before the run.
-Appends a line to RESULTS.md.
+Appends a line to RESULTS.md. The harness (clocks, alternation, models, RESULTS.md rows) is in _common.py; the
+model's shape and dtype are flags (``--size 1b --dtype bfloat16`` on a GPU, see gpu.sh).
 
     python benchmarks/capture_overhead.py --quick      # < 1 minute on 2 cores
 """
 
 from __future__ import annotations
 
-import argparse
-import ctypes
-import datetime
 import statistics
 import tempfile
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
+import _common as c
 import torch
+from _common import TimedProjector, paired, ratios
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from lm_eval_swift.capture import HeadProjector
 from lm_eval_swift.heads import SwiftHead
 from lm_eval_swift.models import Sampling, sample_continuations
-from lm_eval_swift.toy_models import random_causal_lm
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 PROMPT = "Question: what is the sum of the first twenty odd numbers? Think step by step. Answer:"
-
-
-class TimedProjector(HeadProjector):
-    """A HeadProjector that adds up the time spent in its own code (hooks and take)."""
-
-    seconds = 0.0
-
-    def _add(self, entry, h):
-        start = time.perf_counter()
-        super()._add(entry, h)
-        self.seconds += time.perf_counter() - start
-
-    def take(self):
-        start = time.perf_counter()
-        out = super().take()
-        self.seconds += time.perf_counter() - start
-        return out
-
-
-class Measure:
-    """Wall time, CPU time and peak bytes above the level at entry (CPU: RSS high-water mark; CUDA: allocator)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.start_mem = torch.cuda.memory_allocated()
-        else:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-            self.start_mem = _status_kb("VmRSS") * 1024
-        self.start_wall, self.start_cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated() - self.start_mem
-        else:
-            self.peak = _status_kb("VmHWM") * 1024 - self.start_mem
-        self.wall, self.cpu = time.perf_counter() - self.start_wall, time.process_time() - self.start_cpu
-        self.time = self.wall if self.device.type == "cuda" else self.cpu
-
-
-def _proc_field(path: str, field: str) -> str:
-    """The value of ``field: value`` in a /proc file."""
-    return next(line.split(":", 1)[1].strip() for line in Path(path).read_text().splitlines() if line.startswith(field))
-
-
-def _status_kb(field: str) -> int:
-    return int(_proc_field("/proc/self/status", field + ":").split()[0])
-
-
-def paired(a, b, pairs: int, device) -> list[tuple[Measure, Measure]]:
-    """Alternating runs (a b, b a, ...) -> [(a's measure, b's measure)] per pair."""
-    runs = []
-    for i in range(pairs):
-        order = (a, b) if i % 2 == 0 else (b, a)
-        measures = []
-        for fn in order:
-            with Measure(device) as m:
-                fn()
-            measures.append(m)
-        runs.append(tuple(measures) if i % 2 == 0 else tuple(reversed(measures)))
-    return runs
-
-
-def ratios(runs) -> tuple[float, float, float]:
-    """Median per-pair ratios b/a of time, wall time and peak memory."""
-    med = lambda key: statistics.median(key(mb) / max(key(ma), 1e-9) for ma, mb in runs)  # noqa: E731
-    return med(lambda m: m.time), med(lambda m: m.wall), med(lambda m: m.peak)
+COLUMNS = [
+    "machine",
+    "setup",
+    "capture time x",
+    "capture step time x",
+    "time in capture code",
+    "capture memory x",
+    "output_hidden_states time x",
+    "output_hidden_states memory x",
+    "memory measured as",
+]
 
 
 @torch.no_grad()
@@ -134,34 +68,24 @@ def step_ratio(model, projector: HeadProjector, prompt: list[int], rows: int, pa
     return statistics.median(b / a for a, b in zip(times[False], times[True]))
 
 
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{_proc_field('/proc/cpuinfo', 'model name')}, {torch.get_num_threads()} thread(s)"
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = c.base_parser(__doc__)
+    c.add_model_args(parser, "50m")
     parser.add_argument("--quick", action="store_true", help="64 new tokens, 2 run pairs, 60 step pairs")
     parser.add_argument("--n", type=int, default=8, help="samples per prompt")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--pairs", type=int, default=6, help="pairs of whole runs (half as many for HF generate)")
     parser.add_argument("--step-pairs", type=int, default=300, help="pairs of single decode steps")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     if args.quick:
         args.new_tokens, args.pairs, args.step_pairs = 64, 2, 60
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device, dtype = c.setup(args)
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = random_causal_lm(
-            tmp, "llama", hidden_size=512, num_hidden_layers=16, num_attention_heads=8, intermediate_size=1376
-        )
-        model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+        path = c.build_model(args, dtype, tmp)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(path)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = c.n_params(model)
     heads = [
         SwiftHead.for_model(model.config, str(path)),
         SwiftHead.for_model(model.config, str(path), kind="logits", name="logits"),
@@ -188,11 +112,12 @@ def main() -> None:
     hf_runs = paired(hf(False), hf(True), max(args.pairs // 2, 1), device)
     hs_time_x, hs_wall_x, hs_mem_x = ratios(hf_runs)
 
-    where, clock = machine(device), "wall" if device.type == "cuda" else "CPU"
+    where, clock = c.machine(device), c.clock_name(device)
     layers = model.config.num_hidden_layers
     plain, hf_plain = (statistics.median(ma.time for ma, _ in r) for r in (runs, hf_runs))
     plain_mib = statistics.median(ma.peak for ma, _ in runs) / 2**20
     print(f"machine: {where}; torch {torch.__version__}; model {n_params / 1e6:.1f}M params, {layers} layers")
+    print(f"{c.load_note()}; {c.dtype_name(dtype)} weights")
     print(f"N={args.n} samples x {args.new_tokens} new tokens, prompt {len(prompt)} tokens, {args.pairs} pairs")
     print(f"plain: {plain:.2f} s {clock} time (HF generate {hf_plain:.2f} s), peak extra memory {plain_mib:.1f} MiB")
     print(
@@ -206,19 +131,21 @@ def main() -> None:
     )
     memory = "CUDA max_memory_allocated delta" if device.type == "cuda" else "peak RSS delta"
     setup = f"{'quick' if args.quick else 'full'}: N={args.n}, T={args.new_tokens}, {n_params / 1e6:.0f}M Llama"
-    line = (
-        f"| {datetime.date.today()} | {where} | {setup}, {args.pairs} pairs | {time_x:.3f} ({clock}) | {step_x:.3f} "
-        f"| {100 * share:.1f}% | {mem_x:.3f} | {hs_time_x:.3f} | {hs_mem_x:.3f} | {memory} |\n"
-    )
-    if not RESULTS.exists():
-        RESULTS.write_text(
-            "# Benchmark results\n\n## capture_overhead.py\n\n"
-            "| date | machine | setup | capture time x | capture step time x | time in capture code "
-            "| capture memory x | output_hidden_states time x | output_hidden_states memory x | memory measured as |\n"
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
-        )
-    with RESULTS.open("a") as f:
-        f.write(line)
+    if dtype != torch.float32:
+        setup += f" {c.dtype_name(dtype)}"
+    cells = [
+        f"{where} ({c.load_note()})" if device.type == "cpu" else where,
+        f"{setup}, {args.pairs} pairs",
+        f"{time_x:.3f} ({clock})",
+        f"{step_x:.3f}",
+        f"{100 * share:.1f}%",
+        f"{mem_x:.3f}",
+        f"{hs_time_x:.3f}",
+        f"{hs_mem_x:.3f}",
+        memory,
+    ]
+    if not args.no_results:
+        c.append_result("capture_overhead.py", COLUMNS, cells)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,9 @@ def entry_modules(model: nn.Module) -> tuple[dict[Entry, nn.Module], int]:
     return {0: layers[0], **{i: layers[i - 1] for i in range(1, n)}, n: norm, "logits": lm_head}, n
 
 
+DEFER_MAX_POSITIONS = 4096  # inputs with at most this many positions (B*S) are projected at take(), in one batch
+
+
 class HeadProjector:
     """Context manager: while active, every forward of ``model`` accumulates the heads' outputs; ``take()`` them.
 
@@ -75,7 +78,8 @@ class HeadProjector:
         self.bias = torch.stack(biases)  # [H, 2]
         self.uses_logits = "logits" in self.weights
         self._acc: dict[torch.device, torch.Tensor] = {}  # per device: [B*S, 2H] running sum
-        self._shape: torch.Size | None = None
+        self._pending: dict[torch.device, list[tuple[Entry, torch.Tensor]]] = {}  # per device: inputs to project
+        self._shape: torch.Size | None = None  # [B, S] of the forward being captured
         self._handles: list = []
         self._paused = False
         self._checked = False
@@ -103,7 +107,7 @@ class HeadProjector:
     def __exit__(self, *exc) -> None:
         for handle in self._handles:
             handle.remove()
-        self._handles, self._acc = [], {}
+        self._handles, self._acc, self._pending, self._shape = [], {}, {}, None
 
     def _on_input(self, module, args, kwargs) -> None:
         self._add(0, args[0] if args else kwargs["hidden_states"])
@@ -112,25 +116,56 @@ class HeadProjector:
         self._add(entry, output[0] if isinstance(output, tuple) else output)
 
     def _add(self, entry: Entry, h: torch.Tensor) -> None:
-        """Add h [B, S, d] @ W_entry [d, 2H] (fp32) to this device's accumulator."""
+        """Queue h [B, S, d] of ``entry`` for projection onto W_entry [d, 2H] (fp32) at :meth:`take`.
+
+        Projecting in one batched multiply per device at ``take`` rather than one small multiply inside each hook
+        is what keeps capture cheap while decoding: the hooks then do no arithmetic between the layers' own
+        (cache-evicting) matmuls. Wide inputs (a prefill, a teacher-forced pass) are projected at once instead, so
+        no more than one layer's activations are ever held.
+        """
         if self._paused:
             return
-        if torch.is_autocast_enabled(h.device.type):
-            with torch.autocast(h.device.type, enabled=False):
-                return self._add(entry, h)
-        x = h.reshape(-1, h.shape[-1]).float()
-        w = self.weights[entry]
-        if w.device != x.device:
-            w = self.weights[entry] = w.to(x.device)
-        acc = self._acc.get(x.device)
-        if acc is None:
-            self._acc[x.device], self._shape = x @ w, h.shape[:-1]
-        elif acc.shape[0] != x.shape[0]:
+        x = h.reshape(-1, h.shape[-1])
+        if self._shape is not None and self._shape.numel() != x.shape[0]:
             raise RuntimeError(
-                f"entry {entry!r} has {x.shape[0]} positions, others {acc.shape[0]}: pass logits_to_keep=0 to the model"
+                f"entry {entry!r} has {x.shape[0]} positions, others {self._shape.numel()}: pass logits_to_keep=0 to the model"
             )
+        self._shape = h.shape[:-1]
+        if x.shape[0] > DEFER_MAX_POSITIONS:
+            self._accumulate(x.device, self._project(entry, x))
         else:
-            acc.addmm_(x, w)
+            self._pending.setdefault(x.device, []).append((entry, x))
+
+    def _weight(self, entry: Entry, device: torch.device) -> torch.Tensor:
+        w = self.weights[entry]
+        if w.device != device:
+            w = self.weights[entry] = w.to(device)
+        return w
+
+    def _project(self, entry: Entry, x: torch.Tensor) -> torch.Tensor:
+        """x [n, d] @ W_entry [d, 2H] in fp32, outside autocast."""
+        with torch.autocast(x.device.type, enabled=False):
+            return x.float() @ self._weight(entry, x.device)
+
+    def _accumulate(self, device: torch.device, part: torch.Tensor) -> None:
+        acc = self._acc.get(device)
+        self._acc[device] = part if acc is None else acc.add_(part)
+
+    def _flush(self) -> None:
+        """Project the queued inputs: one batched multiply per device and width (hidden states, logits)."""
+        pending, self._pending = self._pending, {}
+        for device, items in pending.items():
+            by_width: dict[int, list[tuple[Entry, torch.Tensor]]] = {}
+            for entry, x in items:
+                by_width.setdefault(x.shape[-1], []).append((entry, x))
+            for group in by_width.values():
+                if len(group) == 1:
+                    self._accumulate(device, self._project(*group[0]))
+                    continue
+                with torch.autocast(device.type, enabled=False):
+                    xs = torch.stack([x.float() for _, x in group])  # [E, n, d]
+                    ws = torch.stack([self._weight(e, device) for e, _ in group])  # [E, d, 2H]
+                    self._accumulate(device, torch.bmm(xs, ws).sum(0))
 
     def check(self) -> None:
         """Run the layout self-check now (it otherwise runs when first entered); raises CaptureLayoutError."""
@@ -148,22 +183,23 @@ class HeadProjector:
 
     def take(self) -> torch.Tensor:
         """[B, S, H, 2] fp32 head outputs of the forward(s) since the last take, bias included; resets."""
+        self._flush()
         if not self._acc:
             raise RuntimeError("HeadProjector.take(): no forward pass since the last take()")
-        accs, self._acc = list(self._acc.values()), {}
+        accs, self._acc, shape, self._shape = list(self._acc.values()), {}, self._shape, None
         total = accs[0]
         for acc in accs[1:]:
             total = total + acc.to(total.device)
         if self.bias.device != total.device:
             self.bias = self.bias.to(total.device)
-        return total.view(*self._shape, *self.bias.shape) + self.bias
+        return total.view(*shape, *self.bias.shape) + self.bias
 
     # ---- self-check ----------------------------------------------------------------------------------------------
 
     @torch.no_grad()
     def _self_check(self) -> None:
         """One tiny forward: hooked projection == projection of ``output_hidden_states`` (and logits), else raise."""
-        self._acc = {}
+        self._acc, self._pending, self._shape = {}, {}, None
         ids = torch.arange(min(6, self.heads[0].base.vocab_size), device=self.model.device)[None]
         out = self.model(input_ids=ids, output_hidden_states=True, use_cache=False)
         got = self.take().cpu()

@@ -15,7 +15,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lm_eval_swift.grading import extract_answer, is_equivalent
-from lm_eval_swift.responses import ScoredText
 
 
 @dataclass

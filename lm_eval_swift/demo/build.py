@@ -29,8 +29,8 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=800, help="train_head questions to sample (8 each)")
     args = parser.parse_args()
     if not args.skip_lm:
-        subprocess.run([sys.executable, "-m", "lm_eval_swift.demo.train_lm", "--out", str(MODEL_DIR), "--seed", "0"],
-                       check=True)
+        subprocess.run([sys.executable, "-m", "lm_eval_swift.demo.train_lm", "--out", str(MODEL_DIR), "--seed", "0",
+                        "--steps", "2000"], check=True)
     out = tempfile.mkdtemp(prefix="demo-rollouts-")
     subprocess.run(
         [sys.executable, "-m", "lm_eval_swift", "eval", "--model", "hf-swift",

@@ -20,14 +20,6 @@ from lm_eval_swift.rescoring import rescore
 PAIRS = [("<s><|user|>1+1?</s><|assistant|>", "2, since one and one make two."), ("<s><|user|>hi</s><|assistant|>", "hello"), ("<s>x", "y z")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def lm(tiny_model_factory):
     path = str(tiny_model_factory("llama"))

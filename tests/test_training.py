@@ -74,15 +74,6 @@ def make_rollouts(path: Path, n_questions: int = 20, n: int = 6, seed: int = 0, 
     return write_rollouts(rollouts, path)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run far faster on one thread than on two contended ones (and resume compares bitwise-ish)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model(tiny_model_factory) -> str:
     return str(tiny_model_factory("llama"))

@@ -267,9 +267,32 @@ class _Pool:
                 self._cond.notify()
             if verdict is None:
                 worker.close()
+                self._start_spare()
         if verdict is None:
             raise _GradingFailed("grading timed out")
         return verdict
+
+    def _start_spare(self) -> None:
+        """Start a replacement worker in the background, so the call after a timeout does not wait ~1 s for one."""
+
+        def start() -> None:
+            try:
+                worker = _Worker()
+            except Exception:  # noqa: BLE001 - the next call starts one itself and reports the failure
+                with self._cond:
+                    self._count -= 1
+                    self._cond.notify()
+                return
+            with self._cond:
+                self._workers.add(worker)
+                self._idle.append(worker)
+                self._cond.notify()
+
+        with self._cond:
+            if self._count >= _max_workers():
+                return
+            self._count += 1
+        threading.Thread(target=start, daemon=True, name="grading-worker-spare").start()
 
     def _acquire(self) -> _Worker:
         with self._cond:

@@ -1,8 +1,9 @@
 """``hf-swift``: lm-eval's ``hf`` model whose ``generate_until`` samples N responses per question and scores each
 with SWIFT heads while generating.
 
-Per question the prompt is encoded as HFLM would and prefilled once; each chunk of at most ``batch_size`` samples
-decodes from a copy of that KV cache. Sample i draws its uniforms from its own seed (``sample_seed``), so samples do
+Per question the prompt is encoded as HFLM would and prefilled once into a preallocated KV cache (transformers'
+``StaticCache``, prompt + ``max_gen_toks`` positions: each decode step writes in place instead of copying a growing
+cache); each chunk of at most ``batch_size`` samples decodes from a copy of it, expanded to the chunk's rows. Sample i draws its uniforms from its own seed (``sample_seed``), so samples do
 not depend on batching. The heads' outputs of each fed token are captured by a
 :class:`~lm_eval_swift.capture.HeadProjector`; the last sampled token of a row is fed once more to be captured.
 
@@ -28,7 +29,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 from tqdm import tqdm
-from transformers import DynamicCache
+from transformers import StaticCache
 from transformers.generation.logits_process import (
     LogitsProcessorList,
     MinPLogitsWarper,
@@ -174,7 +175,7 @@ def iter_continuations(
     if not chunks:
         return
     prompt = torch.tensor([list(prompt_ids)], device=model.device)
-    cache = DynamicCache(config=model.config)
+    cache = StaticCache(config=model.config, max_cache_len=len(prompt_ids) + max_new_tokens)
     with projector if projector is not None else nullcontext():
         with projector.paused() if projector is not None else nullcontext():
             logits = model(input_ids=prompt, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
@@ -186,7 +187,7 @@ def iter_continuations(
 def _decode(model, cache, logits, seeds, sampling, max_new_tokens, stop, projector):
     """Decode len(seeds) rows from a prefilled single-row ``cache`` whose next-token logits are ``logits`` [1, V]."""
     rows = len(seeds)
-    cache.batch_repeat_interleave(rows)
+    cache.reorder_cache(torch.zeros(rows, dtype=torch.long))
     logits = logits.expand(rows, -1)
     u = torch.stack(
         [torch.rand(max_new_tokens, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in seeds]
@@ -216,12 +217,12 @@ def _decode(model, cache, logits, seeds, sampling, max_new_tokens, stop, project
     return [(ids, None if parts is None else parts[r, : len(ids)].cpu()) for r, ids in enumerate(generated)]
 
 
-def _select(cache: DynamicCache, keep: torch.Tensor, *rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _select(cache: StaticCache, keep: torch.Tensor, *rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Keep the cache rows (and the given per-row tensors) where ``keep`` [rows] is True."""
     if keep.all():
         return rows
     idx = keep.nonzero()[:, 0]
-    cache.batch_select_indices(idx)
+    cache.reorder_cache(idx)
     return tuple(x[idx.to(x.device)] for x in rows)
 
 

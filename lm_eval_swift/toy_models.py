@@ -62,8 +62,10 @@ def random_causal_lm(
     seed: int = 0,
     tokenizer: PreTrainedTokenizerFast | None = None,
     dtype: torch.dtype = torch.float32,
+    **config_overrides,
 ) -> Path:
-    """Save a randomly initialised ``arch`` model plus tokenizer to ``path``; returns the path."""
+    """Save a randomly initialised ``arch`` model plus tokenizer to ``path``; returns the path.
+    ``config_overrides`` go to the config class as they are (e.g. ``sliding_window=8`` for Mistral)."""
     tokenizer = tokenizer or char_tokenizer()
     config = CONFIGS[arch](
         vocab_size=len(tokenizer),
@@ -77,6 +79,7 @@ def random_causal_lm(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
+        **config_overrides,
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)

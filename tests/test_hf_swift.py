@@ -31,9 +31,14 @@ def save_heads(heads, directory) -> str:
     return ",".join(f"{h.name}={h.save_pretrained(directory / h.name)}" for h in heads)
 
 
-@pytest.fixture(scope="module", params=["llama", "mistral", "qwen2"])
+# Mistral with an 8-token sliding window: shorter than prompt + response, so the preallocated decode cache's
+# sliding layers wrap around and the reference's full forward masks beyond the window.
+ARCHS = {"llama": {}, "mistral": {}, "qwen2": {}, "mistral-window8": {"sliding_window": 8}}
+
+
+@pytest.fixture(scope="module", params=list(ARCHS))
 def lm(request, tiny_model_factory, tmp_path_factory):
-    path = tiny_model_factory(request.param, num_hidden_layers=4)
+    path = tiny_model_factory(request.param.split("-")[0], num_hidden_layers=4, **ARCHS[request.param])
     heads = make_heads(AutoConfig.from_pretrained(path), str(path))
     spec = save_heads(heads, tmp_path_factory.mktemp("heads"))
     return HFSwiftLM(pretrained=str(path), device="cpu", batch_size=4, heads=spec, sample_cache=None)

@@ -21,6 +21,7 @@ from functools import partial
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from lm_eval_swift.heads import Entry, SwiftHead
 
@@ -44,7 +45,7 @@ def entry_modules(model: nn.Module) -> tuple[dict[Entry, nn.Module], int]:
     return {0: layers[0], **{i: layers[i - 1] for i in range(1, n)}, n: norm, "logits": lm_head}, n
 
 
-DEFER_MAX_POSITIONS = 4096  # inputs with at most this many positions (B*S) are projected at take(), in one batch
+DEFER_MAX_POSITIONS = 256  # inputs with at most this many positions (B*S: decode steps) are projected at take()
 
 
 class HeadProjector:
@@ -78,7 +79,8 @@ class HeadProjector:
         self.bias = torch.stack(biases)  # [H, 2]
         self.uses_logits = "logits" in self.weights
         self._acc: dict[torch.device, torch.Tensor] = {}  # per device: [B*S, 2H] running sum
-        self._pending: dict[torch.device, list[tuple[Entry, torch.Tensor]]] = {}  # per device: inputs to project
+        self._pending: list[tuple[Entry, torch.Tensor]] = []  # narrow inputs [B, S, d_e], projected at take()
+        self._stacked: dict[tuple, torch.Tensor] = {}  # (device, entries) -> their weights stacked, [2H, sum d_e]
         self._shape: torch.Size | None = None  # [B, S] of the forward being captured
         self._handles: list = []
         self._paused = False
@@ -107,7 +109,7 @@ class HeadProjector:
     def __exit__(self, *exc) -> None:
         for handle in self._handles:
             handle.remove()
-        self._handles, self._acc, self._pending, self._shape = [], {}, {}, None
+        self._handles, self._acc, self._pending, self._shape = [], {}, [], None
 
     def _on_input(self, module, args, kwargs) -> None:
         self._add(0, args[0] if args else kwargs["hidden_states"])
@@ -118,23 +120,29 @@ class HeadProjector:
     def _add(self, entry: Entry, h: torch.Tensor) -> None:
         """Queue h [B, S, d] of ``entry`` for projection onto W_entry [d, 2H] (fp32) at :meth:`take`.
 
-        Projecting in one batched multiply per device at ``take`` rather than one small multiply inside each hook
-        is what keeps capture cheap while decoding: the hooks then do no arithmetic between the layers' own
-        (cache-evicting) matmuls. Wide inputs (a prefill, a teacher-forced pass) are projected at once instead, so
-        no more than one layer's activations are ever held.
+        Projecting all queued entries in one multiply per device at ``take`` rather than one small multiply inside
+        each hook is what keeps capture cheap while decoding: the hooks only append, and do no arithmetic between
+        the layers' own (cache-evicting) matmuls. Wide inputs (a prefill, a teacher-forced pass) are projected at
+        once instead, so no more than one layer's activations are ever held.
         """
         if self._paused:
             return
+        if h.numel() <= DEFER_MAX_POSITIONS * h.shape[-1]:
+            self._pending.append((entry, h))
+            return
+        self._note_shape(entry, h)
         x = h.reshape(-1, h.shape[-1])
-        if self._shape is not None and self._shape.numel() != x.shape[0]:
+        with torch.autocast(x.device.type, enabled=False):
+            self._accumulate(x.device, x.float() @ self._weight(entry, x.device))
+
+    def _note_shape(self, entry: Entry, h: torch.Tensor) -> None:
+        """Record [B, S] of the forward being captured; every entry must have the same."""
+        if self._shape is not None and self._shape != h.shape[:-1]:
             raise RuntimeError(
-                f"entry {entry!r} has {x.shape[0]} positions, others {self._shape.numel()}: pass logits_to_keep=0 to the model"
+                f"entry {entry!r} has positions {tuple(h.shape[:-1])}, others {tuple(self._shape)}: pass "
+                f"logits_to_keep=0 to the model"
             )
         self._shape = h.shape[:-1]
-        if x.shape[0] > DEFER_MAX_POSITIONS:
-            self._accumulate(x.device, self._project(entry, x))
-        else:
-            self._pending.setdefault(x.device, []).append((entry, x))
 
     def _weight(self, entry: Entry, device: torch.device) -> torch.Tensor:
         w = self.weights[entry]
@@ -142,30 +150,32 @@ class HeadProjector:
             w = self.weights[entry] = w.to(device)
         return w
 
-    def _project(self, entry: Entry, x: torch.Tensor) -> torch.Tensor:
-        """x [n, d] @ W_entry [d, 2H] in fp32, outside autocast."""
-        with torch.autocast(x.device.type, enabled=False):
-            return x.float() @ self._weight(entry, x.device)
-
     def _accumulate(self, device: torch.device, part: torch.Tensor) -> None:
         acc = self._acc.get(device)
         self._acc[device] = part if acc is None else acc.add_(part)
 
     def _flush(self) -> None:
-        """Project the queued inputs: one batched multiply per device and width (hidden states, logits)."""
-        pending, self._pending = self._pending, {}
-        for device, items in pending.items():
-            by_width: dict[int, list[tuple[Entry, torch.Tensor]]] = {}
-            for entry, x in items:
-                by_width.setdefault(x.shape[-1], []).append((entry, x))
-            for group in by_width.values():
-                if len(group) == 1:
-                    self._accumulate(device, self._project(*group[0]))
-                    continue
-                with torch.autocast(device.type, enabled=False):
-                    xs = torch.stack([x.float() for _, x in group])  # [E, n, d]
-                    ws = torch.stack([self._weight(e, device) for e, _ in group])  # [E, d, 2H]
-                    self._accumulate(device, torch.bmm(xs, ws).sum(0))
+        """Project the queued inputs: per device, their features side by side [B*S, sum d_e] times the matching
+        weights stacked [2H, sum d_e], one fp32 matmul (the sum over entries is inside it)."""
+        pending, self._pending = self._pending, []
+        by_device: dict[torch.device, list[tuple[Entry, torch.Tensor]]] = {}
+        for entry, h in pending:
+            by_device.setdefault(h.device, []).append((entry, h))
+        for device, items in by_device.items():
+            key = (device, tuple(e for e, _ in items))
+            w = self._stacked.get(key)
+            if w is None:
+                w = self._stacked[key] = torch.cat([self._weight(e, device) for e in key[1]]).T.contiguous()
+            try:
+                x = torch.cat([h for _, h in items], dim=-1)
+            except RuntimeError as err:
+                shapes = {e: tuple(h.shape[:-1]) for e, h in items}
+                raise RuntimeError(
+                    f"entries have different positions {shapes}: pass logits_to_keep=0 to the model"
+                ) from err
+            self._note_shape(key[1][0], x)
+            with torch.autocast(device.type, enabled=False):
+                self._accumulate(device, F.linear(x.reshape(-1, x.shape[-1]).float(), w))
 
     def check(self) -> None:
         """Run the layout self-check now (it otherwise runs when first entered); raises CaptureLayoutError."""
@@ -199,7 +209,7 @@ class HeadProjector:
     @torch.no_grad()
     def _self_check(self) -> None:
         """One tiny forward: hooked projection == projection of ``output_hidden_states`` (and logits), else raise."""
-        self._acc, self._pending, self._shape = {}, {}, None
+        self._acc, self._pending, self._shape = {}, [], None
         ids = torch.arange(min(6, self.heads[0].base.vocab_size), device=self.model.device)[None]
         out = self.model(input_ids=ids, output_hidden_states=True, use_cache=False)
         got = self.take().cpu()

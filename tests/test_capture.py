@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Gemma2Config, GemmaConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig
 
+from lm_eval_swift import capture
 from lm_eval_swift.capture import CaptureLayoutError, HeadProjector
 from lm_eval_swift.heads import SwiftHead
 from lm_eval_swift.rescoring import rescore
@@ -86,6 +87,24 @@ def test_projector_hooks_only_used_entries(model_and_heads):
         with pytest.raises(RuntimeError, match="no forward pass"):
             proj.take()
     assert n_hooks(model) == before
+
+
+def test_wide_inputs_projected_at_once_equal_deferred_ones(model_and_heads, monkeypatch):
+    """Inputs of at most DEFER_MAX_POSITIONS positions are queued and projected together at take(); wider ones
+    in each hook. Both give the same numbers; entries of different positions are a clear error."""
+    model, heads = model_and_heads
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    with torch.no_grad(), HeadProjector(model, heads) as proj:
+        model(ids)
+        deferred = proj.take()
+        monkeypatch.setattr(capture, "DEFER_MAX_POSITIONS", 1)
+        model(ids)
+        at_once = proj.take()
+        monkeypatch.undo()
+        torch.testing.assert_close(at_once, deferred, rtol=1e-5, atol=1e-6)
+        model(ids, logits_to_keep=1)  # logits of the last position only: the logits head cannot be captured
+        with pytest.raises(RuntimeError, match="logits_to_keep=0"):
+            proj.take()
 
 
 def test_projection_stays_fp32_under_autocast(model_and_heads):

@@ -145,7 +145,7 @@ def main() -> None:
         print(
             f"{name} prompt ({r['n_prompt']} tokens): hf {r['t_hf']:.2f} s, hf-swift {r['t_sw']:.2f} s {clock} time "
             f"-> hf / hf-swift x{r['speedup']:.3f} (per pair {r['spread']}; wall x{r['wall']:.3f}); "
-            f"{args.n / r['t_sw']:.1f} vs {args.n / r['t_hf']:.1f} samples/s; goal >= {goal} "
+            f"samples/s: hf-swift {args.n / r['t_sw']:.3g}, hf {args.n / r['t_hf']:.3g}; goal >= {goal} "
             f"{'met' if r['speedup'] >= goal else 'MISSED'}"
         )
     cells = [

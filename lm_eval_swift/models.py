@@ -1,9 +1,9 @@
 """``hf-swift``: lm-eval's ``hf`` model whose ``generate_until`` samples N responses per question and scores each
 with SWIFT heads while generating.
 
-Per question the prompt is encoded as HFLM would and prefilled once into a preallocated KV cache (transformers'
-``StaticCache``, prompt + ``max_gen_toks`` positions: each decode step writes in place instead of copying a growing
-cache); each chunk of at most ``batch_size`` samples decodes from a copy of it, expanded to the chunk's rows. Sample i draws its uniforms from its own seed (``sample_seed``), so samples do
+Per question the prompt is encoded as HFLM would and prefilled once into a preallocated KV cache
+(:class:`PreallocatedLayer`: prompt + ``max_gen_toks`` positions, each decode step written in place); each chunk of
+at most ``batch_size`` samples decodes from a copy of it, expanded to the chunk's rows. Sample i draws its uniforms from its own seed (``sample_seed``), so samples do
 not depend on batching. The heads' outputs of each fed token are captured by a
 :class:`~lm_eval_swift.capture.HeadProjector`; the last sampled token of a row is fed once more to be captured.
 
@@ -29,7 +29,8 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 from tqdm import tqdm
-from transformers import StaticCache
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 from transformers.generation.logits_process import (
     LogitsProcessorList,
     MinPLogitsWarper,
@@ -137,6 +138,67 @@ class StopCheck:
         return any(s in tail for s in self.until)
 
 
+class PreallocatedLayer(DynamicLayer):
+    """A full-attention KV cache layer whose keys and values [B, heads, n, d] are views of buffers sized for the
+    whole sample (``max_len`` positions). An append writes in place, where HF's DynamicLayer copies the whole cache
+    (``torch.cat``) at every step; attention sees only the n filled positions, so no mask is needed, where HF's
+    StaticLayer attends over all ``max_len`` positions through a mask (slow on CPU)."""
+
+    def __init__(self, max_len: int):
+        super().__init__()
+        self.max_len = max_len
+        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None  # keys, values [B, heads, max_len, d]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n, new = self.get_seq_length(), key_states.shape[-2]
+        if n + new > self.max_len:
+            raise RuntimeError(f"PreallocatedLayer: {n + new} positions exceed the {self.max_len} allocated")
+        if self._buffers is None:
+            self._buffers = tuple(
+                x.new_empty(*x.shape[:2], self.max_len, x.shape[-1]) for x in (key_states, value_states)
+            )
+        for buffer, x in zip(self._buffers, (key_states, value_states)):
+            buffer[:, :, n : n + new].copy_(x)
+        self._view(n + new)
+        return self.keys, self.values
+
+    def _view(self, n: int) -> None:
+        self.keys, self.values = (buffer[:, :, :n] for buffer in self._buffers)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Rows ``beam_idx`` of the cache, in that order (repeats allowed): copies the filled positions only."""
+        n = self.get_seq_length()
+        if self._buffers is None or n == 0:
+            return
+        idx = beam_idx.to(self.keys.device)
+        new = tuple(buffer.new_empty(len(idx), *buffer.shape[1:]) for buffer in self._buffers)
+        for old, fresh in zip(self._buffers, new):
+            fresh[:, :, :n] = old[idx, :, :n]
+        self._buffers = new
+        self._view(n)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.reorder_cache(indices)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.get_seq_length() > 0:
+            self.reorder_cache(torch.arange(self.keys.shape[0]).repeat_interleave(repeats))
+
+    def reset(self) -> None:
+        self._buffers = None
+        super().reset()
+
+
+def preallocated_cache(config, max_len: int) -> DynamicCache:
+    """HF's DynamicCache for ``config`` with each full-attention layer a :class:`PreallocatedLayer` of ``max_len``
+    positions (sliding-window and other layers stay HF's)."""
+    cache = DynamicCache(config=config)
+    cache.layers = [PreallocatedLayer(max_len) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
+
 @torch.no_grad()
 def sample_continuations(
     model: nn.Module,
@@ -175,7 +237,7 @@ def iter_continuations(
     if not chunks:
         return
     prompt = torch.tensor([list(prompt_ids)], device=model.device)
-    cache = StaticCache(config=model.config, max_cache_len=len(prompt_ids) + max_new_tokens)
+    cache = preallocated_cache(model.config, len(prompt_ids) + max_new_tokens)
     with projector if projector is not None else nullcontext():
         with projector.paused() if projector is not None else nullcontext():
             logits = model(input_ids=prompt, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
@@ -217,7 +279,7 @@ def _decode(model, cache, logits, seeds, sampling, max_new_tokens, stop, project
     return [(ids, None if parts is None else parts[r, : len(ids)].cpu()) for r, ids in enumerate(generated)]
 
 
-def _select(cache: StaticCache, keep: torch.Tensor, *rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _select(cache: DynamicCache, keep: torch.Tensor, *rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Keep the cache rows (and the given per-row tensors) where ``keep`` [rows] is True."""
     if keep.all():
         return rows

@@ -161,3 +161,31 @@ def test_unsupported_gen_kwargs(lm):
     with pytest.raises(ValueError, match=r"does not support generation kwargs \['num_beams'\]"):
         lm.generate_until(requests({**SAMPLE, "num_beams": 2}, n=1), disable_tqdm=True)
     assert json.loads(json.dumps(SAMPLE)) == SAMPLE  # requests are not mutated
+
+
+def test_preallocated_cache_decodes_like_hf_dynamic_cache(tiny_model_factory):
+    """Prefill, expand to 3 rows, decode, drop a row, decode: same logits as HF's DynamicCache; overflow is an error."""
+    from transformers import AutoModelForCausalLM, DynamicCache
+
+    from lm_eval_swift.models import preallocated_cache
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_factory("llama", num_hidden_layers=4)).eval()
+    prompt = torch.tensor([[5, 9, 13, 17, 21]])
+    steps = torch.randint(5, 60, (8, 3), generator=torch.Generator().manual_seed(0))
+    caches = {"ours": preallocated_cache(model.config, 5 + 8), "hf": DynamicCache(config=model.config)}
+    logits = {}
+    with torch.no_grad():
+        for name, cache in caches.items():
+            model(input_ids=prompt, cache=cache, use_cache=True)
+            cache.reorder_cache(torch.zeros(3, dtype=torch.long))
+            out = []
+            for t in range(8):
+                if t == 4:
+                    cache.reorder_cache(torch.tensor([0, 2]))
+                rows = steps[t] if t < 4 else steps[t, [0, 2]]
+                out.append(model(input_ids=rows[:, None], cache=cache, use_cache=True).logits[:, -1])
+            logits[name] = out
+        for a, b in zip(logits["ours"], logits["hf"]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        with pytest.raises(RuntimeError, match="exceed the 13 allocated"):
+            model(input_ids=steps[0, :2, None], cache=caches["ours"], use_cache=True)

@@ -139,7 +139,7 @@ def _step_loss(model, prefix, ids, labels, full_backprop):
 
 
 def train(args, callback=None) -> tuple[torch.nn.Module, PreTrainedTokenizerFast, dict]:
-    """Train from ``args`` (see :func:`main`); ``callback(step, model)`` runs every ``args.log_every`` steps."""
+    """Train from ``args`` (see :func:`main`); ``callback(step, model)`` runs every ``args.save_every`` steps."""
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     random.seed(args.seed)
@@ -184,7 +184,7 @@ def train(args, callback=None) -> tuple[torch.nn.Module, PreTrainedTokenizerFast
         n_tok += int((labels != -100).sum())
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         bar.set_postfix(loss=f"{ema:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
-        if callback is not None and getattr(args, "log_every", 0) and (step + 1) % args.log_every == 0:
+        if callback is not None and args.save_every and (step + 1) % args.save_every == 0:
             model.eval()
             callback(step + 1, model)
             model.train()
@@ -254,7 +254,10 @@ def sampling_speed(model, tokenizer, problems: list[dict], batch: int = 16, seed
             "seconds_per_call": round(dt / len(problems), 3)}
 
 
-def main(argv=None) -> None:
+RUN_RECORD = "training_run.json"  # written beside the checkpoint: hparams, loss, test accuracy, speed
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="checkpoint directory (model + tokenizer)")
     ap.add_argument("--seed", type=int, default=0)
@@ -264,17 +267,33 @@ def main(argv=None) -> None:
     ap.add_argument("--n-train", type=int, default=0, help="distinct training problems (0: steps * batch_size)")
     ap.add_argument("--full-backprop", action="store_true", help="backprop through the shared prompt prefix too")
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward pass (AMX CPUs)")
+    ap.add_argument("--save-every", type=int, default=0,
+                    help="also save the model every this many steps, to OUT/step-S (0: only at the end). With "
+                    "--n-train and --min-lr-ratio 1 (constant learning rate), OUT/step-S is the model that --steps S "
+                    "trains")
     ap.add_argument("--eval-questions", type=int, default=100, help="test questions to sample (0: skip)")
     ap.add_argument("--eval-k", type=int, default=8)
     ap.add_argument("--speed-calls", type=int, default=5, help="batch-16 generate calls timed (0: skip)")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    model, tokenizer, info = train(args)
+
+def hparams(args: argparse.Namespace) -> dict:
+    """The arguments that determine the trained weights."""
+    return {k: getattr(args, k) for k in list(DEFAULTS) + ["seed", "n_train", "full_backprop", "bf16"]}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     out = Path(args.out)
+
+    def save_step(step: int, model) -> None:
+        model.save_pretrained(out / f"step-{step}")
+
+    model, tokenizer, info = train(args, save_step)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    info["hparams"] = {k: getattr(args, k) for k in list(DEFAULTS) + ["seed", "n_train", "full_backprop", "bf16"]}
+    info["hparams"] = hparams(args)
     print(json.dumps(info))
     if args.eval_questions:
         test = make_problems("test", args.eval_questions, seed=0)
@@ -285,6 +304,7 @@ def main(argv=None) -> None:
         res = sampling_speed(model, tokenizer, make_problems("test", args.speed_calls, seed=1), seed=args.seed)
         print(json.dumps(res))
         info["speed"] = res
+    (out / RUN_RECORD).write_text(json.dumps(info, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -52,6 +53,7 @@ def main() -> None:
     os.chdir(DEMO_DIR)  # so the head records its base model as "swift-demo-llama", not a local absolute path
     train_head([rollouts], MODEL_DIR.name, HEAD_DIR.name, device="cpu", dtype="float32", max_gen_toks=160,
                cache_dir=work / "features", **HEAD_TRAINING)
+    shutil.rmtree(HEAD_DIR / "checkpoints", ignore_errors=True)  # resume state of the finished run: not shipped
     print(f"rollouts: {rollouts}")
 
 

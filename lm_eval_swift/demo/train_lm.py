@@ -1,6 +1,6 @@
 """Train the demo's tiny character-level Llama on synthetic GSM8K-format problems (CPU, one thread).
 
-    python -m lm_eval_swift.demo.train_lm --out lm_eval_swift/demo/model --seed 0
+    python -m lm_eval_swift.demo.train_lm --out DIR [options]   # the shipped model: build.LM_TRAINING's options
 
 Training format (one chat turn, :func:`chat_prompt`): the prompt is ``char_tokenizer()``'s chat template applied to
 one user turn, ``INSTRUCTION + question``, with ``add_generation_prompt=True``; the target is the GSM8K answer

@@ -131,9 +131,7 @@ class HeadProjector:
             self._pending.append((entry, h))
             return
         self._note_shape(entry, h)
-        x = h.reshape(-1, h.shape[-1])
-        with torch.autocast(x.device.type, enabled=False):
-            self._accumulate(x.device, x.float() @ self._weight(entry, x.device))
+        self._project(h.device, (entry,), h)
 
     def _note_shape(self, entry: Entry, h: torch.Tensor) -> None:
         """Record [B, S] of the forward being captured; every entry must have the same."""
@@ -143,12 +141,6 @@ class HeadProjector:
                 f"logits_to_keep=0 to the model"
             )
         self._shape = h.shape[:-1]
-
-    def _weight(self, entry: Entry, device: torch.device) -> torch.Tensor:
-        w = self.weights[entry]
-        if w.device != device:
-            w = self.weights[entry] = w.to(device)
-        return w
 
     def _accumulate(self, device: torch.device, part: torch.Tensor) -> None:
         acc = self._acc.get(device)
@@ -162,10 +154,6 @@ class HeadProjector:
         for entry, h in pending:
             by_device.setdefault(h.device, []).append((entry, h))
         for device, items in by_device.items():
-            key = (device, tuple(e for e, _ in items))
-            w = self._stacked.get(key)
-            if w is None:
-                w = self._stacked[key] = torch.cat([self._weight(e, device) for e in key[1]]).T.contiguous()
             try:
                 x = torch.cat([h for _, h in items], dim=-1)
             except RuntimeError as err:
@@ -173,9 +161,18 @@ class HeadProjector:
                 raise RuntimeError(
                     f"entries have different positions {shapes}: pass logits_to_keep=0 to the model"
                 ) from err
-            self._note_shape(key[1][0], x)
-            with torch.autocast(device.type, enabled=False):
-                self._accumulate(device, F.linear(x.reshape(-1, x.shape[-1]).float(), w))
+            self._note_shape(items[0][0], x)
+            self._project(device, tuple(e for e, _ in items), x)
+
+    def _project(self, device: torch.device, entries: tuple[Entry, ...], x: torch.Tensor) -> None:
+        """Add x [B, S, sum d_e] (the entries' features side by side) times their weights, in fp32, to the device's
+        accumulator; the entries' weights are stacked [2H, sum d_e] once per device and entry tuple."""
+        w = self._stacked.get((device, entries))
+        if w is None:
+            w = torch.cat([self.weights[e] for e in entries]).T.contiguous().to(device)
+            self._stacked[(device, entries)] = w
+        with torch.autocast(device.type, enabled=False):
+            self._accumulate(device, F.linear(x.reshape(-1, x.shape[-1]).float(), w))
 
     def check(self) -> None:
         """Run the layout self-check now (it otherwise runs when first entered); raises CaptureLayoutError."""

@@ -49,10 +49,10 @@ def char_tokenizer(charset: str = CHARSET) -> PreTrainedTokenizerFast:
     return fast
 
 
-def random_causal_lm(
-    path: str | Path,
+def random_model(
     arch: str = "llama",
     *,
+    tokenizer: PreTrainedTokenizerFast,
     num_hidden_layers: int = 2,
     hidden_size: int = 32,
     intermediate_size: int | None = None,
@@ -60,13 +60,11 @@ def random_causal_lm(
     num_key_value_heads: int | None = None,
     max_position_embeddings: int = 2048,
     seed: int = 0,
-    tokenizer: PreTrainedTokenizerFast | None = None,
     dtype: torch.dtype = torch.float32,
     **config_overrides,
-) -> Path:
-    """Save a randomly initialised ``arch`` model plus tokenizer to ``path``; returns the path.
+) -> torch.nn.Module:
+    """A randomly initialised ``arch`` causal LM for ``tokenizer`` (its vocabulary and special tokens), seeded.
     ``config_overrides`` go to the config class as they are (e.g. ``sliding_window=8`` for Mistral)."""
-    tokenizer = tokenizer or char_tokenizer()
     config = CONFIGS[arch](
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -82,8 +80,20 @@ def random_causal_lm(
         **config_overrides,
     )
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+
+def random_causal_lm(
+    path: str | Path,
+    arch: str = "llama",
+    *,
+    tokenizer: PreTrainedTokenizerFast | None = None,
+    **model_args,
+) -> Path:
+    """Save :func:`random_model` (``model_args``: its keyword arguments) plus the tokenizer (default
+    :func:`char_tokenizer`) to ``path``; returns the path."""
+    tokenizer = tokenizer or char_tokenizer()
     path = Path(path)
-    model.save_pretrained(path)
+    random_model(arch, tokenizer=tokenizer, **model_args).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

@@ -32,10 +32,10 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from lm_eval_swift.demo.synthetic import extract_prediction, is_correct, make_problems
-from lm_eval_swift.toy_models import char_tokenizer
+from lm_eval_swift.toy_models import char_tokenizer, random_model
 
 INSTRUCTION = (
     "Solve the following math problem step-by-step.\n"
@@ -60,21 +60,10 @@ def _ids(tokenizer, text: str) -> list[int]:
 
 
 def build_model(tokenizer, *, layers, hidden, intermediate, heads, max_positions, seed) -> torch.nn.Module:
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        max_position_embeddings=max_positions,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
+    return random_model(
+        "llama", tokenizer=tokenizer, num_hidden_layers=layers, hidden_size=hidden, intermediate_size=intermediate,
+        num_attention_heads=heads, max_position_embeddings=max_positions, seed=seed,
     )
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
 def encode_examples(tokenizer, problems: list[dict]) -> tuple[list[int], list[tuple[list[int], int]]]:

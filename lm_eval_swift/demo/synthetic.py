@@ -128,41 +128,33 @@ def _days(rng: random.Random, n_steps: int) -> list[str]:
     return DAYS[first: first + n_steps]
 
 
+def _daily(rng: random.Random, actions, start: int, n_steps: int, opening: str, fill: dict, ask: str,
+           ask_after_division: str) -> dict | None:
+    """A problem whose steps happen on consecutive days ("On Tuesday, ..."), each labelled with its day.
+    ``fill``: the action templates' placeholders besides ``{n}``; ``ask``/``ask_after_division``: the question."""
+    steps = _sample_steps(actions, start, n_steps, rng)
+    if steps is None:
+        return None
+    days = _days(rng, n_steps)
+    sents = [opening] + [f"On {day}, " + tmpl.format(n=n, **fill) for day, (_, tmpl, n, _, _) in zip(days, steps)]
+    sents.append(ask_after_division if steps[-1][0] == "div" else ask)
+    lines = [(day, kind, a, n, b) for day, (kind, _, n, a, b) in zip(days, steps)]
+    return {"question": " ".join(sents), "answer": _answer(lines)}
+
+
 def _person(rng: random.Random, n_steps: int) -> dict | None:
     name, pron = rng.choice(NAMES)
     items = rng.choice(ITEMS)
     start = rng.randint(*START_RANGE)
-    steps = _sample_steps(PERSON_ACTIONS, start, n_steps, rng)
-    if steps is None:
-        return None
-    days = _days(rng, n_steps)
-    sents = [f"{name} has {start} {items}."]
-    for day, (kind, tmpl, n, _, _) in zip(days, steps):
-        sents.append(f"On {day}, " + tmpl.format(p=pron, n=n, items=items))
-    if steps[-1][0] == "div":
-        sents.append(f"How many {items} does each friend get?")
-    else:
-        sents.append(f"How many {items} does {name} have now?")
-    lines = [(day, kind, a, n, b) for day, (kind, _, n, a, b) in zip(days, steps)]
-    return {"question": " ".join(sents), "answer": _answer(lines)}
+    return _daily(rng, PERSON_ACTIONS, start, n_steps, f"{name} has {start} {items}.", {"p": pron, "items": items},
+                  f"How many {items} does {name} have now?", f"How many {items} does each friend get?")
 
 
 def _shop(rng: random.Random, n_steps: int) -> dict | None:
     shop, goods = rng.choice(SHOPS)
     start = rng.randint(*START_RANGE)
-    steps = _sample_steps(SHOP_ACTIONS, start, n_steps, rng)
-    if steps is None:
-        return None
-    days = _days(rng, n_steps)
-    sents = [f"A {shop} has {start} {goods}."]
-    for day, (kind, tmpl, n, _, _) in zip(days, steps):
-        sents.append(f"On {day}, " + tmpl.format(n=n, items=goods))
-    if steps[-1][0] == "div":
-        sents.append("How many boxes are filled?")
-    else:
-        sents.append(f"How many {goods} does the {shop} have now?")
-    lines = [(day, kind, a, n, b) for day, (kind, _, n, a, b) in zip(days, steps)]
-    return {"question": " ".join(sents), "answer": _answer(lines)}
+    return _daily(rng, SHOP_ACTIONS, start, n_steps, f"A {shop} has {start} {goods}.", {"items": goods},
+                  f"How many {goods} does the {shop} have now?", "How many boxes are filled?")
 
 
 def _vehicle(rng: random.Random, n_steps: int) -> dict | None:

@@ -3,9 +3,10 @@ with SWIFT heads while generating.
 
 Per question the prompt is encoded as HFLM would and prefilled once into a preallocated KV cache
 (:class:`PreallocatedLayer`: prompt + ``max_gen_toks`` positions, each decode step written in place); each chunk of
-at most ``batch_size`` samples decodes from a copy of it, expanded to the chunk's rows. Sample i draws its uniforms from its own seed (``sample_seed``), so samples do
-not depend on batching. The heads' outputs of each fed token are captured by a
-:class:`~lm_eval_swift.capture.HeadProjector`; the last sampled token of a row is fed once more to be captured.
+at most ``batch_size`` samples decodes from a copy of it, expanded to the chunk's rows. Sample i draws its uniforms
+from its own seed (``sample_seed``), so samples do not depend on batching. The heads' outputs of each fed token are
+captured by a :class:`~lm_eval_swift.capture.HeadProjector`; the last sampled token of a row is fed once more to be
+captured.
 
 Finished samples are kept in a :class:`~lm_eval_swift.sample_cache.SampleCache` (one commit per chunk), so a run
 started again after a kill samples only the chunks that were not finished.

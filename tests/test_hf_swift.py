@@ -31,8 +31,8 @@ def save_heads(heads, directory) -> str:
     return ",".join(f"{h.name}={h.save_pretrained(directory / h.name)}" for h in heads)
 
 
-# Mistral with an 8-token sliding window: shorter than prompt + response, so the preallocated decode cache's
-# sliding layers wrap around and the reference's full forward masks beyond the window.
+# Mistral with an 8-token sliding window, shorter than prompt + response: its layers keep HF's sliding-window cache
+# (only full-attention layers are preallocated), and the reference's full forward masks beyond the window.
 ARCHS = {"llama": {}, "mistral": {}, "qwen2": {}, "mistral-window8": {"sliding_window": 8}}
 
 

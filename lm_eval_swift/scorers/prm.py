@@ -9,7 +9,7 @@ the LM head, so no ``(batch, length, vocab)`` tensor is built.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from transformers import AutoModelForCausalLM
@@ -283,5 +283,5 @@ class MathShepherdScorer(TokenPRMScorer):
 
     default_model = "peiyi9979/math-shepherd-mistral-7b-prm"
     default_step_tag = "ки"
-    paper_options = {"outcome": True}
+    paper_options: ClassVar[dict[str, Any]] = {"outcome": True}
 

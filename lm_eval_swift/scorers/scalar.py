@@ -7,7 +7,7 @@ they are re-implemented here and loaded by state dict with strict key checks.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -213,7 +213,7 @@ class UltraRMScorer(ValueHeadScorer):
     default_model = "openbmb/UltraRM-13b"
     model_cls = UltraRMRewardModel
     card_template = "Human: {question}\nAssistant: {response}"
-    paper_options = {"template": "Human: {question}\n\n        Assistant: {response}"}
+    paper_options: ClassVar[dict[str, Any]] = {"template": "Human: {question}\n\n        Assistant: {response}"}
 
     def __init__(self, *, template: str | None = None, **common: Any) -> None:
         super().__init__(**common)
@@ -258,7 +258,7 @@ class StarlingScorer(ValueHeadScorer):
 
     default_model = "berkeley-nest/Starling-RM-7B-alpha"
     model_cls = StarlingRewardModel
-    paper_options = {"dtype": "float32", "max_length": None}
+    paper_options: ClassVar[dict[str, Any]] = {"dtype": "float32", "max_length": None}
 
     def __init__(
         self,

@@ -663,3 +663,16 @@ def test_sentencepiece_only_tokenizer(name, tmp_path):
             assert [len(s) for s in scorer.score_steps(QUESTIONS, RESPONSES)] == [2, 4, 1]
     finally:
         scorer.close()
+
+
+def test_task_metadata_rm_protocol(shared_data):
+    """``--metadata '{"scorers": ..., "rm_protocol": "paper"}'`` reaches every scorer the task loads."""
+    from lm_eval.tasks import TaskManager
+
+    from lm_eval_swift.cli import tasks_dir
+
+    meta = {"n": 4, "data_dir": str(shared_data), "scorers": {"eurus": {}, "skywork": {"protocol": "card"}},
+            "rm_protocol": "paper"}
+    tm = TaskManager(include_path=str(tasks_dir()), include_defaults=False, metadata=meta)
+    task = tm.load_task_or_group(["gsm8k_bon_swift"])["gsm8k_bon_swift"]
+    assert task.scorer_specs == {"eurus": {"protocol": "paper"}, "skywork": {"protocol": "card"}}

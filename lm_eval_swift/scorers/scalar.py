@@ -208,6 +208,8 @@ class UltraRMScorer(ValueHeadScorer):
     defaults (BOS added, no EOS).  The card's template is ``"Human: {question}\\nAssistant: {response}"``;
     the SWIFT paper's (``eval/get_baseline_rewards.py``, a triple-quoted f-string) has a blank line
     and eight spaces before ``Assistant:``: ``"Human: {question}\\n\\n        Assistant: {response}"``.
+    That script loads the tokenizer with ``LlamaTokenizer`` (then the slow SentencePiece class;
+    transformers 5 has a single Llama tokenizer class, so the checkpoint's own is used either way).
     """
 
     default_model = "openbmb/UltraRM-13b"

@@ -15,23 +15,33 @@ from lm_eval_swift.models import encode_prompt
 from lm_eval_swift.rescoring import rescore
 from lm_eval_swift.responses import prompt_tokens, response_tokens_from_text
 from lm_eval_swift.rollouts import QuestionRollout
-from lm_eval_swift.scorers import load_scorer
+from lm_eval_swift.scorers import PROTOCOLS, check_protocol, load_scorer
 
 log = logging.getLogger(__name__)
 
 ScorerSpecs = dict[str, dict[str, Any]]
 
 
-def parse_scorer_specs(spec: str | Sequence[str] | Mapping[str, Any] | None) -> ScorerSpecs:
+def parse_scorer_specs(
+    spec: str | Sequence[str] | Mapping[str, Any] | None, protocol: str | None = None
+) -> ScorerSpecs:
     """``"skywork,eurus"``, ``["skywork"]``, a JSON object string or ``{"skywork": {"model": "/path", ...}}`` ->
-    ``{name: load options}`` (``model`` overrides the scorer's default checkpoint)."""
+    ``{name: load options}`` (``model`` overrides the scorer's default checkpoint). ``protocol`` (``"card"`` or
+    ``"paper"``, the metadata's ``rm_protocol``) is the ``protocol`` option of every scorer that does not set its own;
+    an unknown protocol is a ``ValueError``."""
     if not spec:
         return {}
     if isinstance(spec, str):
         spec = json.loads(spec) if spec.lstrip().startswith("{") else [s.strip() for s in spec.split(",") if s.strip()]
     if isinstance(spec, Mapping):
-        return {str(name): dict(opts or {}) for name, opts in spec.items()}
-    return {str(name): {} for name in spec}
+        specs = {str(name): dict(opts or {}) for name, opts in spec.items()}
+    else:
+        specs = {str(name): {} for name in spec}
+    for options in specs.values():
+        if protocol is not None:
+            options.setdefault("protocol", protocol)
+        check_protocol(options.get("protocol", "card"))
+    return specs
 
 
 def add_scorer_scores(rollouts: Sequence[QuestionRollout], specs: ScorerSpecs) -> None:
@@ -105,6 +115,9 @@ def add_rescore_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head", help="head spec: [alias=]path_or_name[,...] (the first head's alias defaults to swift)")
     parser.add_argument("--model", help="base model for the heads (default: the first head's base model)")
     parser.add_argument("--scorer", action="append", default=[], help="reward-model scorer name (repeatable)")
+    parser.add_argument("--rm-protocol", choices=PROTOCOLS, default=None,
+                        help="inputs of the scorers: each model card's recipe (card, the default) or the SWIFT "
+                             "paper's baseline script (paper)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--parallelize", action="store_true", help="shard the model across GPUs (accelerate)")
@@ -130,7 +143,7 @@ def cmd_rescore(args: argparse.Namespace) -> None:
         heads = resolve_heads(args.head, model_id, model.config)
         add_head_scores(rollouts, model, tokenizer, heads, max_gen_toks=args.max_gen_toks, batch_size=args.batch_size)
         del model
-    add_scorer_scores(rollouts, parse_scorer_specs(",".join(args.scorer)))
+    add_scorer_scores(rollouts, parse_scorer_specs(",".join(args.scorer), protocol=args.rm_protocol))
     for path, rs in files.items():
         write_rollouts(rs, path)
         print(f"Rescored {len(rs)} questions in {path}")

@@ -221,7 +221,7 @@ class BestOfNTask(ConfigurableTask):
         n = int(meta.get("n", DEFAULT_N))
         if n < 1:
             raise ValueError(f"{config.get('task')}: metadata n must be >= 1, got {n}")
-        self.scorer_specs = parse_scorer_specs(meta.get("scorers"))
+        self.scorer_specs = parse_scorer_specs(meta.get("scorers"), protocol=meta.get("rm_protocol"))
         config["repeats"] = n
         rows = [row for row in config.get("filter_list") or [] if (_row_k(row) or 0) <= n]
         for row in rows:

@@ -10,7 +10,10 @@ position could not go unnoticed.
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,7 +32,9 @@ from transformers import (
     MistralModel,
 )
 
+from lm_eval_swift.rollouts import QuestionRollout, Response, read_rollouts, write_rollouts
 from lm_eval_swift.scorers import (
+    PAPER_INSTRUCTION,
     SCORERS,
     Scorer,
     UnknownScorerError,
@@ -38,6 +43,7 @@ from lm_eval_swift.scorers import (
     get_scorer,
     register_scorer,
 )
+from lm_eval_swift.scoring import parse_scorer_specs
 from lm_eval_swift.toy_models import char_tokenizer
 
 QUESTIONS = ["What is 2+3?", "Compute 7*6 - 4, then halve it.", "Is 9 prime?"]
@@ -128,14 +134,15 @@ def _value_head_ckpt(d: Path, backbone_cls, cfg_cls, arch: str, fmt: str, seed: 
 
 
 class GPTRewardModel(nn.Module):
-    """The Starling-RM model card's class (backbone registered twice, LM head kept)."""
+    """The Starling-RM model card's class (backbone registered twice, LM head kept), its PAD_ID included."""
 
-    def __init__(self, lm: LlamaForCausalLM, pad_id: int):
+    def __init__(self, lm: LlamaForCausalLM, tokenizer):
         super().__init__()
         self.model = lm
         self.transformer = lm.model
         self.v_head = _head(lm.config.hidden_size, 7)
-        self.PAD_ID = pad_id
+        tokenizer.pad_token = tokenizer.unk_token
+        self.PAD_ID = tokenizer(tokenizer.pad_token)["input_ids"][0]  # the BOS added before <unk>
 
     def forward(self, input_ids, attention_mask):
         hidden = self.transformer(input_ids, attention_mask=attention_mask)[0]
@@ -171,7 +178,7 @@ def ckpts(tmp_path_factory):
     lm = LlamaForCausalLM(_cfg(LlamaConfig, tok)).eval()
     lm.config.save_pretrained(root / "starling-base")
     tok.save_pretrained(root / "starling-base")
-    rm = GPTRewardModel(lm, pad_id=tok.unk_token_id).eval()
+    rm = GPTRewardModel(lm, tok).eval()
     torch.save(rm.state_dict(), root / "starling" / "pytorch_model.bin")
     out["starling"] = Ckpt(root / "starling", tok, rm=rm, base=root / "starling-base")
 
@@ -213,11 +220,11 @@ def ref_value_head(c: Ckpt, texts: list[str]) -> list[float]:  # Eurus / UltraRM
 
 
 @torch.no_grad()
-def ref_starling(c: Ckpt) -> list[float]:  # Starling-RM-7B-alpha model card get_reward()
+def ref_starling(c: Ckpt, questions=QUESTIONS, responses=RESPONSES) -> list[float]:  # model card get_reward()
     tok = c.tok
     tok.pad_token = tok.unk_token
     tok.truncation_side = "left"
-    samples = [f"<s>[INST] {q} </s> [/INST] {r}</s>" for q, r in zip(QUESTIONS, RESPONSES)]
+    samples = [f"<s>[INST] {q} </s> [/INST] {r}</s>" for q, r in zip(questions, responses)]
     enc = tok(samples, truncation=True, max_length=2048, padding="max_length", return_tensors="pt")
     return [s.item() for s in c.rm(enc["input_ids"], enc["attention_mask"])]
 
@@ -460,3 +467,212 @@ def test_starling_accepts_backbone_under_model_model_only(ckpts, tmp_path):
     st = get_scorer("starling").load(str(alt), device="cpu", base_model=str(c.base))
     assert st.score(QUESTIONS, RESPONSES) == pytest.approx(ref_starling(c), abs=TOL)
     st.close()
+
+
+def test_starling_truncation_keeps_bos(ckpts):
+    """Longer than 2048 tokens: the card's tokenizer truncates from the left and keeps its BOS."""
+    c = ckpts["starling"]
+    long = "Step 1: 2+3 = 5.\n\n" * 150
+    st = _load("starling", c)
+    row = st._encode(QUESTIONS[0], long).input_ids
+    assert len(row) == 2048 and row[0] == c.tok.bos_token_id and row.count(c.tok.bos_token_id) == 1
+    ref = ref_starling(c, [QUESTIONS[0], QUESTIONS[1]], [long, RESPONSES[1]])
+    assert st.score([QUESTIONS[0], QUESTIONS[1]], [long, RESPONSES[1]]) == pytest.approx(ref, abs=TOL)
+    st.close()
+
+
+# ----------------------------------------------------------------------------- the SWIFT paper's protocol
+# Built literally from aster2024/SWIFT eval/get_baseline_rewards.py (compute_reward) and utils.py (get_instruction).
+INSTRUCTION = (
+    "Solve the following math problem step-by-step.\n"
+    "Simplify your answer as much as possible. Present your final answer as \\boxed{Your Answer}.\n"
+)
+
+
+def _paper_ids(name: str, tok, prompt: str, response: str) -> list[int]:
+    if name in ("skywork", "skywork-v0.2", "seq-cls"):
+        conversation = [{"content": prompt, "role": "user"}, {"content": response, "role": "assistant"}]
+        return _chat_ids(tok, conversation)[0].tolist()
+    if name == "eurus":
+        return tok(f"[INST] {prompt} [/INST] {response}")["input_ids"]
+    if name == "ultrarm":
+        input_text = f"""Human: {prompt}
+
+        Assistant: {response}"""
+        return tok(input_text)["input_ids"]
+    if name == "starling":
+        return tok(f"<s>[INST] {prompt} </s> [/INST] {response}</s>")["input_ids"]
+    if name == "rlhflow-orm":
+        conversation = [{"content": prompt + " " + response, "role": "user"}, {"content": "+", "role": "assistant"}]
+        return _chat_ids(tok, conversation)[0].tolist()
+    if name == "math-shepherd":
+        return tok.encode(f"{prompt} {response} ки")
+    raise AssertionError(name)
+
+
+@torch.no_grad()
+def _paper_score(name: str, c: Ckpt, ids: list[int]) -> float:
+    input_ids = torch.tensor([ids])
+    if name in ("eurus", "ultrarm"):
+        hidden = c.backbone(input_ids=input_ids)[0]
+        return c.head(hidden)[0, -1, 0].item()
+    if name == "starling":
+        return c.rm(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))[0].item()
+    if name in ("skywork", "skywork-v0.2", "seq-cls"):
+        return c.rm(input_ids).logits[0][0].item()
+    tok = c.tok
+    candidate_tokens = [tok.encode("+")[-1], tok.encode("-")[-1]]
+    if name == "rlhflow-orm":
+        logits = c.lm(input_ids).logits[:, -3, candidate_tokens]
+        return logits.softmax(dim=-1)[:, 0].item()
+    final_tag_id = tok.encode("ки")[-1]
+    scores = c.lm(input_ids).logits[:, :, candidate_tokens].softmax(dim=-1)[:, :, 0]
+    return scores[input_ids == final_tag_id].item()
+
+
+PAPER_SCORERS = ["eurus", "skywork", "skywork-v0.2", "ultrarm", "starling", "rlhflow-orm", "math-shepherd"]
+
+
+@pytest.mark.parametrize("name", PAPER_SCORERS)
+def test_paper_protocol_matches_the_papers_script(name, ckpts):
+    c = ckpts[CKPT_OF[name]]
+    want_ids = [_paper_ids(name, c.tok, INSTRUCTION + q, r) for q, r in zip(QUESTIONS, RESPONSES)]
+    want = [_paper_score(name, c, ids) for ids in want_ids]
+    # Math-Shepherd's P("+") at the final tag is small here: compare it relatively
+    tol = {"rel": 1e-3, "abs": 1e-7} if name == "math-shepherd" else {"abs": TOL}
+    assert max(want) > 2 * min(want) if name == "math-shepherd" else max(want) - min(want) > 0.05
+    default = _load(name, c, protocol="paper")
+    assert default.dtype == (torch.float32 if name == "starling" else torch.bfloat16)  # the script's dtypes
+    default.close()
+    scorer = _load(name, c, protocol="paper", dtype="float32")
+    try:
+        assert scorer.protocol == "paper" and scorer.instruction == INSTRUCTION
+        got_ids = [scorer._encode(scorer.instruction + q, r).input_ids for q, r in zip(QUESTIONS, RESPONSES)]
+        assert got_ids == want_ids
+        for batch_size, side in [(1, "right"), (3, "left")]:
+            scorer.batch_size, scorer.padding_side = batch_size, side
+            assert scorer.score(QUESTIONS, RESPONSES) == pytest.approx(want, **tol), (batch_size, side)
+    finally:
+        scorer.close()
+    card = _load(name, c, dtype="float32")
+    assert card.protocol == "card" and card.score(QUESTIONS, RESPONSES) != pytest.approx(want, **tol)
+    card.close()
+
+
+def test_paper_protocol_options(ckpts):
+    from lm_eval_swift.tasks import PROMPT
+
+    assert PAPER_INSTRUCTION == INSTRUCTION == PROMPT
+    c = ckpts["shepherd"]
+    sh = _load("math-shepherd", c, protocol="paper", dtype="float32")
+    assert sh.outcome and sh.format("Q", "a\n\n b") == "Q a\n\n b ки"
+    enc = sh._encode("Q", "a ки b")  # a tag inside the response: the appended one is read
+    assert enc.positions == [len(enc.input_ids) - 1]
+    sh.close()
+    sh = _load("math-shepherd", c, protocol="paper", step_tag_id=c.tok.convert_tokens_to_ids("Q"))
+    with pytest.raises(ValueError, match="not the last token"):
+        sh.score(["Q"], ["a"])
+    sh.close()
+    # explicit options win over the protocol's, the instruction included
+    st = _load("starling", ckpts["starling"], protocol="paper", max_length=16, instruction="")
+    assert st.max_length == 16 and len(st._encode("q", "a response").input_ids) == 16
+    st.close()
+    with pytest.raises(ValueError, match="choose from card, paper"):
+        _load("eurus", ckpts["eurus"], protocol="papers")
+
+
+def test_scorer_specs_protocol():
+    assert parse_scorer_specs("skywork, eurus", protocol="paper") == {
+        "skywork": {"protocol": "paper"}, "eurus": {"protocol": "paper"}}
+    assert parse_scorer_specs({"eurus": {"protocol": "card"}, "skywork": None}, protocol="paper") == {
+        "eurus": {"protocol": "card"}, "skywork": {"protocol": "paper"}}
+    assert parse_scorer_specs("eurus") == {"eurus": {}}
+    with pytest.raises(ValueError, match="unknown reward-model protocol 'cards'"):
+        parse_scorer_specs("eurus", protocol="cards")
+    with pytest.raises(ValueError, match="choose from card, paper"):
+        parse_scorer_specs('{"eurus": {"protocol": "x"}}')
+
+
+def test_rescore_cli_paper_protocol(ckpts, tmp_path):
+    c = ckpts["ultrarm"]
+    rollouts = [
+        QuestionRollout("t", i, "math", q, q, "5", [Response(r, "5", 1.0, 0, 3), Response(r[:9], None, 0.0, -1, 2)])
+        for i, (q, r) in enumerate(zip(QUESTIONS, RESPONSES))
+    ]
+    path = write_rollouts(rollouts, tmp_path / "rollouts.jsonl")
+    spec = json.dumps({"ultrarm": {"model": str(c.path), "dtype": "float32", "device": "cpu"}})
+    cmd = [sys.executable, "-m", "lm_eval_swift", "rescore", str(path), "--scorer", spec, "--rm-protocol", "paper"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    got = [resp.scores["ultrarm"] for r in read_rollouts(path) for resp in r.responses]
+    pairs = [(r.question, resp.text) for r in rollouts for resp in r.responses]
+    want = [_paper_score("ultrarm", c, _paper_ids("ultrarm", c.tok, INSTRUCTION + q, a)) for q, a in pairs]
+    assert got == pytest.approx(want, abs=TOL)
+    bad = subprocess.run(cmd[:-1] + ["papers"], check=False, capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid choice: 'papers'" in bad.stderr
+
+
+# ----------------------------------------------------------------------------- SentencePiece-only checkpoints
+def _sentencepiece_dir(d: Path):
+    """A Llama-style tokenizer as Eurus-RM-7b and Math-Shepherd ship it: tokenizer.model + tokenizer_config.json."""
+    import io
+
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter((QUESTIONS + RESPONSES) * 10), model_writer=model, vocab_size=120, model_type="bpe",
+        character_coverage=1.0, hard_vocab_limit=False, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        user_defined_symbols=["ки", "+", "-"], minloglevel=2,
+    )
+    d.mkdir()
+    (d / "tokenizer.model").write_bytes(model.getvalue())
+    (d / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "add_bos_token": True, "add_eos_token": False}))
+    return spm.SentencePieceProcessor(model_proto=model.getvalue())
+
+
+@pytest.mark.parametrize("name", ["eurus", "math-shepherd"])
+def test_sentencepiece_only_tokenizer(name, tmp_path):
+    d = tmp_path / name
+    sp = _sentencepiece_dir(d)
+    cfg = MistralConfig(vocab_size=sp.get_piece_size(), bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+                        **TINY)
+    torch.manual_seed(9)
+    if name == "eurus":
+        backbone = MistralModel(cfg).eval()
+        state = {f"model.{k}": v for k, v in backbone.state_dict().items()}
+        state["regression_head.weight"] = _head(cfg.hidden_size, 10).weight.detach().clone()
+        save_file(state, str(d / "model.safetensors"), metadata={"format": "pt"})
+        cfg.save_pretrained(d)
+    else:
+        AutoModelForCausalLM.from_config(cfg).save_pretrained(d)
+    assert sorted(f.name for f in d.iterdir() if "token" in f.name) == ["tokenizer.model", "tokenizer_config.json"]
+    scorer = get_scorer(name).load(str(d), device="cpu")
+    try:
+        text = f"{QUESTIONS[1]} {RESPONSES[1]}"
+        assert scorer.tokenizer(text)["input_ids"] == [1] + sp.encode(text)
+        rewards = scorer.score(QUESTIONS, RESPONSES)
+        assert all(isinstance(x, float) and math.isfinite(x) for x in rewards)
+        if name == "eurus":  # the model card's read-out on the SentencePiece ids
+            ids = torch.tensor([[1] + sp.encode(f"[INST] {QUESTIONS[0]} [/INST] {RESPONSES[0]}")])
+            with torch.no_grad():
+                want = state["regression_head.weight"] @ backbone(input_ids=ids)[0][0, -1]
+            assert rewards[0] == pytest.approx(want.item(), abs=TOL)
+        else:  # a "+"/"-" probability per step: the tags were found
+            assert [len(s) for s in scorer.score_steps(QUESTIONS, RESPONSES)] == [2, 4, 1]
+    finally:
+        scorer.close()
+
+
+def test_task_metadata_rm_protocol(shared_data):
+    """``--metadata '{"scorers": ..., "rm_protocol": "paper"}'`` reaches every scorer the task loads."""
+    from lm_eval.tasks import TaskManager
+
+    from lm_eval_swift.cli import tasks_dir
+
+    meta = {"n": 4, "data_dir": str(shared_data), "scorers": {"eurus": {}, "skywork": {"protocol": "card"}},
+            "rm_protocol": "paper"}
+    tm = TaskManager(include_path=str(tasks_dir()), include_defaults=False, metadata=meta)
+    task = tm.load_task_or_group(["gsm8k_bon_swift"])["gsm8k_bon_swift"]
+    assert task.scorer_specs == {"eurus": {"protocol": "paper"}, "skywork": {"protocol": "card"}}

@@ -12,15 +12,22 @@ Registered names (see :data:`SCORERS`): ``eurus``, ``skywork``, ``skywork-v0.2``
 ``ultrarm``, ``rlhflow-prm``, ``rlhflow-orm``, ``math-shepherd`` and the generic ``seq-cls``
 (any sequence-classification RM with a chat template) and ``token-prm`` (any step-tag "+/-" PRM,
 ``step_tag=`` required).  No scorer uses ``trust_remote_code``.
+
+Two protocols (option ``protocol``): ``"card"``, each model card's recipe (the default), and ``"paper"``, the
+inputs of the SWIFT paper's baseline script (instruction prefix, its own formats and dtypes; see
+:meth:`Scorer.protocol_defaults` and each scorer's ``paper_options``).
 """
 
 from .base import (
     AGGREGATIONS,
+    PAPER_INSTRUCTION,
+    PROTOCOLS,
     SCORERS,
     Encoded,
     Scorer,
     UnknownScorerError,
     aggregate,
+    check_protocol,
     get_scorer,
     load_scorer,
     register_scorer,
@@ -40,6 +47,8 @@ from .weights import WeightLoadError
 
 __all__ = [
     "AGGREGATIONS",
+    "PAPER_INSTRUCTION",
+    "PROTOCOLS",
     "SCORERS",
     "CausalLMStepScorer",
     "Encoded",
@@ -61,6 +70,7 @@ __all__ = [
     "ValueHeadScorer",
     "WeightLoadError",
     "aggregate",
+    "check_protocol",
     "get_scorer",
     "load_scorer",
     "register_scorer",

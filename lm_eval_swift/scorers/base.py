@@ -19,11 +19,14 @@ from tqdm.auto import tqdm
 
 __all__ = [
     "AGGREGATIONS",
+    "PAPER_INSTRUCTION",
+    "PROTOCOLS",
     "SCORERS",
     "Encoded",
     "Scorer",
     "UnknownScorerError",
     "aggregate",
+    "check_protocol",
     "get_scorer",
     "load_scorer",
     "register_scorer",
@@ -31,6 +34,17 @@ __all__ = [
 
 #: name -> scorer class, filled by :func:`register_scorer`.
 SCORERS: dict[str, type[Scorer]] = {}
+
+#: scoring protocols: ``card`` (each model card's recipe, the default) and ``paper`` (the baseline script of the
+#: SWIFT paper, aster2024/SWIFT ``eval/get_baseline_rewards.py``; see :meth:`Scorer.protocol_defaults`).
+PROTOCOLS = ("card", "paper")
+
+#: the instruction the SWIFT paper's baseline script prepends to every question (``get_instruction`` of its
+#: ``utils.py``, the same text for "math" and "gsm8k"; also the prompt this package's tasks give the generator).
+PAPER_INSTRUCTION = (
+    "Solve the following math problem step-by-step.\n"
+    "Simplify your answer as much as possible. Present your final answer as \\boxed{Your Answer}.\n"
+)
 
 
 def register_scorer(name: str):
@@ -70,6 +84,13 @@ def load_scorer(name: str, model: str | None = None, **kwargs: Any) -> Scorer:
     return get_scorer(name).load(model, **kwargs)
 
 
+def check_protocol(protocol: str) -> str:
+    """``protocol`` if it is one of :data:`PROTOCOLS`, else ``ValueError`` (one line naming them)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown reward-model protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+    return protocol
+
+
 def _prod(xs: Sequence[float]) -> float:
     return math.prod(xs)
 
@@ -95,10 +116,15 @@ def aggregate(step_scores: Sequence[float], how: str) -> float:
 
 @dataclass
 class Encoded:
-    """One scored sequence: its token ids and the positions (unpadded) whose outputs are read."""
+    """One scored sequence: its token ids and the positions (unpadded) whose outputs are read.
+
+    ``pad_tail``: the last ``pad_tail`` tokens are padding that the authors' code feeds with the sequence
+    (Starling's ``padding="max_length"``): no token attends to them, and their position ids keep counting.
+    """
 
     input_ids: list[int]
     positions: list[int]
+    pad_tail: int = 0
 
 
 _DTYPES = {
@@ -139,11 +165,15 @@ class Scorer:
     with the weights.  ``device_map``: an explicit accelerate/transformers device map; by
     default ``"auto"`` is used when ``device`` is not given and several GPUs are visible.
     ``attn_implementation``: passed to the backbone config (``"eager"``, ``"sdpa"``, ...).
+    ``protocol``: ``"card"`` (default) or ``"paper"``, which changes the defaults of other options
+    (:meth:`protocol_defaults`).  ``instruction``: text prepended to every question (default ``""``).
     """
 
     name: ClassVar[str] = ""
     #: hub id loaded when ``load()`` gets no ``model``.
     default_model: ClassVar[str | None] = None
+    #: option defaults of the ``paper`` protocol specific to this scorer (see :meth:`protocol_defaults`).
+    paper_options: ClassVar[dict[str, Any]] = {}
     #: show the progress bar from this many pairs on when ``progress`` is None.
     progress_threshold: ClassVar[int] = 64
 
@@ -155,9 +185,14 @@ class Scorer:
         tokenizer: str | None = None,
         device_map: str | dict | None = None,
         attn_implementation: str | None = None,
+        protocol: str = "card",
+        instruction: str = "",
     ) -> None:
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
+        check_protocol(protocol)
+        self.protocol = protocol
+        self.instruction = instruction
         self.padding_side = padding_side
         self.progress = progress
         self.tokenizer_id = tokenizer
@@ -173,6 +208,19 @@ class Scorer:
 
     # ------------------------------------------------------------------ construction
     @classmethod
+    def protocol_defaults(cls, protocol: str) -> dict[str, Any]:
+        """Default :meth:`load` options under ``protocol`` (options given explicitly win).
+
+        ``card``: none.  ``paper`` (the SWIFT paper's ``eval/get_baseline_rewards.py``): ``instruction`` =
+        :data:`PAPER_INSTRUCTION` (its ``prompt = instruction + sample["prompt"]``) and ``dtype`` = bfloat16 (its
+        ``torch_dtype=torch.bfloat16``) for every reward model, updated with the scorer's :attr:`paper_options`.
+        """
+        check_protocol(protocol)
+        if protocol == "card":
+            return {}
+        return {"instruction": PAPER_INSTRUCTION, "dtype": "bfloat16", **cls.paper_options}
+
+    @classmethod
     def load(
         cls,
         model: str | None = None,
@@ -184,14 +232,17 @@ class Scorer:
     ) -> Scorer:
         """Load the checkpoint ``model`` (path or hub id; default :attr:`default_model`).
 
-        ``dtype`` defaults to bfloat16 on GPU and float32 on CPU; ``device`` to ``cuda`` when
-        available.  Unknown ``options`` raise ``TypeError``.
+        ``dtype`` defaults to the protocol's (:meth:`protocol_defaults`), else bfloat16 on GPU and float32 on
+        CPU; ``device`` to ``cuda`` when available.  Unknown ``options`` raise ``TypeError``.
         """
         if not cls.name or cls is Scorer:
             raise TypeError("call load() on a registered scorer class, e.g. get_scorer('eurus').load()")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self = cls(**options)
+        defaults = cls.protocol_defaults(options.get("protocol", "card"))
+        protocol_dtype = defaults.pop("dtype", None)
+        dtype = dtype if dtype is not None else protocol_dtype
+        self = cls(**{**defaults, **options})
         model_id = model if model is not None else cls.default_model
         if not model_id:
             raise ValueError(f"scorer {cls.name!r} has no default checkpoint: pass model=<path or hub id>")
@@ -267,7 +318,7 @@ class Scorer:
             raise TypeError("score() takes lists of strings (wrap a single pair in lists)")
         if len(questions) != len(responses):
             raise ValueError(f"{len(questions)} questions but {len(responses)} responses")
-        items = [self._encode(q, r) for q, r in zip(questions, responses)]
+        items = [self._encode(self.instruction + q, r) for q, r in zip(questions, responses)]
         for item in items:
             if not item.input_ids or not item.positions:
                 raise ValueError(f"{self.name}: empty encoding (no tokens or nothing to read)")
@@ -305,19 +356,20 @@ class Scorer:
         width = max(len(e.input_ids) for e in batch)
         ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
+        position_ids = torch.zeros((len(batch), width), dtype=torch.long)
         rows, cols, counts = [], [], []
         for b, e in enumerate(batch):
             n = len(e.input_ids)
             offset = width - n if self.padding_side == "left" else 0
             ids[b, offset : offset + n] = torch.tensor(e.input_ids, dtype=torch.long)
-            mask[b, offset : offset + n] = 1
+            mask[b, offset : offset + n - e.pad_tail] = 1
+            position_ids[b, offset : offset + n] = torch.arange(n)
             for p in e.positions:
                 if not 0 <= p < n:
                     raise IndexError(f"read position {p} outside a sequence of {n} tokens")
                 rows.append(b)
                 cols.append(offset + p)
             counts.append(len(e.positions))
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         dev = self._input_device
         values = self._forward(
             ids.to(dev),

@@ -9,7 +9,7 @@ the LM head, so no ``(batch, length, vocab)`` tensor is built.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from transformers import AutoModelForCausalLM
@@ -154,7 +154,10 @@ class RLHFlowPRMScorer(CausalLMStepScorer):
 class RLHFlowORMScorer(RLHFlowPRMScorer):
     """RLHFlow/Llama3.1-8B-ORM-Deepseek-Data: the PRM recipe with the whole response as one step.
 
-    Conversation ``user(question + " " + response), assistant("+")``; score = P("+").
+    Conversation ``user(question + " " + response), assistant("+")``; score = P("+").  The SWIFT
+    paper's "Deepseek" baseline (``eval/get_baseline_rewards.py``, checkpoint named in
+    ``script/train_and_eval.sh``) is this model with this conversation, read at ``logits[:, -3]``;
+    its protocol only adds the instruction.
     """
 
     default_model = "RLHFlow/Llama3.1-8B-ORM-Deepseek-Data"
@@ -180,7 +183,9 @@ class TokenPRMScorer(CausalLMStepScorer):
     (and whitespace-only tokens, for tokenizers that keep the space as its own token).
     Options: ``step_tag`` (required here), ``good_token``/``bad_token`` (``"+"``/``"-"``),
     ``step_separator`` (``"\\n\\n"``), ``step_join`` (``"\\n"``), ``input_format``,
-    ``aggregation`` (``"min"``).
+    ``aggregation`` (``"min"``), ``outcome`` (``False``; ``True`` scores the response as one
+    step, as is, unsplit and unstripped: ``input_format`` with ``response = f"{response} {step_tag}"``,
+    one value read at that final tag, which must be the last token apart from special tokens).
     """
 
     default_aggregation = "min"
@@ -194,9 +199,11 @@ class TokenPRMScorer(CausalLMStepScorer):
         input_format: str = "{question} {response}",
         step_tag_id: int | None = None,
         candidate_token_ids: tuple[int, int] | None = None,
+        outcome: bool = False,
         **common: Any,
     ) -> None:
         super().__init__(**common)
+        self.outcome = bool(outcome)
         self.step_tag = step_tag or self.default_step_tag
         if not self.step_tag:
             raise ValueError("token-prm needs step_tag=... (the token appended after every step)")
@@ -233,12 +240,21 @@ class TokenPRMScorer(CausalLMStepScorer):
         return [s for s in super().split_steps(response) if s] or [""]
 
     def format(self, question: str, response: str) -> str:
-        body = self.step_join.join(f"{s} {self.step_tag}" for s in self.split_steps(response))
+        steps = [response] if self.outcome else self.split_steps(response)
+        body = self.step_join.join(f"{s} {self.step_tag}" for s in steps)
         return self.input_format.format(question=question, response=body)
 
     def _encode(self, question: str, response: str) -> Encoded:
         ids = list(self.tokenizer(self.format(question, response))["input_ids"])
         positions = [i for i, t in enumerate(ids) if t == self.step_tag_id]
+        if self.outcome:
+            special = set(self.tokenizer.all_special_ids)
+            if not positions or any(t not in special for t in ids[positions[-1] + 1 :]):
+                raise ValueError(
+                    f"{self.name}: the final step tag (id {self.step_tag_id}) is not the last token; "
+                    "the tokenizer merges the tag with its neighbours"
+                )
+            return Encoded(ids, positions[-1:])
         n_steps = len(self.split_steps(response))
         if len(positions) < n_steps:
             raise ValueError(
@@ -257,8 +273,15 @@ class MathShepherdScorer(TokenPRMScorer):
     score = P("+") over the ``"+"``/``"-"`` candidates at the tag positions; aggregated by
     ``min`` (the paper's rule).  With the checkpoint's tokenizer the derived ids are the card's
     ``[648, 387]`` (``▁+``, ``▁-``) and step tag ``12902``.
+
+    ``paper`` protocol: the SWIFT paper's script (``eval/get_baseline_rewards.py``) uses it as an
+    outcome model, ``tokenizer.encode(f"{prompt} {response} ки")`` with one score read at that tag
+    (``outcome=True``).  Its ``candidate_tokens`` and ``final_tag_id`` are not defined in the
+    published script (nor in its ``utils.py``); the card's values, derived as above, are assumed.
+    Where the response itself holds the tag the script's ``.item()`` would fail; the final tag is read.
     """
 
     default_model = "peiyi9979/math-shepherd-mistral-7b-prm"
     default_step_tag = "ки"
+    paper_options: ClassVar[dict[str, Any]] = {"outcome": True}
 

@@ -7,7 +7,7 @@ they are re-implemented here and loaded by state dict with strict key checks.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -89,7 +89,8 @@ class ValueHeadScorer(Scorer):
     """Shared machinery: format text, tokenize, read the head at the last real token.
 
     Extra options: ``max_length`` (truncate longer inputs; ``None`` = never) and
-    ``truncation_side`` (``"left"`` keeps the end, where the reward is read).
+    ``truncation_side`` (``"left"`` keeps the end, where the reward is read).  Truncation is the
+    tokenizer's own (``truncation=True``), which keeps the special tokens it adds (BOS).
     """
 
     model_cls: type[_ValueHeadModel] = _ValueHeadModel
@@ -102,6 +103,8 @@ class ValueHeadScorer(Scorer):
         super().__init__(**common)
         if truncation_side not in ("left", "right"):
             raise ValueError(f"truncation_side must be 'left' or 'right', not {truncation_side!r}")
+        if max_length is not None and max_length < 1:
+            raise ValueError(f"max_length must be >= 1 or None, got {max_length}")
         self.max_length = max_length
         self.truncation_side = truncation_side
 
@@ -144,11 +147,21 @@ class ValueHeadScorer(Scorer):
         tokenizer = AutoTokenizer.from_pretrained(self._tokenizer_source(ckpt))
         return model, tokenizer
 
+    def _setup(self) -> None:
+        self.tokenizer.truncation_side = self.truncation_side
+
     # ---- scoring
+    def _token_ids(self, question: str, response: str) -> list[int]:
+        """The formatted pair's token ids, at most ``max_length`` of them (special tokens kept)."""
+        text = self.format(question, response)
+        truncate = self.max_length is not None
+        enc = self.tokenizer(
+            text, add_special_tokens=self.add_special_tokens, truncation=truncate, max_length=self.max_length
+        )
+        return list(enc["input_ids"])
+
     def _encode(self, question: str, response: str) -> Encoded:
-        ids = list(self.tokenizer(self.format(question, response), add_special_tokens=self.add_special_tokens)["input_ids"])
-        if self.max_length is not None and len(ids) > self.max_length:
-            ids = ids[-self.max_length :] if self.truncation_side == "left" else ids[: self.max_length]
+        ids = self._token_ids(question, response)
         return Encoded(ids, [len(ids) - 1])
 
     def _forward(self, input_ids, attention_mask, position_ids, rows, cols):
@@ -170,7 +183,8 @@ class EurusScorer(ValueHeadScorer):
     closing tag is ``[/INST]``, and Eurus-RM is initialised from Eurus-7B-SFT, trained on the
     Mistral ``[INST] ... [/INST]`` format; so the backslash is taken for a typo (an assumption:
     the training data format is not published with the checkpoint).  Pass
-    ``inst_close="[\\INST]"`` to reproduce the card's string verbatim.
+    ``inst_close="[\\INST]"`` to reproduce the card's string verbatim.  The SWIFT paper's script
+    (``eval/get_baseline_rewards.py``) writes ``[/INST]`` too; its protocol only adds the instruction.
     """
 
     default_model = "openbmb/Eurus-RM-7b"
@@ -190,40 +204,63 @@ class EurusScorer(ValueHeadScorer):
 class UltraRMScorer(ValueHeadScorer):
     """openbmb/UltraRM-13b: Llama backbone + ``regression_head`` (no bias), last real token.
 
-    Input: ``f"Human: {question}\\nAssistant: {response}"`` tokenized with the tokenizer's
-    defaults (BOS added, no EOS), as in the model card.
+    Input: ``template.format(question=..., response=...)`` tokenized with the tokenizer's
+    defaults (BOS added, no EOS).  The card's template is ``"Human: {question}\\nAssistant: {response}"``;
+    the SWIFT paper's (``eval/get_baseline_rewards.py``, a triple-quoted f-string) has a blank line
+    and eight spaces before ``Assistant:``: ``"Human: {question}\\n\\n        Assistant: {response}"``.
+    That script loads the tokenizer with ``LlamaTokenizer`` (then the slow SentencePiece class;
+    transformers 5 has a single Llama tokenizer class, so the checkpoint's own is used either way).
     """
 
     default_model = "openbmb/UltraRM-13b"
     model_cls = UltraRMRewardModel
+    card_template = "Human: {question}\nAssistant: {response}"
+    paper_options: ClassVar[dict[str, Any]] = {"template": "Human: {question}\n\n        Assistant: {response}"}
+
+    def __init__(self, *, template: str | None = None, **common: Any) -> None:
+        super().__init__(**common)
+        self.template = template or self.card_template
+        if "{question}" not in self.template or "{response}" not in self.template:
+            raise ValueError("template must contain {question} and {response}")
 
     def format(self, question: str, response: str) -> str:
-        return f"Human: {question}\nAssistant: {response}"
+        return self.template.format(question=question, response=response)
 
 
 @register_scorer("starling")
 class StarlingScorer(ValueHeadScorer):
     """berkeley-nest/Starling-RM-7B-alpha: Llama-2-7b-chat backbone + ``v_head`` (no bias).
 
-    Input, from the model card: ``f"<s>[INST] {question} </s> [/INST] {response}</s>"``,
-    tokenized like the card's ``get_reward`` (default ``add_special_tokens=True``, so the
-    Llama-2 tokenizer prepends its own BOS before the literal ``<s>``: the double BOS is what
-    the published code computes; pass ``add_special_tokens=False`` for a single one),
-    truncated to ``max_length=2048`` tokens from the left; the value is read at the last real
-    token (the card reads the token before the first pad = unk token, with right padding).
+    Model card (``get_reward``): ``f"<s>[INST] {question} </s> [/INST] {response}</s>"`` tokenized
+    with ``add_special_tokens=True`` (so the Llama-2 tokenizer puts its own BOS before the literal
+    ``<s>``: two BOS; ``add_special_tokens=False`` gives one), ``truncation=True, max_length=2048``
+    from the left (the tokenizer keeps its BOS) and ``padding="max_length"`` with ``<unk>`` (its
+    ``pad_token = unk_token``; the Llama-2 tokenizer config pads on the right, masked).  The card's
+    ``GPTRewardModel`` reads ``rewards[i, c_ind - 1]`` where ``c_ind`` is the first position of
+    ``PAD_ID = tokenizer(pad_token)["input_ids"][0]``: that is the BOS the tokenizer puts before
+    ``<unk>``, not ``<unk>``, so ``c_ind`` is 0 and the value is read at the LAST slot of the
+    2048-token row -- a padding ``<unk>`` at position 2047 (attending to the real tokens) whenever the
+    input is shorter.  All of this is reproduced: every row is ``max_length`` tokens and the read
+    position follows the same rule (``max_length=None``: no truncation, no padding).
 
-    Weights: the card loads the repo's single ``.pt``/``*model.bin`` file into its
-    ``GPTRewardModel``, which registers the backbone twice (``model.model.*`` and
-    ``transformer.*``) beside an unused LM head (``model.lm_head.weight``); RewardBench loads
-    the same file with ``strict=True``, so all of those keys are in it.  Here ``transformer.*`` +
-    ``v_head.weight`` are loaded, ``model.model.*`` only when ``transformer.*`` is absent, and
-    the LM head is dropped; any other key, or any missing one, is an error.  Config and
-    tokenizer come from the checkpoint dir when it has them, else from ``base_model``
-    (``meta-llama/Llama-2-7b-chat-hf``, as in the card; a gated repo).
+    ``paper`` protocol (SWIFT ``eval/get_baseline_rewards.py``, same class and tokenizer): one
+    unpadded, untruncated sequence, so the rule reads its last token (``</s>``); float32 weights
+    (its ``AutoModelForCausalLM.from_pretrained`` without a dtype).
+
+    Weights: the card loads the repo's single ``.pt``/``*model.bin`` file into ``GPTRewardModel``
+    with ``strict=False`` (as do RewardBench and the SWIFT script); that module registers the
+    backbone twice (``model.model.*`` and ``transformer.*``) beside an unused LM head
+    (``model.lm_head.weight``).  Here ``transformer.*`` + ``v_head.weight`` are loaded,
+    ``model.model.*`` only when ``transformer.*`` is absent, and the LM head is dropped; any other
+    key, or any missing one, is an error (strict, unlike ``strict=False``, which would leave a
+    missing weight at Llama-2-chat's value or at random).  Config and tokenizer come from the
+    checkpoint dir when it has them, else from ``base_model`` (``meta-llama/Llama-2-7b-chat-hf``,
+    as in the card; a gated repo).
     """
 
     default_model = "berkeley-nest/Starling-RM-7B-alpha"
     model_cls = StarlingRewardModel
+    paper_options: ClassVar[dict[str, Any]] = {"dtype": "float32", "max_length": None}
 
     def __init__(
         self,
@@ -239,6 +276,21 @@ class StarlingScorer(ValueHeadScorer):
 
     def format(self, question: str, response: str) -> str:
         return f"<s>[INST] {question} </s> [/INST] {response}</s>"
+
+    def _setup(self) -> None:
+        super()._setup()
+        tok = self.tokenizer
+        if tok.unk_token_id is None:
+            raise ValueError(f"{self.model_id}: the tokenizer has no <unk> token (the card pads with it)")
+        self.fill_id = tok.unk_token_id  # the card's pad_token = unk_token
+        self.stop_id = tok(tok.unk_token)["input_ids"][0]  # the card's PAD_ID (BOS for Llama-2's tokenizer)
+
+    def _encode(self, question: str, response: str) -> Encoded:
+        ids = self._token_ids(question, response)
+        fill = self.max_length - len(ids) if self.max_length is not None else 0
+        row = ids + [self.fill_id] * fill
+        stop = row.index(self.stop_id) if self.stop_id in row else len(row)
+        return Encoded(row, [(stop - 1) % len(row)] if row else [], pad_tail=fill)
 
     def _config_source(self, ckpt):
         return ckpt if (ckpt / "config.json").is_file() else self.base_model

@@ -84,6 +84,11 @@ class SkyworkScorer(SeqClsScorer):
 
 @register_scorer("skywork-v0.2")
 class SkyworkV02Scorer(SkyworkScorer):
-    """Skywork/Skywork-Reward-Llama-3.1-8B-v0.2: same architecture and recipe as ``skywork``."""
+    """Skywork/Skywork-Reward-Llama-3.1-8B-v0.2: same architecture and recipe as ``skywork``.
+
+    The SWIFT paper's "Skywork" baseline (checkpoint named in its ``script/train_and_eval.sh``): the
+    same chat-template input (``eval/get_baseline_rewards.py``); its protocol only adds the
+    instruction (the script also asks for ``attn_implementation="flash_attention_2"``, left to the user).
+    """
 
     default_model = "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2"

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from lm_eval_swift.features import (
@@ -41,7 +42,7 @@ from lm_eval_swift.features import (
     feature_source,
     load_base_model,
 )
-from lm_eval_swift.heads import SwiftHead
+from lm_eval_swift.heads import SwiftHead, swift_reward
 from lm_eval_swift.metrics import auroc, within_question_auroc
 from lm_eval_swift.report import bon_table
 from lm_eval_swift.responses import prompt_tokens, response_tokens_from_text
@@ -192,6 +193,45 @@ def validation_metrics(
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
 
 
+# ---- logits heads through the output embedding -------------------------------------------------------------------
+
+
+class ThroughOutputEmbedding(nn.Module):
+    """A logits head evaluated on final hidden states h [..., T, d] instead of logits [..., T, V]: when the logits
+    are W_out h (no bias, no scaling), head(W_out h) = h (W W_out)^T + b gives the same parts, the same loss and the
+    same gradients for the head's W [2, V] and b, from features V/d times narrower (85x for SmolLM2, 32x for
+    Llama-3-8B: a feature cache that fits). ``w_out`` [V, d] is a buffer, not trained."""
+
+    def __init__(self, head: SwiftHead, w_out: torch.Tensor):
+        super().__init__()
+        self.head = head
+        self.register_buffer("w_out", w_out.detach().float(), persistent=False)
+
+    def reward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """hidden [..., T, d], mask [..., T] -> R [...], as ``head.reward(hidden @ w_out.T, mask)``."""
+        w, b = self.head.fused()
+        return swift_reward(F.linear(hidden.float(), w @ self.w_out, b), mask, self.head.gate)
+
+
+@torch.no_grad()
+def output_embedding(model: nn.Module) -> torch.Tensor | None:
+    """W_out [V, d] when the model's logits are exactly ``hidden_states[-1] @ W_out.T`` (checked on a probe
+    sequence), else None (a bias, a logit scale or soft-capping: train on the logits themselves)."""
+    lm_head = model.get_output_embeddings()
+    if not isinstance(lm_head, nn.Linear) or lm_head.bias is not None:
+        return None
+    vocab = lm_head.weight.shape[0]
+    probe = (torch.arange(1, 9) * 7919 % vocab)[None].to(model.device)
+    out = model(input_ids=probe, output_hidden_states=True, use_cache=False, logits_to_keep=0)
+    logits = out.logits.float()
+    recomputed = F.linear(out.hidden_states[-1].float(), lm_head.weight.float().to(out.hidden_states[-1].device))
+    tol = 1e-4 if lm_head.weight.dtype == torch.float32 else 2e-2
+    scale = logits.abs().max().clamp_min(1.0)
+    if not torch.allclose(recomputed.to(logits.device), logits, rtol=tol, atol=tol * scale):
+        return None
+    return lm_head.weight.detach()
+
+
 # ---- training ---------------------------------------------------------------------------------------------------
 
 
@@ -268,7 +308,12 @@ def train_head(
         head = SwiftHead.for_model(
             model.config, base_model, revision, kind="logits" if logits else "hidden_states", layers=layers, gate=gate, name=name
         )
-    extractor = FeatureExtractor(model, head.entries, tokenizer.pad_token_id)
+    scorer: SwiftHead | ThroughOutputEmbedding = head
+    entries = head.entries
+    w_out = output_embedding(model) if head.kind == "logits" else None
+    if w_out is not None:  # features: the final hidden state (entry L), mapped to logits inside the scorer
+        scorer, entries = ThroughOutputEmbedding(head, w_out), (model.config.get_text_config().num_hidden_layers,)
+    extractor = FeatureExtractor(model, entries, tokenizer.pad_token_id)
     source = feature_source(
         extractor,
         data.prompts,
@@ -297,8 +342,9 @@ def train_head(
         "batch_size": batch_size,
         "max_gen_toks": max_gen_toks,
         "feature_cache": isinstance(source, FeatureCache),
+        "logits_via_output_embedding": w_out is not None,
     }
-    head.to(source.device)
+    scorer.to(source.device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     rng = torch.Generator().manual_seed(seed)
     state = _resume(out_dir / CHECKPOINT, config, head, optimizer, rng) or TrainState()
@@ -308,8 +354,8 @@ def train_head(
         if state.bad_epochs >= patience:
             break
         order = [train_q[i] for i in torch.randperm(len(train_q), generator=rng).tolist()]
-        train_loss = _train_epoch(head, optimizer, source, data, pack_steps(data, order, batch_size), loss, state, f"epoch {epoch + 1}", progress)
-        rewards = _rewards(head, source, data.responses_of(val_q), batch_size, progress)
+        train_loss = _train_epoch(scorer, optimizer, source, data, pack_steps(data, order, batch_size), loss, state, f"epoch {epoch + 1}", progress)
+        rewards = _rewards(scorer, source, data.responses_of(val_q), batch_size, progress)
         metrics = validation_metrics(data, val_q, rewards, loss)
         score = metrics["val_loss"] if early_stop == "loss" else -metrics["within_auroc"]
         state.epoch = epoch + 1
@@ -360,7 +406,7 @@ def _check_pairs(data: TrainingData, train_q: Sequence[int], val_q: Sequence[int
 
 
 def _train_epoch(
-    head: SwiftHead,
+    head: SwiftHead | ThroughOutputEmbedding,
     optimizer: torch.optim.Optimizer,
     source: FeatureSource,
     data: TrainingData,
@@ -393,7 +439,7 @@ def _train_epoch(
 
 
 @torch.no_grad()
-def _rewards(head: SwiftHead, source: FeatureSource, indices: Sequence[int], batch_size: int, progress: bool) -> torch.Tensor:
+def _rewards(head: SwiftHead | ThroughOutputEmbedding, source: FeatureSource, indices: Sequence[int], batch_size: int, progress: bool) -> torch.Tensor:
     """R [len(indices)] (fp32, cpu) of the head for those responses."""
     out = []
     for s in tqdm(range(0, len(indices), batch_size), desc="validation", unit="batch", leave=False, disable=not progress):

@@ -34,11 +34,13 @@ from lm_eval_swift.rollouts import (
 from lm_eval_swift.toy_models import char_tokenizer
 from lm_eval_swift.training import (
     CHECKPOINT,
+    ThroughOutputEmbedding,
     TrainingData,
     add_train_arguments,
     cmd_train,
     correct_incorrect_pairs,
     objective,
+    output_embedding,
     question_key,
     split_questions,
     train_head,
@@ -240,11 +242,31 @@ def test_pairwise_loss_without_pairs_is_an_error(model, tmp_path):
 
 def test_logits_features_and_gateless_head(model, rollouts, tmp_path):
     head = train_head([rollouts], model, tmp_path / "head", logits=True, gate=False, epochs=8, **FAST)
-    assert head.kind == "logits" and not head.gate
+    assert head.kind == "logits" and not head.gate and head.training_info["logits_via_output_embedding"]
     assert head.linear.in_features == len(char_tokenizer()) and head.linear.out_features == 1
     assert head.training_info["metrics"]["within_auroc"] >= 0.9
     with pytest.raises(ValueError, match="not both"):
         train_head([rollouts], model, tmp_path / "x", logits=True, layers=[1], **FAST)
+
+
+def test_logits_head_trains_through_the_output_embedding(model):
+    """On final hidden states h, ThroughOutputEmbedding gives a logits head the rewards and gradients it has on the
+    logits W_out h; a model whose logits are not W_out h (here a bias) trains on the logits themselves."""
+    lm, _ = load_base_model(model, device="cpu")
+    w_out = output_embedding(lm)
+    assert torch.equal(w_out, lm.get_output_embeddings().weight)
+    head = SwiftHead.for_model(lm.config, model, kind="logits")
+    torch.nn.init.normal_(head.linear.weight, std=0.5)
+    hidden = torch.randn(3, 5, lm.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    mask = torch.arange(5) < torch.tensor([[5], [2], [0]])
+    via = ThroughOutputEmbedding(head, w_out).reward(hidden, mask)
+    grads = torch.autograd.grad(via.sum(), list(head.parameters()))
+    direct = head.reward(torch.nn.functional.linear(hidden, w_out), mask)
+    torch.testing.assert_close(via, direct, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads, torch.autograd.grad(direct.sum(), list(head.parameters()))):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    lm.lm_head.bias = torch.nn.Parameter(torch.ones(lm.config.vocab_size))
+    assert output_embedding(lm) is None
 
 
 def test_layer_subset_features(model, rollouts):

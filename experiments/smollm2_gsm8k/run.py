@@ -2,6 +2,9 @@
 
     python experiments/smollm2_gsm8k/run.py sample --split train [--workers 2] [--commit]
     python experiments/smollm2_gsm8k/run.py sample --split test  [--workers 2] [--commit]
+    python experiments/smollm2_gsm8k/run.py heads      # four heads with ``lm-eval-swift train`` on the train shards
+    python experiments/smollm2_gsm8k/run.py rescore    # their rewards added to the test shards
+    python experiments/smollm2_gsm8k/run.py report     # results.md: table with SEs, AUROCs, paired bootstrap
     python experiments/smollm2_gsm8k/run.py status
 
 Sampling goes through the real CLI (``lm-eval-swift eval --model hf-swift``, the paper's prompt with
@@ -46,6 +49,8 @@ SPLITS = {
 }
 GENERATION = {"max_gen_toks": 256, "temperature": 1.0, "top_p": 0.9, "do_sample": True, "apply_chat_template": True}
 SEED = 1234  # hf-swift's sampling seed
+# hf-swift's sample cache: a shard stopped midway resumes on the same machine from the questions it finished
+SAMPLE_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lm-eval-swift" / "smollm2-gsm8k.sqlite"
 
 
 def shard_path(split: str, start: int, stop: int) -> Path:
@@ -69,7 +74,7 @@ def sample_shard(split: str, start: int, stop: int, model: Path) -> Path:
     work = Path(tempfile.mkdtemp(prefix=f"smollm2-{split}-{start}-"))
     cmd = [
         sys.executable, "-m", "lm_eval_swift", "eval", "--model", "hf-swift",
-        "--model_args", f"pretrained={model},dtype=float32,heads=none,seed={SEED}",
+        "--model_args", f"pretrained={model},dtype=float32,heads=none,seed={SEED},sample_cache={SAMPLE_CACHE}",
         "--apply_chat_template", "--device", "cpu", "--batch_size", str(spec["batch_size"]),
         "--tasks", task, "--samples", json.dumps({task: list(range(start, stop))}),
         "--gen_kwargs", f"max_gen_toks={GENERATION['max_gen_toks']}",
@@ -115,7 +120,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     def run(shard: tuple[int, int]) -> None:
         t0 = time.time()
-        path = sample_shard(args.split, *shard, model)
+        try:
+            path = sample_shard(args.split, *shard, model)
+        except RuntimeError as e:  # one failed shard does not stop the others; a rerun retries it
+            print(f"{e}", file=sys.stderr, flush=True)
+            return
         print(f"{path.relative_to(REPO)}: {time.time() - t0:.0f} s", flush=True)
         if args.commit:
             commit(path, f"experiments/smollm2_gsm8k: {args.split} rollouts, questions {shard[0]}-{shard[1] - 1}")
@@ -142,6 +151,142 @@ def write_settings() -> None:
     path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
+# The heads of the experiment: ``lm-eval-swift train`` arguments besides rollouts, base model and output.
+TRAINING = ["--device", "cpu", "--dtype", "float32", "--max-gen-toks", str(GENERATION["max_gen_toks"]), "--seed", "0",
+            "--batch-size", "16"]  # fmt: skip
+HEADS = {
+    "all_bce": [],  # the paper's head: every hidden_states entry, BCE, early stop on validation loss
+    "all_dpo": ["--loss", "dpo", "--early-stop", "within_auroc"],
+    "last4_bce": ["--layers", "-4", "-3", "-2", "-1"],
+    "logits_bce": ["--logits"],
+}
+HEADS_DIR = HERE / "heads"
+
+
+def split_files(split: str) -> list[Path]:
+    spec = SPLITS[split]
+    files = [shard_path(split, *s) for s in shards(split, spec["questions"])]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise SystemExit(f"{split}: {len(missing)} shards not sampled yet (first: {missing[0]}); run 'sample' first")
+    return files
+
+
+def cmd_heads(args: argparse.Namespace) -> None:
+    """Train every head of HEADS on the train shards with the real ``lm-eval-swift train``."""
+    from lm_eval_swift.smollm2 import user_cache_dir
+
+    files = split_files("train")
+    model = model_dir()
+    for name, extra in HEADS.items():
+        if args.only and name not in args.only:
+            continue
+        out = HEADS_DIR / name
+        cmd = [sys.executable, "-m", "lm_eval_swift", "train", *map(str, files), "--base-model", str(model),
+               "--out", str(out), "--name", name, "--cache-dir", str(user_cache_dir() / "features"), *TRAINING, *extra]  # fmt: skip
+        print("$", " ".join(cmd[1:]), flush=True)
+        subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the finished run's resume state: not kept
+
+
+def cmd_rescore(args: argparse.Namespace) -> None:
+    """Add every head's reward to the test shards (teacher-forced, in place)."""
+    spec = ";".join(f"{name}={HEADS_DIR / name}" for name in HEADS)
+    cmd = [sys.executable, "-m", "lm_eval_swift", "rescore", *map(str, split_files("test")), "--head", spec,
+           "--model", str(model_dir()), "--device", "cpu", "--dtype", "float32", "--batch-size", "16"]  # fmt: skip
+    subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+KS = (1, 2, 4, 8, 16)
+
+
+def outcomes(rollouts, ks=KS) -> dict[str, dict[int, list[float]]]:
+    """{row: {k: per-question value}} of every row of ``lm-eval-swift report`` (each question scored alone by
+    ``report.bon_table``, so the means are exactly the report's table)."""
+    from lm_eval_swift.report import bon_table
+
+    table: dict[str, dict[int, list[float]]] = {}
+    for q in rollouts:
+        for row, cols in bon_table([q], ks).items():
+            for k, value in cols.items():
+                table.setdefault(row, {}).setdefault(k, []).append(value)
+    return table
+
+
+def mean_se(values) -> tuple[float, float]:
+    """Mean and its standard error (sample standard deviation / sqrt(n))."""
+    import statistics
+
+    return statistics.fmean(values), statistics.stdev(values) / len(values) ** 0.5
+
+
+def paired_bootstrap(a, b, resamples: int, seed: int = 0) -> tuple[float, float, float]:
+    """mean(a - b) and its 95% percentile interval over ``resamples`` resamplings of the questions (paired)."""
+    import torch
+
+    diff = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
+    idx = torch.randint(len(diff), (resamples, len(diff)), generator=torch.Generator().manual_seed(seed))
+    means = diff[idx].mean(1)
+    return float(diff.mean()), float(means.quantile(0.025)), float(means.quantile(0.975))
+
+
+def best_swift_row() -> tuple[str, float]:
+    """The SWIFT row chosen BEFORE looking at the test set: the (head, argmax or vote) with the highest mean held-out
+    validation BoN@4 and @8 recorded by ``lm-eval-swift train``; and that mean."""
+    best = ("", -1.0)
+    for name in HEADS:
+        bon = json.loads((HEADS_DIR / name / "config.json").read_text())["training"]["metrics"]["bon"]
+        for row, suffix in (("swift", ""), ("swift_vote", "_vote")):
+            value = (bon[row]["4"] + bon[row]["8"]) / 2
+            if value > best[1]:
+                best = (name + suffix, value)
+    return best
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    """results.md: the test table with standard errors, each head's AUROCs (validation and test), and the paired
+    bootstrap comparison of the best SWIFT row (chosen on validation) with majority voting."""
+    from lm_eval_swift.metrics import auroc, within_question_auroc
+    from lm_eval_swift.report import format_table
+
+    rollouts = [r for path in split_files("test") for r in read_rollouts(path)]
+    table = outcomes(rollouts)
+    n = len(rollouts)
+    lines = [f"# SmolLM2-135M-Instruct on GSM8K test: first {n} questions x {SPLITS['test']['n']} samples", ""]
+    lines += ["Accuracy, mean ± standard error over questions (`lm-eval-swift report` prints the same means).", ""]
+    lines.append("| row | " + " | ".join(f"k={k}" for k in KS) + " |")
+    lines.append("|---|" + "---:|" * len(KS))
+    for row, cols in table.items():
+        cells = ["{:.3f} ± {:.3f}".format(*mean_se(cols[k])) if k in cols else "" for k in KS]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines += ["", "## The heads", "", "| head | F | best epoch | val BCE | val AUROC | val within-q AUROC | "
+              "test AUROC | test within-q AUROC |", "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for name in HEADS:
+        config = json.loads((HEADS_DIR / name / "config.json").read_text())
+        m = config["training"]["metrics"]
+        scores = [[r.scores[name] for r in q.responses] for q in rollouts]
+        labels = [[r.correct for r in q.responses] for q in rollouts]
+        test_auroc = auroc([s for g in scores for s in g], [y for g in labels for y in g])
+        test_within = within_question_auroc(list(zip(scores, labels)))
+        width = len(config["features"]["layers"]) * 576 if config["features"]["kind"] != "logits" else 49152
+        lines.append(f"| {name} | {width} | {config['training']['best_epoch']} | {m['val_bce']:.3f} | {m['auroc']:.3f} "
+                     f"| {m['within_auroc']:.3f} | {test_auroc:.3f} | {test_within:.3f} |")  # fmt: skip
+    row, val = best_swift_row()
+    lines += ["", f"## {row} vs majority voting", "",
+              f"`{row}` is the SWIFT row with the best held-out validation BoN (mean of k=4 and 8: {val:.3f}), chosen "
+              f"before the test set was scored. Difference in accuracy, paired over the {n} questions, with a 95% "
+              f"paired bootstrap interval ({args.bootstrap} resamples):", "",
+              "| k | " + row + " | maj | difference | 95% interval |", "|---:|---:|---:|---:|---|"]  # fmt: skip
+    for k in KS[1:]:
+        diff, lo, hi = paired_bootstrap(table[row][k], table["maj"][k], args.bootstrap)
+        lines.append(f"| {k} | {mean_se(table[row][k])[0]:.3f} | {mean_se(table['maj'][k])[0]:.3f} | {diff:+.3f} "
+                     f"| [{lo:+.3f}, {hi:+.3f}] |")  # fmt: skip
+    text = "\n".join(lines) + "\n"
+    (HERE / "results.md").write_text(text)
+    print(text)
+    print(format_table({r: {k: mean_se(v)[0] for k, v in cols.items()} for r, cols in table.items()}))
+
+
 def cmd_status(args: argparse.Namespace) -> None:
     for split, spec in SPLITS.items():
         all_shards = shards(split, spec["questions"])
@@ -158,6 +303,13 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1, help="shards sampled at once (one process, one thread each)")
     p.add_argument("--commit", action="store_true", help="git commit each shard as it finishes")
     p.set_defaults(func=cmd_sample)
+    p = sub.add_parser("heads", help="train the heads on the train shards")
+    p.add_argument("--only", nargs="+", choices=HEADS, help="train only these heads")
+    p.set_defaults(func=cmd_heads)
+    sub.add_parser("rescore", help="add the heads' rewards to the test shards").set_defaults(func=cmd_rescore)
+    p = sub.add_parser("report", help="the results table, AUROCs and paired comparisons (results.md)")
+    p.add_argument("--bootstrap", type=int, default=10000, help="paired bootstrap resamples (default 10000)")
+    p.set_defaults(func=cmd_report)
     sub.add_parser("status", help="shards done").set_defaults(func=cmd_status)
     args = parser.parse_args()
     args.func(args)

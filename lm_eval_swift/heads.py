@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from lm_eval_swift.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
@@ -38,7 +40,7 @@ HEADS_ENV = "LM_EVAL_SWIFT_HEADS"
 Entry = int | Literal["logits"]  # an index into output_hidden_states, or the final logits
 
 
-class HeadError(ValueError):
+class HeadError(UsageError):
     """A head that cannot be found or read (missing, corrupt or inconsistent files)."""
 
 

@@ -9,6 +9,7 @@ from lm_eval.loggers import EvaluationTracker
 from lm_eval.tasks import TaskManager
 
 from lm_eval_swift.cli import tasks_dir
+from lm_eval_swift.errors import UsageError
 from lm_eval_swift.report import bon_table
 from lm_eval_swift.responses import ScoredText
 from lm_eval_swift.rollouts import read_rollouts
@@ -112,9 +113,9 @@ def test_rows_without_scores_are_left_out(tmp_path, shared_data):
 
 def test_missing_data_names_both_ways_out(monkeypatch, tmp_path):
     monkeypatch.delenv("LM_EVAL_SWIFT_DATA_DIR", raising=False)
-    with pytest.raises(RuntimeError, match="LM_EVAL_SWIFT_DATA_DIR.*data_dir"):
+    with pytest.raises(UsageError, match="LM_EVAL_SWIFT_DATA_DIR.*data_dir"):
         load_source("math500_test")
-    with pytest.raises(FileNotFoundError, match="math500_test.jsonl"):
+    with pytest.raises(UsageError, match="math500_test.jsonl"):
         load_source("math500_test", data_dir=str(tmp_path))
 
 

@@ -34,7 +34,6 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "head.safetensors"
 FORMAT = "swift-head"
 FORMAT_VERSION = 1
-REPO_HEADS_DIR = Path(__file__).resolve().parents[1] / "heads"
 HEADS_ENV = "LM_EVAL_SWIFT_HEADS"
 
 Entry = int | Literal["logits"]  # an index into output_hidden_states, or the final logits
@@ -272,10 +271,16 @@ def _download(hub_id: str) -> Path:
 # ---- discovery -------------------------------------------------------------------------------------------------
 
 
+def registry_dir() -> Path:
+    """The heads registry: ``heads/`` of the repository, shipped in the wheel as ``lm_eval_swift/head_registry``."""
+    shipped = Path(__file__).parent / "head_registry"
+    return shipped if shipped.is_dir() else Path(__file__).resolve().parents[1] / "heads"
+
+
 def heads_dirs() -> list[Path]:
-    """Where heads are looked up by name: ``$LM_EVAL_SWIFT_HEADS`` (os.pathsep-separated), then the repo's heads/."""
+    """Where heads are looked up by name: ``$LM_EVAL_SWIFT_HEADS`` (os.pathsep-separated), then the registry."""
     env = [Path(p).expanduser() for p in os.environ.get(HEADS_ENV, "").split(os.pathsep) if p]
-    return [*env, REPO_HEADS_DIR]
+    return [*env, registry_dir()]
 
 
 def find_head(ref: str) -> str | Path:

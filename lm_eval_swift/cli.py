@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -85,8 +86,21 @@ def run_lm_eval(argv: Sequence[str]) -> None:
             return found
 
     lm_eval.tasks.TaskManager = TaskManager
+    _log_like_lm_eval()
     sys.argv = ["lm-eval-swift eval", "run", *argv]
     cli_evaluate()
+
+
+def _log_like_lm_eval() -> None:
+    """Our modules' log lines (which head ``heads=auto`` picked, where the sample cache is, ...) go where lm-eval's
+    go, at its level (``LMEVAL_LOG_LEVEL``, default INFO)."""
+    from lm_eval.utils import setup_logging
+
+    setup_logging()
+    theirs, ours = logging.getLogger("lm_eval"), logging.getLogger("lm_eval_swift")
+    ours.setLevel(theirs.level)
+    ours.handlers = list(theirs.handlers)
+    ours.propagate = False
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -387,7 +387,8 @@ class HFSwiftLM(HFLM):
         if self.world_size > 1:
             destroy_gloo_group_at_exit()
         self.seed = int(seed)
-        self.heads = resolve_heads("none" if heads is None else str(heads), self.model.name_or_path, self.model.config)
+        self.heads_spec = "none" if heads is None else str(heads)
+        self.heads = resolve_heads(self.heads_spec, self.model.name_or_path, self.model.config, model=self.model)
         self.projector = HeadProjector(self.model, list(self.heads.values())) if self.heads else None
         if self.projector is not None:
             self.projector.check()

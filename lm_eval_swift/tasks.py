@@ -21,6 +21,7 @@ from tqdm import tqdm
 from lm_eval_swift.errors import UsageError
 from lm_eval_swift.selectors import FILTER_NAMES, score_rows  # (importing registers the filters the YAML names)
 from lm_eval_swift.grading import extract_answer
+from lm_eval_swift.heads import heads_disabled
 from lm_eval_swift.models import HFSwiftLM
 from lm_eval_swift.rollouts import QuestionRollout, build_rollout
 from lm_eval_swift.scoring import add_live_model_head_scores, add_scorer_scores, parse_scorer_specs
@@ -276,14 +277,27 @@ class BestOfNTask(ConfigurableTask):
         present = {name for r in rollouts for resp in r.responses for name in resp.scores}
         dropped = [row for row, needed in self._needed_scores.items() if not needed <= present]
         if dropped:
-            log.warning(
-                "%s: no response carries the scores needed by rows %s; they are left out. Use --model hf-swift "
-                "with heads=..., or give a head with --metadata '{\"heads\": \"PATH\"}'.",
-                self.config.task, ", ".join(dropped),
-            )
+            self._report_dropped_rows(dropped)
             self._filters = [f for f in self._filters if f.name not in dropped]
         PENDING_ROLLOUTS[self.config.task] = _gather_across_ranks(rollouts)
         return super().apply_filters()
+
+    def _report_dropped_rows(self, dropped: list[str]) -> None:
+        """Say which rows are left out and why: quietly when the run asked for no heads (``heads=none``)."""
+        lm = _live_hf_model()
+        hf_swift = isinstance(lm, HFSwiftLM)
+        spec = lm.heads_spec if hf_swift else (self.config.metadata or {}).get("heads")
+        rows = ", ".join(dropped)
+        if heads_disabled(spec):
+            log.info("%s: rows %s are left out (no SWIFT heads: heads=%s)", self.config.task, rows, spec)
+            return
+        fix = (
+            "give --model_args ...,heads=PATH"
+            if hf_swift
+            else "give a head with --metadata '{\"heads\": \"PATH\"}', or sample with --model hf-swift and heads=PATH"
+        )
+        log.warning("%s: no response carries the scores that rows %s need; they are left out: %s.",
+                    self.config.task, rows, fix)
 
     def _add_missing_swift_scores(self, rollouts: list[QuestionRollout]) -> None:
         """Rescore responses that came without SWIFT scores (lm-eval's plain ``hf`` model) when a head is

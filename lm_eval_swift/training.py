@@ -266,7 +266,8 @@ def train_head(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         head = SwiftHead.for_model(
-            model.config, base_model, revision, kind="logits" if logits else "hidden_states", layers=layers, gate=gate, name=name
+            model.config, base_model, revision, model, kind="logits" if logits else "hidden_states", layers=layers,
+            gate=gate, name=name,
         )
     extractor = FeatureExtractor(model, head.entries, tokenizer.pad_token_id)
     source = feature_source(

@@ -65,8 +65,5 @@ def add_plot_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_plot(args: argparse.Namespace) -> None:
     """Write the best-of-N curves of ``args.files`` to ``args.output``."""
-    try:
-        axes = plot_bon_curves(args.files, args.output, args.estimator, subsets=args.subsets, seed=args.seed)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"plot: {e}") from e
+    axes = plot_bon_curves(args.files, args.output, args.estimator, subsets=args.subsets, seed=args.seed)
     print(f"Wrote {args.output} ({sum(len(ax.get_lines()) for ax in axes)} curves, {len(axes)} panels)")

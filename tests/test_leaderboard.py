@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import statistics
@@ -296,3 +297,19 @@ def test_a_mistyped_results_value_is_an_error(tmp_path):
     write_results(path, "org/m", {"acc,first": 0.5, "acc,maj@4": "0.5"})
     with pytest.raises(UsageError, match=r"acc,maj@4 is '0.5', not a number"):
         leaderboard([path])
+
+
+def test_plot_titles_fit_their_panels(tmp_path):
+    """Readable model names (not lm-eval's sanitised folder) and titles wrapped to their panel's width."""
+    long_name = "a-very-long-local-model-name-" * 4 + "end"
+    paths = [write_rollouts(MODEL_A, tmp_path / "org__model-a" / f"rollouts_{TASK}_2025.jsonl"),
+             write_rollouts(MODEL_B, tmp_path / f"__tmp__x__{long_name}" / f"rollouts_{TASK}_2025.jsonl"),
+             write_rollouts([dataclasses.replace(q, task="other_bon") for q in MODEL_B],
+                            tmp_path / "org__model-a" / "rollouts_other_bon_2025.jsonl")]
+    axes = plot_bon_curves(paths, tmp_path / "curves.png")
+    titles = [ax.get_title().replace("\n", "").replace(" / ", "") for ax in axes]
+    assert titles == [f"{long_name}{TASK}", f"org/model-a{TASK}", "org/model-aother_bon"]
+    renderer = axes[0].figure.canvas.get_renderer()
+    for ax in axes:
+        title, panel = ax.title.get_window_extent(renderer), ax.get_window_extent(renderer)
+        assert panel.x0 - 20 <= title.x0 and title.x1 <= panel.x1 + 20, ax.get_title()

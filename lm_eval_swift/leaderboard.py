@@ -114,8 +114,10 @@ def bon_estimates(
         nq = len(q.responses)
         values: dict[CellKey, float] = {("mean", n): statistics.fmean(r.correct for r in q.responses)}
         for k in (k for k in sizes if k <= nq):  # only mean@N reaches past the smallest N
-            picks = [replace(q, responses=[q.responses[i] for i in s]) for s in _subsets(nq, k, estimator, subsets, rng)]
-            values.update(((row, k), cols[k]) for row, cols in bon_table(picks, [k]).items() if k in cols and row != "mean")
+            chosen = _subsets(nq, k, estimator, subsets, rng)
+            picks = [replace(q, responses=[q.responses[i] for i in s]) for s in chosen]
+            table = bon_table(picks, [k])
+            values.update(((row, k), cols[k]) for row, cols in table.items() if k in cols and row != "mean")
         for key, column in per_question.items():
             if key not in values:
                 raise UsageError(f"{q.task} question {q.doc_id} has no {key[0]!r} row: score every question alike")

@@ -275,7 +275,8 @@ def test_one_model_from_two_folders_is_one_readable_model(tmp_path):
 @pytest.mark.parametrize("content,message", [
     ("", "no rollouts in the file"),
     (json.dumps(json.loads(MODEL_A[0].to_json()) | {"doc_id": "0"}), "field 'doc_id' is '0', expected an integer"),
-    (MODEL_A[0].to_json().replace('"correct": 0.0', '"correct": "no"', 1), "field 'correct' is 'no', expected a number"),
+    (MODEL_A[0].to_json().replace('"correct": 0.0', '"correct": "no"', 1),
+     "field 'correct' is 'no', expected a number"),
     (MODEL_A[0].to_json().replace('"answer_class": 0, ', "", 1), "missing field 'answer_class'"),
 ])
 def test_bad_rollouts_files_are_one_line_errors_in_every_subcommand(tmp_path, content, message):

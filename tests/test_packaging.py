@@ -41,8 +41,8 @@ def test_wheel_contents(wheel):
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         assert f"{demo}swift-demo-llama/{name}" in names
     assert {f"{demo}swift-demo-llama-head/config.json", f"{demo}swift-demo-llama-head/head.safetensors"} <= names
-    assert {"lm_eval_swift/head_registry/tiny-head/config.json", "lm_eval_swift/head_registry/tiny-head/head.safetensors",
-            "lm_eval_swift/head_registry/README.md"} <= names
+    registry = "lm_eval_swift/head_registry/"
+    assert {f"{registry}tiny-head/config.json", f"{registry}tiny-head/head.safetensors", f"{registry}README.md"} <= names
     assert {"lm_eval_swift/task_configs/demo_bon_swift.yaml", "lm_eval_swift/task_configs/_bon_template_yaml"} <= names
     assert not any(n.startswith(("tests/", "heads/", "tasks/")) for n in names)
 

@@ -359,7 +359,8 @@ class HFSwiftLM(HFLM):
     mean no heads: plain sampling). ``seed``: sampling seed. ``sample_cache``: where finished samples are kept so
     that a run started again samples only what is missing (see :mod:`~lm_eval_swift.sample_cache`): a SQLite
     file or a directory for one; "auto" (default): ``hf-swift-samples.sqlite`` in the user's cache folder
-    (``$XDG_CACHE_HOME/lm-eval-swift/``, default ``~/.cache/lm-eval-swift/``); None or "none": no cache. Every other argument is HFLM's.
+    (``$XDG_CACHE_HOME/lm-eval-swift/``, default ``~/.cache/lm-eval-swift/``); None or "none": no cache. Every
+    other argument is HFLM's.
 
     Data parallel: under ``accelerate launch`` with several processes each rank samples the questions lm-eval gives
     it (lm-eval splits documents round-robin by rank). HFLM enables that only with several GPUs; hf-swift also

@@ -38,16 +38,19 @@ def sample_counts(rollouts: Sequence[QuestionRollout]) -> tuple[int, int]:
     return min(sizes), max(sizes)
 
 
-def bon_table(rollouts: Sequence[QuestionRollout], ks: Sequence[int] = DEFAULT_KS) -> dict[str, dict[int, float]]:
+def bon_table(
+    rollouts: Sequence[QuestionRollout], ks: Sequence[int] = DEFAULT_KS, *, warn: bool = True
+) -> dict[str, dict[int, float]]:
     """Accuracy of each row at each k (first k of the N samples); ``first`` at k=1 and ``mean`` at k=N only.
 
-    When the questions' N differ (a warning says so), each question's own N is used: ``mean`` averages all of a
-    question's samples (its column is the largest N), and the other rows keep only the k every question has.
+    When the questions' N differ, each question's own N is used: ``mean`` averages all of a question's samples
+    (its column is the largest N), and the other rows keep only the k every question has. With ``warn``, that and
+    responses lacking a score that others carry are logged as warnings.
     """
     if not rollouts:
         raise UsageError("no rollouts to report on")
     n_min, n = sample_counts(rollouts)
-    if n_min != n:
+    if warn and n_min != n:
         short = sum(len(r.responses) < n for r in rollouts)
         log.warning(
             "%s: N differs between questions (%d of %d have fewer than %d samples, the fewest %d): mean@N uses each "
@@ -57,7 +60,7 @@ def bon_table(rollouts: Sequence[QuestionRollout], ks: Sequence[int] = DEFAULT_K
     ks = [k for k in ks if k <= n_min]
     scores = sorted({s for r in rollouts for resp in r.responses for s in resp.scores})
     total = sum(len(r.responses) for r in rollouts)
-    for name in scores:
+    for name in scores if warn else ():
         if missing := sum(name not in resp.scores for r in rollouts for resp in r.responses):
             log.warning("%s: %d of %d responses have no %r score; they rank below every scored response in its rows",
                         rollouts[0].task, missing, total, name)

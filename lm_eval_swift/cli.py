@@ -1,13 +1,25 @@
 """The ``lm-eval-swift`` command. ``eval`` is lm_eval itself with our models, filters and tasks registered;
-every other subcommand lives beside its concept and is imported only when it runs."""
+every other subcommand lives beside its concept and is imported only when it runs.
+
+A user's mistake (:class:`~lm_eval_swift.errors.UsageError`) is one line on stderr and exit status 2, Ctrl-C
+exit status 130, in every subcommand; ``--debug`` (anywhere in the arguments) or ``LM_EVAL_SWIFT_DEBUG=1`` shows
+the traceback instead."""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from lm_eval_swift.errors import UsageError
+
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "LM_EVAL_SWIFT_DEBUG"
 
 # name -> (module, function adding its arguments, function running it, help)
 SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
@@ -66,9 +78,31 @@ def run_lm_eval(argv: Sequence[str]) -> None:
                 kwargs["include_defaults"] = False
             super().__init__(*args, include_path=[*paths, ours], **kwargs)
 
+        def match_tasks(self, task_list):
+            found = super().match_tasks(task_list)
+            for name in task_list:
+                if name not in found and not Path(name).exists() and not any(c in name for c in "*?["):
+                    close = difflib.get_close_matches(name, self.all_tasks, n=3)
+                    hint = f"; did you mean {', '.join(close)}?" if close else "; `lm_eval ls tasks` lists them"
+                    raise UsageError(f"unknown task {name!r}{hint}")
+            return found
+
     lm_eval.tasks.TaskManager = TaskManager
+    _log_like_lm_eval()
     sys.argv = ["lm-eval-swift eval", "run", *argv]
     cli_evaluate()
+
+
+def _log_like_lm_eval() -> None:
+    """Our modules' log lines (which head ``heads=auto`` picked, where the sample cache is, ...) go where lm-eval's
+    go, at its level (``LMEVAL_LOG_LEVEL``, default INFO)."""
+    from lm_eval.utils import setup_logging
+
+    setup_logging()
+    theirs, ours = logging.getLogger("lm_eval"), logging.getLogger("lm_eval_swift")
+    ours.setLevel(theirs.level)
+    ours.handlers = list(theirs.handlers)
+    ours.propagate = False
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -86,9 +120,24 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Run a subcommand; a :class:`UsageError` exits with status 2 and Ctrl-C with 130, each with one line on
+    stderr (the traceback too with ``--debug`` or ``LM_EVAL_SWIFT_DEBUG=1``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "eval":
-        run_lm_eval(argv[1:])
-        return
-    args = build_parser(argv[0] if argv else None).parse_args(argv)
-    args.func(args)
+    debug = DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "").lower() not in ("", "0", "false", "no")
+    argv = [a for a in argv if a != DEBUG_FLAG]
+    try:
+        if argv and argv[0] == "eval":
+            run_lm_eval(argv[1:])
+            return
+        args = build_parser(argv[0] if argv else None).parse_args(argv)
+        args.func(args)
+    except UsageError as e:
+        if debug:
+            raise
+        print(f"lm-eval-swift: error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("lm-eval-swift: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -26,19 +26,20 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from lm_eval_swift.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "head.safetensors"
 FORMAT = "swift-head"
 FORMAT_VERSION = 1
-REPO_HEADS_DIR = Path(__file__).resolve().parents[1] / "heads"
 HEADS_ENV = "LM_EVAL_SWIFT_HEADS"
 
 Entry = int | Literal["logits"]  # an index into output_hidden_states, or the final logits
 
 
-class HeadError(ValueError):
+class HeadError(UsageError):
     """A head that cannot be found or read (missing, corrupt or inconsistent files)."""
 
 
@@ -68,9 +69,18 @@ class BaseModel:
     vocab_size: int
     model_type: str | None = None
     revision: str | None = None
+    # :func:`embedding_probe` of the weights the head was trained on (None: unknown, e.g. heads saved before it)
+    embedding_probe: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        if self.embedding_probe is not None:  # a JSON list when read from config.json
+            object.__setattr__(self, "embedding_probe", tuple(map(float, self.embedding_probe)))
 
     @classmethod
-    def from_config(cls, config, name_or_path: str, revision: str | None = None) -> BaseModel:
+    def from_config(
+        cls, config, name_or_path: str, revision: str | None = None, weights: nn.Module | None = None
+    ) -> BaseModel:
+        """The facts of the model with HF ``config``; with the model itself (``weights``) also its probe."""
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
         return cls(
             name_or_path=str(name_or_path),
@@ -79,6 +89,7 @@ class BaseModel:
             vocab_size=int(text.vocab_size),
             model_type=getattr(text, "model_type", None),
             revision=revision,
+            embedding_probe=None if weights is None else embedding_probe(weights),
         )
 
     @property
@@ -89,6 +100,33 @@ class BaseModel:
 
 def model_basename(name_or_path: str) -> str:
     return str(name_or_path).rstrip("/\\").replace("\\", "/").split("/")[-1]
+
+
+PROBE_ROWS, PROBE_COLUMNS = 8, 4
+PROBE_TOLERANCE = 0.01  # of the probe's largest magnitude: bf16/fp16 rounding stays far below, other weights do not
+
+
+def embedding_probe(model: nn.Module) -> tuple[float, ...] | None:
+    """A cheap fingerprint of a model's weights: ``PROBE_ROWS`` x ``PROBE_COLUMNS`` entries of its input embedding
+    matrix [V, d] (rows and columns evenly spread), as float; None when they cannot be read (offloaded weights)."""
+    try:
+        weight = model.get_input_embeddings().weight
+        if weight.device.type == "meta" or weight.dim() != 2:
+            return None
+        rows = torch.linspace(0, weight.shape[0] - 1, PROBE_ROWS).long().to(weight.device)
+        cols = torch.linspace(0, weight.shape[1] - 1, PROBE_COLUMNS).long().to(weight.device)
+        values = weight.detach()[rows][:, cols].float().flatten().cpu()
+    except (AttributeError, NotImplementedError, RuntimeError):
+        return None
+    return tuple(round(float(v), 7) for v in values)
+
+
+def probe_difference(expected: Sequence[float], actual: Sequence[float]) -> float:
+    """The largest difference between two probes relative to ``expected``'s largest magnitude (inf: other sizes)."""
+    if len(expected) != len(actual):
+        return float("inf")
+    scale = max(max((abs(v) for v in expected), default=0.0), 1e-12)
+    return max((abs(a - b) for a, b in zip(expected, actual)), default=0.0) / scale
 
 
 class SwiftHead(nn.Module):
@@ -128,9 +166,12 @@ class SwiftHead(nn.Module):
         self.linear = nn.Linear(n_features, 2 if gate else 1)
 
     @classmethod
-    def for_model(cls, config, name_or_path: str, revision: str | None = None, **kwargs) -> SwiftHead:
-        """A freshly initialised head for the model with HF ``config`` (kwargs as in ``__init__``)."""
-        return cls(BaseModel.from_config(config, name_or_path, revision), **kwargs)
+    def for_model(
+        cls, config, name_or_path: str, revision: str | None = None, weights: nn.Module | None = None, **kwargs
+    ) -> SwiftHead:
+        """A freshly initialised head for the model with HF ``config`` (kwargs as in ``__init__``); given the model
+        itself (``weights``), the head records its :func:`embedding_probe` and later refuses other weights."""
+        return cls(BaseModel.from_config(config, name_or_path, revision, weights), **kwargs)
 
     @property
     def entries(self) -> tuple[Entry, ...]:
@@ -161,8 +202,9 @@ class SwiftHead(nn.Module):
 
     # ---- compatibility -------------------------------------------------------------------------------------------
 
-    def check_compatible(self, model_config, name_or_path: str) -> None:
-        """Raise :class:`HeadMismatchError` naming expected vs actual if this head was not made for that model."""
+    def check_compatible(self, model_config, name_or_path: str, model: nn.Module | None = None) -> None:
+        """Raise :class:`HeadMismatchError` naming expected vs actual if this head was not made for that model:
+        its sizes and name differ, or (given the ``model`` and a head that recorded a probe) its weights do."""
         actual = BaseModel.from_config(model_config, name_or_path)
         problems = [
             f"{field}: head expects {getattr(self.base, field)}, model has {getattr(actual, field)}"
@@ -173,6 +215,13 @@ class SwiftHead(nn.Module):
             problems.append(
                 f"base model: head was made for {self.base.name_or_path!r}, model is {actual.name_or_path!r}"
             )
+        if not problems and model is not None and self.base.embedding_probe is not None:
+            probe = embedding_probe(model)
+            if probe is not None and (diff := probe_difference(self.base.embedding_probe, probe)) > PROBE_TOLERANCE:
+                problems.append(
+                    f"weights: the model's embedding probe differs from the one the head was trained on by "
+                    f"{diff:.0%} (tolerance {PROBE_TOLERANCE:.0%}): same name and shapes, other weights"
+                )
         if problems:
             raise HeadMismatchError(
                 f"SWIFT head {self.name!r} does not fit model {name_or_path!r}: " + "; ".join(problems)
@@ -270,10 +319,16 @@ def _download(hub_id: str) -> Path:
 # ---- discovery -------------------------------------------------------------------------------------------------
 
 
+def registry_dir() -> Path:
+    """The heads registry: ``heads/`` of the repository, shipped in the wheel as ``lm_eval_swift/head_registry``."""
+    shipped = Path(__file__).parent / "head_registry"
+    return shipped if shipped.is_dir() else Path(__file__).resolve().parents[1] / "heads"
+
+
 def heads_dirs() -> list[Path]:
-    """Where heads are looked up by name: ``$LM_EVAL_SWIFT_HEADS`` (os.pathsep-separated), then the repo's heads/."""
+    """Where heads are looked up by name: ``$LM_EVAL_SWIFT_HEADS`` (os.pathsep-separated), then the registry."""
     env = [Path(p).expanduser() for p in os.environ.get(HEADS_ENV, "").split(os.pathsep) if p]
-    return [*env, REPO_HEADS_DIR]
+    return [*env, registry_dir()]
 
 
 def find_head(ref: str) -> str | Path:
@@ -310,17 +365,25 @@ def head_refs(spec: str) -> list[tuple[str, str]]:
     return refs
 
 
-def resolve_heads(spec: str | None, model_name_or_path: str, model_config) -> dict[str, SwiftHead]:
+def heads_disabled(spec: str | None) -> bool:
+    """Whether a heads spec asks for no heads (``none``, ``off`` or empty; None means ``auto``)."""
+    return spec is not None and str(spec).strip().lower() in ("", "none", "off")
+
+
+def resolve_heads(
+    spec: str | None, model_name_or_path: str, model_config, model: nn.Module | None = None
+) -> dict[str, SwiftHead]:
     """Heads to score with, by alias, loaded and checked against the model.
 
     ``spec``: ``[alias=]path_or_name_or_hub_id`` entries (see :func:`head_refs`); the first head's alias defaults
     to "swift", later ones to their own names. None/"auto": the one head under :func:`heads_dirs` made for a
-    model with this basename (several: error; none: no heads). ""/"none"/"off": no heads.
+    model with this basename (several: error; none: no heads, with a warning). ""/"none"/"off": no heads. Given
+    the ``model``, heads that recorded a probe of their base model's weights are checked against it too.
     """
     spec = "auto" if spec is None else spec.strip()
     if spec.lower() == "auto":
-        return _auto_heads(model_name_or_path, model_config)
-    if spec.lower() in ("", "none", "off"):
+        return _auto_heads(model_name_or_path, model_config, model)
+    if heads_disabled(spec):
         return {}
     heads: dict[str, SwiftHead] = {}
     for alias, ref in head_refs(spec):
@@ -328,12 +391,12 @@ def resolve_heads(spec: str | None, model_name_or_path: str, model_config) -> di
         alias = alias or ("swift" if not heads else head.name)
         if alias in heads:
             raise HeadError(f"two SWIFT heads are called {alias!r} in {spec!r}; name them with alias=path")
-        head.check_compatible(model_config, model_name_or_path)
+        head.check_compatible(model_config, model_name_or_path, model)
         heads[alias] = head
     return heads
 
 
-def _auto_heads(model_name_or_path: str, model_config) -> dict[str, SwiftHead]:
+def _auto_heads(model_name_or_path: str, model_config, model: nn.Module | None) -> dict[str, SwiftHead]:
     want = model_basename(model_name_or_path)
     matches = []
     for path in available_heads().values():
@@ -350,8 +413,12 @@ def _auto_heads(model_name_or_path: str, model_config) -> dict[str, SwiftHead]:
             f"several SWIFT heads match model {want!r}: {[str(p) for p in matches]}; choose with heads=alias=path"
         )
     if not matches:
+        log.warning(
+            "heads=auto: no SWIFT head for model %r under %s: no SWIFT rewards. Give one with heads=PATH, or "
+            "heads=none to say so.", want, ", ".join(map(str, heads_dirs())),
+        )
         return {}
     head = SwiftHead.from_pretrained(matches[0])
-    head.check_compatible(model_config, model_name_or_path)
-    log.info("SWIFT head for %s: %s", want, matches[0])
+    head.check_compatible(model_config, model_name_or_path, model)
+    log.info("heads=auto: SWIFT head for model %r: %s", want, matches[0])
     return {"swift": head}

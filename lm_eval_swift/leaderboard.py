@@ -22,8 +22,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from lm_eval_swift.errors import UsageError
+from lm_eval_swift.heads import model_basename
 from lm_eval_swift.metrics import auroc, within_question_auroc
-from lm_eval_swift.report import DEFAULT_KS, bon_table
+from lm_eval_swift.report import DEFAULT_KS, bon_table, sample_counts
 from lm_eval_swift.rollouts import QuestionRollout, read_rollouts
 
 ESTIMATORS = {
@@ -76,7 +78,7 @@ class ScoreStats:
 
 def _check_estimator(estimator: str) -> None:
     if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {estimator!r}: use one of {', '.join(ESTIMATORS)}")
+        raise UsageError(f"unknown estimator {estimator!r}: use one of {', '.join(ESTIMATORS)}")
 
 
 def _subsets(n: int, k: int, estimator: str, count: int, rng: random.Random) -> list[tuple[int, ...]]:
@@ -98,22 +100,27 @@ def bon_estimates(
 ) -> dict[CellKey, Cell]:
     """BoN@k of every row of :func:`report.bon_table` (its cells with k in ``ks``): per question, the mean over
     the estimator's k-subsets of the row's correctness (each subset scored by ``bon_table`` as a question of its
-    own), then the mean and standard error across questions. ``first`` reproduces ``bon_table``."""
+    own), then the mean and standard error across questions. ``first`` reproduces ``bon_table``, also for
+    questions with different N (each question's subsets come from its own N; ``mean`` is the mean over all of a
+    question's samples)."""
     _check_estimator(estimator)
     layout = bon_table(rollouts, ks)
     keys = [(row, k) for row, cols in layout.items() for k in cols if k in ks]
     sizes = sorted({k for _, k in keys})
-    n = min(len(q.responses) for q in rollouts)
+    n = sample_counts(rollouts)[1]
     per_question: dict[CellKey, list[float]] = {key: [] for key in keys}
     for q in rollouts:
         rng = random.Random(f"{seed}/{q.task}/{q.doc_id}")
-        values: dict[CellKey, float] = {}
-        for k in sizes:
-            picks = [replace(q, responses=[q.responses[i] for i in s]) for s in _subsets(n, k, estimator, subsets, rng)]
-            values.update(((row, k), cols[k]) for row, cols in bon_table(picks, [k]).items() if k in cols)
+        nq = len(q.responses)
+        values: dict[CellKey, float] = {("mean", n): statistics.fmean(r.correct for r in q.responses)}
+        for k in (k for k in sizes if k <= nq):  # only mean@N reaches past the smallest N
+            chosen = _subsets(nq, k, estimator, subsets, rng)
+            picks = [replace(q, responses=[q.responses[i] for i in s]) for s in chosen]
+            table = bon_table(picks, [k], warn=False)  # the whole set was checked above
+            values.update(((row, k), cols[k]) for row, cols in table.items() if k in cols and row != "mean")
         for key, column in per_question.items():
             if key not in values:
-                raise ValueError(f"{q.task} question {q.doc_id} has no {key[0]!r} row: score every question alike")
+                raise UsageError(f"{q.task} question {q.doc_id} has no {key[0]!r} row: score every question alike")
             column.append(values[key])
     return {key: Cell(statistics.fmean(v), _stderr(v), "rollouts") for key, v in per_question.items()}
 
@@ -160,33 +167,81 @@ def _scored(q: QuestionRollout, name: str) -> tuple[list[float], list[float]]:
     return [s for s, _ in pairs], [y for _, y in pairs]
 
 
-def read_results(path: str | os.PathLike) -> tuple[str, dict[str, dict[CellKey, Cell]]]:
-    """(model, {task: cells}) of an lm-eval ``results_*.json``: the ``acc,<row>@k`` entries (and their
-    ``acc_stderr``) of every task that has a best-of-N row. The model is lm-eval's sanitised model name (the
-    folder lm-eval writes to), from ``model_name`` or ``config.model_args``, else the file's folder."""
-    from lm_eval.loggers.evaluation_tracker import GeneralConfigTracker
-    from lm_eval.utils import sanitize_model_name
+def model_label(name_or_path: str) -> str:
+    """A model's name in the table: a Hub id (``org/name``) as it is, a local path by its last component (so one
+    model run from two folders is one model)."""
+    name = str(name_or_path).rstrip("/\\")
+    local = name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1 or Path(name).expanduser().exists()
+    return model_basename(name) if local else name
 
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a JSON document ({e})") from e
-    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
-        raise ValueError(f"{path}: not an lm-eval results file (no \"results\" object)")
+
+def folder_label(folder: str) -> str:
+    """:func:`model_label` read back from an lm-eval output folder's name (lm-eval writes ``/`` as ``__``), for
+    files without a results file beside them: ``__tmp__x__model`` (a local path) -> ``model``, ``org__name`` (a Hub
+    id) -> ``org/name``, anything else as it is."""
+    parts = folder.split("__")
+    if folder.startswith(("__", ".")) and len(parts) > 1:
+        return parts[-1]
+    return "/".join(parts) if len(parts) == 2 and all(parts) else folder
+
+
+def _results_model(data: dict) -> str | None:
+    """The model an lm-eval results document names (``model_name``, else ``pretrained=`` of its model_args)."""
+    from lm_eval.loggers.evaluation_tracker import GeneralConfigTracker
+
     config = data.get("config") if isinstance(data.get("config"), dict) else {}
     name = data.get("model_name") or GeneralConfigTracker._get_model_name(config.get("model_args"))
+    return str(name) if name else None
+
+
+def _read_json(path: str | os.PathLike) -> dict:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read the results file ({e.strerror or e})") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: not a JSON document ({e})") from e
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+        raise UsageError(f"{path}: not an lm-eval results file (no \"results\" object)")
+    return data
+
+
+def read_results(path: str | os.PathLike) -> tuple[str, dict[str, dict[CellKey, Cell]]]:
+    """(model, {task: cells}) of an lm-eval ``results_*.json``: the ``acc,<row>@k`` entries (and their
+    ``acc_stderr``) of every task that has a best-of-N row. The model is the :func:`model_label` of the model the
+    file names, else of the file's folder. A best-of-N value that is not a number is a :class:`UsageError`."""
+    data = _read_json(path)
+    name = _results_model(data)
     tasks: dict[str, dict[CellKey, Cell]] = {}
     for task, metrics in data["results"].items():
+        if not isinstance(metrics, dict) or not any("@" in key for key in metrics):
+            continue
         cells = {}
         for key, value in metrics.items():
-            m = ROW_KEY.fullmatch(key)
-            if m and isinstance(value, (int, float)):
+            if m := ROW_KEY.fullmatch(key):
+                if not isinstance(value, (int, float)) or isinstance(value, bool):
+                    raise UsageError(f"{path}: {task} {key} is {value!r}, not a number")
                 se = metrics.get(f"acc_stderr,{key[4:]}")
                 cell = Cell(float(value), float(se) if isinstance(se, (int, float)) else math.nan, "results")
                 cells[(m["row"], int(m["k"] or 1))] = cell
-        if any("@" in key for key in metrics):
-            tasks[task] = cells
-    return (sanitize_model_name(name) if name else Path(path).resolve().parent.name), tasks
+        tasks[task] = cells
+    return (model_label(name) if name else folder_label(Path(path).resolve().parent.name)), tasks
+
+
+def rollouts_model(path: str | os.PathLike) -> str:
+    """The model of a rollouts file: the one its lm-eval results file names (``results_<date>.json`` beside
+    ``rollouts_<task>_<date>.jsonl``, else the newest results file there), else its folder's :func:`folder_label`."""
+    path = Path(path).resolve()
+    date = path.stem.rsplit("_", 1)[-1]
+    candidates = [path.with_name(f"results_{date}.json"), *sorted(path.parent.glob("results_*.json"), reverse=True)]
+    for results in candidates:
+        try:
+            name = _results_model(_read_json(results)) if results.is_file() else None
+        except UsageError:
+            name = None
+        if name:
+            return model_label(name)
+    return folder_label(path.parent.name)
 
 
 @dataclass
@@ -300,8 +355,8 @@ def leaderboard(
     seed: int = 0,
     head_parameters: Mapping[str, float] | None = None,
 ) -> Leaderboard:
-    """The leaderboard of ``files``: lm-eval ``results_*.json`` (model from the file) and rollouts ``*.jsonl``
-    (model = the file's folder, which lm-eval names after the model). Rollouts of the same model and task are
+    """The leaderboard of ``files``: lm-eval ``results_*.json`` and rollouts ``*.jsonl`` (model: see
+    :func:`read_results` and :func:`rollouts_model`). Rollouts of the same model and task are
     merged by question (a later file's question replaces an earlier one's) and, where given, win over results
     JSON for that model and task; among results files a later file's cells replace an earlier one's. Only cells
     with k in ``ks`` are kept."""
@@ -309,26 +364,24 @@ def leaderboard(
     questions: dict[Group, dict[int, QuestionRollout]] = {}
     results: dict[Group, dict[CellKey, Cell]] = {}
     for path in files:
-        suffix = Path(path).suffix
+        suffix = "".join(Path(path).suffixes[-2:]) if str(path).endswith(".gz") else Path(path).suffix
         if suffix == ".json":
             model, tasks = read_results(path)
             for task, cells in tasks.items():
                 results.setdefault((model, task), {}).update(cells)
-        elif suffix == ".jsonl":
-            rollouts = list(read_rollouts(path))
-            if not rollouts:
-                raise ValueError(f"{path}: no rollouts in the file")
-            for q in rollouts:
-                questions.setdefault((Path(path).resolve().parent.name, q.task), {})[q.doc_id] = q
+        elif suffix in (".jsonl", ".jsonl.gz"):
+            model = rollouts_model(path)
+            for q in read_rollouts(path):
+                questions.setdefault((model, q.task), {})[q.doc_id] = q
         else:
-            raise ValueError(f"{path}: unknown file kind: give lm-eval results (.json) or rollouts (.jsonl) files")
+            raise UsageError(f"{path}: unknown file kind: give lm-eval results (.json) or rollouts (.jsonl, .jsonl.gz) files")
     cells = {
         g: bon_estimates(list(qs.values()), ks, estimator, subsets=subsets, seed=seed) for g, qs in questions.items()
     }
     cells.update({g: {key: c for key, c in cs.items() if key[1] in ks}
                   for g, cs in results.items() if g not in questions})
     if not any(cells.values()):
-        raise ValueError("no best-of-N rows in the given files")
+        raise UsageError("no best-of-N rows in the given files")
     stats = [s for g in sorted(questions) for s in score_stats(g, list(questions[g].values()), head_parameters)]
     note = ESTIMATORS[estimator].format(subsets=subsets, seed=seed)
     return Leaderboard(estimator, note, cells, stats)
@@ -365,17 +418,14 @@ def parse_head_parameters(specs: Sequence[str]) -> dict[str, float]:
         except ValueError:
             name = ""
         if not name:
-            raise ValueError(f"--head-parameters {spec!r}: expected NAME=COUNT")
+            raise UsageError(f"--head-parameters {spec!r}: expected NAME=COUNT")
     return out
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> None:
     """Print the leaderboard as Markdown; write it as CSV / Markdown when asked."""
-    try:
-        board = leaderboard(args.files, args.k, args.estimator, subsets=args.subsets, seed=args.seed,
-                            head_parameters=parse_head_parameters(args.head_parameters))
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"leaderboard: {e}") from e
+    board = leaderboard(args.files, args.k, args.estimator, subsets=args.subsets, seed=args.seed,
+                        head_parameters=parse_head_parameters(args.head_parameters))
     text = board.to_markdown()
     print(text)
     if args.markdown:

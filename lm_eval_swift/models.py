@@ -358,8 +358,9 @@ class HFSwiftLM(HFLM):
     ``heads``: head spec as in :func:`~lm_eval_swift.heads.resolve_heads` (default "auto"; None, "none", "off" or ""
     mean no heads: plain sampling). ``seed``: sampling seed. ``sample_cache``: where finished samples are kept so
     that a run started again samples only what is missing (see :mod:`~lm_eval_swift.sample_cache`): a SQLite
-    file or a directory for one; "auto" (default): ``hf-swift-samples.sqlite`` in lm-eval's cache folder
-    (``$LM_HARNESS_CACHE_PATH``); None or "none": no cache. Every other argument is HFLM's.
+    file or a directory for one; "auto" (default): ``hf-swift-samples.sqlite`` in the user's cache folder
+    (``$XDG_CACHE_HOME/lm-eval-swift/``, default ``~/.cache/lm-eval-swift/``); None or "none": no cache. Every
+    other argument is HFLM's.
 
     Data parallel: under ``accelerate launch`` with several processes each rank samples the questions lm-eval gives
     it (lm-eval splits documents round-robin by rank). HFLM enables that only with several GPUs; hf-swift also
@@ -387,7 +388,8 @@ class HFSwiftLM(HFLM):
         if self.world_size > 1:
             destroy_gloo_group_at_exit()
         self.seed = int(seed)
-        self.heads = resolve_heads("none" if heads is None else str(heads), self.model.name_or_path, self.model.config)
+        self.heads_spec = "none" if heads is None else str(heads)
+        self.heads = resolve_heads(self.heads_spec, self.model.name_or_path, self.model.config, model=self.model)
         self.projector = HeadProjector(self.model, list(self.heads.values())) if self.heads else None
         if self.projector is not None:
             self.projector.check()

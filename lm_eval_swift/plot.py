@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import textwrap
 from collections.abc import Iterable, Sequence
 
 from matplotlib.axes import Axes
@@ -14,6 +15,7 @@ from matplotlib.figure import Figure
 from lm_eval_swift.leaderboard import add_source_arguments, leaderboard
 
 POWERS_OF_TWO = tuple(2**i for i in range(13))  # k = 1 .. 4096; the files' N bounds what is drawn
+TITLE_WIDTH = 44  # characters per title line over a 5.5-inch panel
 REFERENCE_STYLES = {"oracle": {"color": "black", "linestyle": "--"}, "maj": {"color": "gray", "linestyle": ":"}}
 
 
@@ -50,12 +52,19 @@ def plot_bon_curves(
         ax.set_xscale("log", base=2)
         ax.set_xlabel("N (samples per question)")
         ax.set_ylabel("accuracy")
-        ax.set_title(board.label(group))
+        ax.set_title(panel_title(board.label(group)), fontsize="medium")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
     fig.suptitle(f"Best-of-N (estimator: {board.estimator})")
     fig.savefig(out_png, dpi=120)
     return axes
+
+
+def panel_title(label: str, width: int = TITLE_WIDTH) -> str:
+    """``label`` on lines of at most ``width`` characters (model and task on lines of their own when it is long),
+    so that it fits over its panel."""
+    parts = label.split(" / ") if len(label) > width else [label]
+    return "\n".join(textwrap.fill(part, width, break_long_words=True, break_on_hyphens=False) for part in parts)
 
 
 def add_plot_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,8 +74,5 @@ def add_plot_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_plot(args: argparse.Namespace) -> None:
     """Write the best-of-N curves of ``args.files`` to ``args.output``."""
-    try:
-        axes = plot_bon_curves(args.files, args.output, args.estimator, subsets=args.subsets, seed=args.seed)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"plot: {e}") from e
+    axes = plot_bon_curves(args.files, args.output, args.estimator, subsets=args.subsets, seed=args.seed)
     print(f"Wrote {args.output} ({sum(len(ax.get_lines()) for ax in axes)} curves, {len(axes)} panels)")

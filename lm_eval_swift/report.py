@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from collections import defaultdict
 from collections.abc import Collection, Sequence
 
+from lm_eval_swift.errors import UsageError
 from lm_eval_swift.rollouts import QuestionRollout, read_rollouts
 from lm_eval_swift.selectors import SELECTORS, Row, score_rows
+
+log = logging.getLogger(__name__)
 
 DEFAULT_KS = (1, 4, 16, 64)
 
@@ -28,13 +32,38 @@ def selector_rows(score_names: Sequence[str], reward_models: Collection[str] = (
     return rows
 
 
-def bon_table(rollouts: Sequence[QuestionRollout], ks: Sequence[int] = DEFAULT_KS) -> dict[str, dict[int, float]]:
-    """Accuracy of each row at each k (first k of the N samples); ``first`` at k=1 and ``mean`` at k=N only."""
+def sample_counts(rollouts: Sequence[QuestionRollout]) -> tuple[int, int]:
+    """(smallest, largest) N over the questions."""
+    sizes = [len(r.responses) for r in rollouts]
+    return min(sizes), max(sizes)
+
+
+def bon_table(
+    rollouts: Sequence[QuestionRollout], ks: Sequence[int] = DEFAULT_KS, *, warn: bool = True
+) -> dict[str, dict[int, float]]:
+    """Accuracy of each row at each k (first k of the N samples); ``first`` at k=1 and ``mean`` at k=N only.
+
+    When the questions' N differ, each question's own N is used: ``mean`` averages all of a question's samples
+    (its column is the largest N), and the other rows keep only the k every question has. With ``warn``, that and
+    responses lacking a score that others carry are logged as warnings.
+    """
     if not rollouts:
-        raise ValueError("no rollouts to report on")
-    n = min(len(r.responses) for r in rollouts)
-    ks = [k for k in ks if k <= n]
+        raise UsageError("no rollouts to report on")
+    n_min, n = sample_counts(rollouts)
+    if warn and n_min != n:
+        short = sum(len(r.responses) < n for r in rollouts)
+        log.warning(
+            "%s: N differs between questions (%d of %d have fewer than %d samples, the fewest %d): mean@N uses each "
+            "question's own N; the other rows keep only k <= %d", rollouts[0].task, short, len(rollouts), n, n_min,
+            n_min,
+        )
+    ks = [k for k in ks if k <= n_min]
     scores = sorted({s for r in rollouts for resp in r.responses for s in resp.scores})
+    total = sum(len(r.responses) for r in rollouts)
+    for name in scores if warn else ():
+        if missing := sum(name not in resp.scores for r in rollouts for resp in r.responses):
+            log.warning("%s: %d of %d responses have no %r score; they rank below every scored response in its rows",
+                        rollouts[0].task, missing, total, name)
     reward_models = {s for r in rollouts for s in r.costs}
     table: dict[str, dict[int, float]] = {}
     for row, (selector, kwargs) in selector_rows(scores, reward_models).items():
@@ -70,6 +99,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         for r in read_rollouts(path):
             by_task[r.task].append(r)
     for task, rollouts in by_task.items():
-        n = min(len(r.responses) for r in rollouts)
-        print(format_table(bon_table(rollouts, args.k), f"{task}: {len(rollouts)} questions, N={n}"))
+        n_min, n = sample_counts(rollouts)
+        sizes = f"N={n}" if n_min == n else f"N={n_min}..{n}"
+        print(format_table(bon_table(rollouts, args.k), f"{task}: {len(rollouts)} questions, {sizes}"))
         print()

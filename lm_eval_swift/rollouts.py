@@ -6,15 +6,19 @@ recompute the table, and ``rescore`` can add scores, without sampling again.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
+import itertools
 import json
 import os
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
+from lm_eval_swift.errors import UsageError
 from lm_eval_swift.grading import extract_answer, is_equivalent
 
 
@@ -56,9 +60,54 @@ class QuestionRollout:
 
     @classmethod
     def from_dict(cls, d: dict) -> QuestionRollout:
+        """A record as :meth:`to_json` writes it; :class:`UsageError` naming the field that is missing or mistyped."""
+        _check_fields(d, QuestionRollout, "")
+        if not d["responses"]:
+            raise UsageError("no responses")
+        for i, r in enumerate(d["responses"]):
+            _check_fields(r, Response, f"response {i}: ")
+            if not 0 <= r["correct"] <= 1:
+                raise UsageError(f"response {i}: correct is {r['correct']!r}, expected 0 or 1")
+            if not all(_is(v, NUMBER) for v in (r.get("scores") or {}).values()):
+                raise UsageError(f"response {i}: scores {r['scores']!r} are not all numbers")
         d = dict(d)
         d["responses"] = [Response(**r) for r in d["responses"]]
         return cls(**d)
+
+
+NUMBER = (int, float)
+NULL = type(None)
+# the JSON types from_dict checks, per dataclass and field (which fields exist and are required: the dataclasses)
+FIELD_TYPES: dict[type, dict[str, tuple[type, ...]]] = {
+    QuestionRollout: {"task": (str,), "doc_id": (int,), "kind": (str,), "question": (str,), "prompt": (str,),
+                      "gold": (str,), "responses": (list,), "prompt_token_ids": (list,), "costs": (dict,)},
+    Response: {"text": (str,), "answer": (str, NULL), "correct": NUMBER, "answer_class": (int,),
+               "num_tokens": (int,), "token_ids": (list,), "finish": (str, NULL), "scores": (dict,)},
+}
+TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "an object", NULL: "null"}
+
+
+def _is(value, types: tuple[type, ...]) -> bool:
+    """isinstance, except that JSON true/false count as numbers only, not as integers."""
+    return isinstance(value, types) and (not isinstance(value, bool) or types == NUMBER)
+
+
+def _check_fields(record, cls: type, where: str) -> None:
+    """:class:`UsageError` unless ``record`` is an object with every required field of dataclass ``cls``, each of
+    its JSON type, and no other field."""
+    if not isinstance(record, dict):
+        raise UsageError(f"{where}expected a JSON object, got {type(record).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for name, f in known.items():
+        if name not in record and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise UsageError(f"{where}missing field {name!r}")
+    unknown = sorted(set(record) - set(known))
+    if unknown:
+        raise UsageError(f"{where}unknown fields {unknown}")
+    for name, types in FIELD_TYPES[cls].items():
+        if name in record and not _is(record[name], types):
+            expected = "a number" if types == NUMBER else " or ".join(TYPE_NAMES[t] for t in types)
+            raise UsageError(f"{where}field {name!r} is {record[name]!r}, expected {expected}")
 
 
 def answer_classes(answers: Sequence[str | None], kind: str) -> list[int]:
@@ -125,16 +174,32 @@ def write_rollouts(rollouts: Iterable[QuestionRollout], path: str | os.PathLike)
 
 
 def read_rollouts(path: str | os.PathLike) -> Iterator[QuestionRollout]:
-    """Read a rollouts file (``.jsonl``, or gzip-compressed ``.jsonl.gz``); a malformed line is an error naming the
-    file and line number."""
-    with _opener(path)(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(tqdm(f, desc=f"Reading {Path(path).name}", unit="q", leave=False), 1):
-            if not line.strip():
+    """Read a rollouts file (``.jsonl``, or gzip-compressed ``.jsonl.gz``). A missing or empty file, or a malformed
+    line, is a :class:`UsageError` naming the file (and line number)."""
+    try:
+        f = _opener(path)(path, "rb")
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read the rollouts file ({e.strerror or e})") from e
+    count = 0
+    with f, tqdm(f, desc=f"Reading {Path(path).name}", unit="q", leave=False) as bar:
+        lines = iter(bar)
+        for lineno in itertools.count(1):
+            try:
+                raw = next(lines, None)
+            except (EOFError, OSError, zlib.error) as e:  # a truncated or corrupt .gz
+                raise UsageError(f"{path}: corrupt compressed file ({e})") from e
+            if raw is None:
+                break
+            if not raw.strip():
                 continue
             try:
-                yield QuestionRollout.from_dict(json.loads(line))
-            except (json.JSONDecodeError, TypeError, KeyError) as e:
-                raise ValueError(f"{path}:{lineno}: not a rollouts record ({e})") from e
+                record = QuestionRollout.from_dict(json.loads(raw.decode("utf-8")))
+            except (UnicodeDecodeError, json.JSONDecodeError, UsageError) as e:
+                raise UsageError(f"{path}:{lineno}: not a rollouts record ({e})") from e
+            count += 1
+            yield record
+    if not count:
+        raise UsageError(f"{path}: no rollouts in the file (it is empty)")
 
 
 def _opener(path: str | os.PathLike):

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from lm_eval_swift.errors import UsageError
 from lm_eval_swift.heads import SwiftHead, resolve_heads
 from lm_eval_swift.models import encode_prompt
 from lm_eval_swift.rescoring import rescore
@@ -95,9 +96,8 @@ def add_head_scores(
 
 def add_live_model_head_scores(rollouts: Sequence[QuestionRollout], lm, heads: str | None, max_gen_toks: int) -> None:
     """Rescore with the HFLM that generated the responses, reusing its weights (no second copy)."""
-    resolved = resolve_heads(heads, lm.model.name_or_path, lm.model.config)
-    if not resolved:
-        log.warning("No SWIFT head found for %s: give one with --metadata '{\"heads\": \"PATH\"}'.", lm.model.name_or_path)
+    resolved = resolve_heads(heads, lm.model.name_or_path, lm.model.config, model=lm.model)
+    if not resolved:  # asked for none, or heads=auto found none (and said so)
         return
     add_head_scores(
         rollouts,
@@ -133,14 +133,14 @@ def cmd_rescore(args: argparse.Namespace) -> None:
     from lm_eval_swift.rollouts import read_rollouts, write_rollouts
 
     if not args.head and not args.scorer:
-        raise SystemExit("rescore: give at least one --head or --scorer")
+        raise UsageError("rescore: give at least one --head or --scorer")
     files = {path: list(read_rollouts(path)) for path in args.rollouts}
     rollouts = [r for rs in files.values() for r in rs]
     if args.head:
         first_ref = head_refs(args.head)[0][1]
         model_id = args.model or SwiftHead.from_pretrained(find_head(first_ref)).base.name_or_path
         model, tokenizer = load_base_model(model_id, device=args.device, dtype=args.dtype, parallelize=args.parallelize)
-        heads = resolve_heads(args.head, model_id, model.config)
+        heads = resolve_heads(args.head, model_id, model.config, model=model)
         add_head_scores(rollouts, model, tokenizer, heads, max_gen_toks=args.max_gen_toks, batch_size=args.batch_size)
         del model
     add_scorer_scores(rollouts, parse_scorer_specs(",".join(args.scorer), protocol=args.rm_protocol))

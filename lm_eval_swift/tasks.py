@@ -18,8 +18,10 @@ import datasets
 from lm_eval.api.task import ConfigurableTask
 from tqdm import tqdm
 
+from lm_eval_swift.errors import UsageError
 from lm_eval_swift.selectors import FILTER_NAMES, score_rows  # (importing registers the filters the YAML names)
 from lm_eval_swift.grading import extract_answer
+from lm_eval_swift.heads import heads_disabled
 from lm_eval_swift.models import HFSwiftLM
 from lm_eval_swift.rollouts import QuestionRollout, build_rollout
 from lm_eval_swift.scoring import add_live_model_head_scores, add_scorer_scores, parse_scorer_specs
@@ -84,14 +86,15 @@ def _records(source: str, data_dir: str | None, data_file: str | None) -> list[d
         paths = [Path(data_file)] if data_file else [Path(data_dir) / name for name in src.local_files]
         for path in paths:
             if not path.is_file():
-                raise FileNotFoundError(f"{source}: local data file {path} does not exist")
+                where = "--metadata data_file" if data_file else f"--metadata data_dir or ${DATA_DIR_ENV}"
+                raise UsageError(f"{source}: local data file {path} does not exist (given by {where})")
         records = [r for path in paths for r in _read_jsonl(path)]
     else:
         try:
             records = [r for path, name, split in src.hub for r in datasets.load_dataset(path, name, split=split)]
         except Exception as e:  # offline, gated, renamed: one clear message with both ways out
-            raise RuntimeError(
-                f"{source}: could not load the Hub data set {src.hub[0][0]!r} ({type(e).__name__}: {e}).\n"
+            raise UsageError(
+                f"{source}: could not load the Hub data set {src.hub[0][0]!r} ({type(e).__name__}: {e}). "
                 f"Run offline from local JSONL files instead: set {DATA_DIR_ENV}=/path/to/dir containing "
                 f"{', '.join(src.local_files)}, or pass --metadata '{{\"data_dir\": \"/path/to/dir\"}}'."
             ) from e
@@ -195,6 +198,17 @@ def _row_scores(row: dict) -> set[str]:
     return needed
 
 
+def _positive_int(value, what: str) -> int:
+    """``value`` as an int >= 1 (an int, or a string of one); :class:`UsageError` naming ``what`` otherwise."""
+    try:
+        number = int(value) if isinstance(value, (int, str)) and not isinstance(value, bool) else None
+    except ValueError:
+        number = None
+    if number is None or number < 1:
+        raise UsageError(f"{what} must be a whole number >= 1, got {value!r}")
+    return number
+
+
 def scorer_rows(name: str, ks: list[int]) -> list[dict]:
     """lm-eval filter configs of a reward-model scorer's rows (see :func:`selectors.score_rows`), per k."""
     return [
@@ -218,9 +232,7 @@ class BestOfNTask(ConfigurableTask):
         config = dict(config or {})
         config.pop("class", None)
         meta = config.get("metadata") or {}
-        n = int(meta.get("n", DEFAULT_N))
-        if n < 1:
-            raise ValueError(f"{config.get('task')}: metadata n must be >= 1, got {n}")
+        n = _positive_int(meta.get("n", DEFAULT_N), f"{config.get('task')}: --metadata n")
         self.scorer_specs = parse_scorer_specs(meta.get("scorers"), protocol=meta.get("rm_protocol"))
         config["repeats"] = n
         rows = [row for row in config.get("filter_list") or [] if (_row_k(row) or 0) <= n]
@@ -233,6 +245,13 @@ class BestOfNTask(ConfigurableTask):
         self._needed_scores = {row["name"]: _row_scores(row) for row in rows}
         super().__init__(config=config, **kwargs)
         _shard_hflm_across_processes()
+
+    def build_all_requests(self, **kwargs) -> None:
+        """lm-eval's requests, then a check that every prompt plus ``max_gen_toks`` fits the model's context."""
+        super().build_all_requests(**kwargs)
+        lm = _live_hf_model()
+        if lm is not None and lm.backend == "causal":
+            check_generation_fits(lm, [inst.arguments for inst in self._instances], self.config.task)
 
     def apply_filters(self):
         for inst in self._instances:
@@ -258,14 +277,27 @@ class BestOfNTask(ConfigurableTask):
         present = {name for r in rollouts for resp in r.responses for name in resp.scores}
         dropped = [row for row, needed in self._needed_scores.items() if not needed <= present]
         if dropped:
-            log.warning(
-                "%s: no response carries the scores needed by rows %s; they are left out. Use --model hf-swift "
-                "with heads=..., or give a head with --metadata '{\"heads\": \"PATH\"}'.",
-                self.config.task, ", ".join(dropped),
-            )
+            self._report_dropped_rows(dropped)
             self._filters = [f for f in self._filters if f.name not in dropped]
         PENDING_ROLLOUTS[self.config.task] = _gather_across_ranks(rollouts)
         return super().apply_filters()
+
+    def _report_dropped_rows(self, dropped: list[str]) -> None:
+        """Say which rows are left out and why: quietly when the run asked for no heads (``heads=none``)."""
+        lm = _live_hf_model()
+        hf_swift = isinstance(lm, HFSwiftLM)
+        spec = lm.heads_spec if hf_swift else (self.config.metadata or {}).get("heads")
+        rows = ", ".join(dropped)
+        if heads_disabled(spec):
+            log.info("%s: rows %s are left out (no SWIFT heads: heads=%s)", self.config.task, rows, spec)
+            return
+        fix = (
+            "give --model_args ...,heads=PATH"
+            if hf_swift
+            else "give a head with --metadata '{\"heads\": \"PATH\"}', or sample with --model hf-swift and heads=PATH"
+        )
+        log.warning("%s: no response carries the scores that rows %s need; they are left out: %s.",
+                    self.config.task, rows, fix)
 
     def _add_missing_swift_scores(self, rollouts: list[QuestionRollout]) -> None:
         """Rescore responses that came without SWIFT scores (lm-eval's plain ``hf`` model) when a head is
@@ -278,6 +310,42 @@ class BestOfNTask(ConfigurableTask):
         meta = self.config.metadata or {}
         max_gen_toks = int((self.config.generation_kwargs or {}).get("max_gen_toks", lm.max_gen_toks))
         add_live_model_head_scores(rollouts, lm, meta.get("heads"), max_gen_toks)
+
+
+def check_generation_fits(lm, requests: list[tuple[str, dict]], task: str) -> None:
+    """Raise :class:`UsageError` before sampling when the longest prompt (tokens, over all ranks) plus the requested
+    ``max_gen_toks`` exceeds ``lm.max_length``: lm-eval would cut the start of the question (or stop at an
+    assertion). ``requests``: (context, gen_kwargs) pairs."""
+    from lm_eval.models.utils import normalize_gen_kwargs
+
+    longest: dict[int, int] = {}  # max_gen_toks -> longest prompt, in tokens
+    for context, gen_kwargs in {(c, json.dumps(g, sort_keys=True, default=str)) for c, g in requests}:
+        max_gen_toks = int(normalize_gen_kwargs(json.loads(gen_kwargs), lm.max_gen_toks)["max_gen_toks"])
+        longest[max_gen_toks] = max(longest.get(max_gen_toks, 0), len(lm.tok_encode(context)))
+    longest = _max_across_ranks(longest)
+    for max_gen_toks, prompt in sorted(longest.items()):
+        if prompt + max_gen_toks > lm.max_length:
+            room = lm.max_length - prompt
+            fix = f"pass --gen_kwargs max_gen_toks={room} or less" if room > 0 else "the prompt alone does not fit"
+            raise UsageError(
+                f"{task}: a prompt of {prompt} tokens plus max_gen_toks={max_gen_toks} exceeds the model's context "
+                f"of {lm.max_length} tokens: {fix} (or use a model with a longer context)"
+            )
+
+
+def _max_across_ranks(longest: dict[int, int]) -> dict[int, int]:
+    """Under data parallelism, the per-key maximum of every rank's ``longest``, so all ranks decide alike."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return longest
+    shares: list[dict[int, int] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(shares, longest)
+    merged: dict[int, int] = {}
+    for share in shares:
+        for key, value in (share or {}).items():
+            merged[key] = max(merged.get(key, 0), value)
+    return merged
 
 
 def _gather_across_ranks(rollouts: list[QuestionRollout]) -> list[QuestionRollout]:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from lm_eval_swift.errors import UsageError
 from lm_eval_swift.features import (
     FeatureCache,
     FeatureExtractor,
@@ -85,7 +86,7 @@ class TrainingData:
                 labels.append(float(r.correct))
                 question.append(q)
         if not rollouts:
-            raise ValueError(f"no questions in rollouts files {[str(p) for p in paths]}")
+            raise UsageError(f"no questions in rollouts files {[str(p) for p in paths]}")
         return cls(rollouts, prompts, responses, torch.tensor(labels), question, spans)
 
     def responses_of(self, questions: Sequence[int]) -> list[int]:
@@ -101,10 +102,10 @@ def split_questions(keys: Sequence[Hashable], val_fraction: float, seed: int) ->
     """(train, validation) item indices: round(val_fraction * #distinct keys) keys (at least 1, at most all but
     one), drawn with ``seed``, go to validation with all their items."""
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        raise UsageError(f"val_fraction must be in (0, 1), got {val_fraction}")
     distinct = list(dict.fromkeys(keys))
     if len(distinct) < 2:
-        raise ValueError(f"need at least 2 distinct questions to hold some out for validation, got {len(distinct)}")
+        raise UsageError(f"need at least 2 distinct questions to hold some out for validation, got {len(distinct)}")
     n_val = min(max(round(val_fraction * len(distinct)), 1), len(distinct) - 1)
     perm = torch.randperm(len(distinct), generator=torch.Generator().manual_seed(seed)).tolist()
     val_keys = {distinct[i] for i in perm[:n_val]}
@@ -288,13 +289,13 @@ def train_head(
     the training throughput (response tokens per second, feature extraction included).
     """
     if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}: choose from {LOSSES}")
+        raise UsageError(f"unknown loss {loss!r}: choose from {LOSSES}")
     if early_stop not in EARLY_STOPS:
-        raise ValueError(f"unknown early_stop {early_stop!r}: choose from {EARLY_STOPS}")
+        raise UsageError(f"unknown early_stop {early_stop!r}: choose from {EARLY_STOPS}")
     if logits and layers:
-        raise ValueError("a head reads either hidden-state layers or the logits, not both")
+        raise UsageError("a head reads either hidden-state layers or the logits, not both")
     if batch_size < 1 or epochs < 1 or patience < 1:
-        raise ValueError(f"batch_size, epochs and patience must be >= 1 (got {batch_size}, {epochs}, {patience})")
+        raise UsageError(f"batch_size, epochs and patience must be >= 1 (got {batch_size}, {epochs}, {patience})")
     out_dir = Path(out_dir)
     model, tokenizer = load_base_model(
         base_model, device=device, dtype=dtype, parallelize=parallelize, revision=revision, trust_remote_code=trust_remote_code
@@ -306,7 +307,8 @@ def train_head(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         head = SwiftHead.for_model(
-            model.config, base_model, revision, kind="logits" if logits else "hidden_states", layers=layers, gate=gate, name=name
+            model.config, base_model, revision, model, kind="logits" if logits else "hidden_states", layers=layers,
+            gate=gate, name=name,
         )
     scorer: SwiftHead | ThroughOutputEmbedding = head
     entries = head.entries
@@ -397,9 +399,9 @@ def _check_pairs(data: TrainingData, train_q: Sequence[int], val_q: Sequence[int
         return len(correct_incorrect_pairs([data.question[i] for i in idx], data.labels[idx].tolist())[0])
 
     if loss != "bce" and not n_pairs(train_q):
-        raise ValueError(f"loss {loss!r} needs questions with both correct and incorrect responses; the training split has none")
+        raise UsageError(f"loss {loss!r} needs questions with both correct and incorrect responses; the training split has none")
     if (loss != "bce" or early_stop == "within_auroc") and not n_pairs(val_q):
-        raise ValueError(
+        raise UsageError(
             "the validation questions have no correct/incorrect response pair, so the pairwise validation metric is "
             "undefined: use more questions, another --seed or --val-fraction, or --loss bce --early-stop loss"
         )
@@ -470,7 +472,7 @@ def _resume(
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if ckpt["config"] != config:
         changed = sorted(k for k in {*config, *ckpt["config"]} if config.get(k) != ckpt["config"].get(k))
-        raise ValueError(
+        raise UsageError(
             f"{path} is a checkpoint of a run with other settings ({', '.join(changed)}): train into another "
             f"output directory, or delete {path.parent} to start over"
         )

@@ -6,9 +6,15 @@ import os
 import tempfile
 from pathlib import Path
 
-# before lm_eval is imported anywhere: this session's caches (hf-swift's sample cache among them) live in a fresh
-# temp folder, so no test reads samples another session or another test run left behind
-os.environ["LM_HARNESS_CACHE_PATH"] = tempfile.mkdtemp(prefix="lm-eval-swift-tests-cache-")
+# before lm_eval is imported anywhere: this session's caches (lm-eval's, and hf-swift's sample cache in
+# $XDG_CACHE_HOME/lm-eval-swift) live in a fresh temp folder, so no test reads samples another session or another test
+# run left behind. The Hugging Face cache stays where it was (it defaults to $XDG_CACHE_HOME/huggingface).
+_cache_root = tempfile.mkdtemp(prefix="lm-eval-swift-tests-cache-")
+os.environ.setdefault(
+    "HF_HOME", os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
+)
+os.environ["LM_HARNESS_CACHE_PATH"] = _cache_root
+os.environ["XDG_CACHE_HOME"] = _cache_root
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

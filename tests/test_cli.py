@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -93,3 +96,92 @@ def test_hf_swift_capture_equals_rescoring(model_and_head, shared_data, tmp_path
     for r in read_rollouts(path):
         for resp in r.responses:
             assert resp.scores["rescored"] == pytest.approx(resp.scores["swift"], rel=1e-3, abs=1e-5)
+
+
+# ---- a user's mistakes: one line on stderr, exit status 2 (130 for Ctrl-C), a traceback only when asked -------
+
+
+def user_error(cmd: list[str], cwd: Path, env: dict | None = None, before: str | None = None) -> str:
+    """Run ``lm-eval-swift`` ``cmd``; assert it failed as a user error does (and before printing ``before``) and
+    return its error line."""
+    proc = subprocess.run([sys.executable, "-m", "lm_eval_swift", *cmd], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("lm-eval-swift: error: ")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert before is None or before not in proc.stderr, proc.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def other_head(tiny_model_factory, tmp_path_factory):
+    """A head made for another model of another size."""
+    from transformers import AutoConfig
+
+    other = tiny_model_factory("llama", hidden_size=16)
+    return SwiftHead.for_model(AutoConfig.from_pretrained(other), str(other)).save_pretrained(
+        tmp_path_factory.mktemp("other-head"))
+
+
+@pytest.mark.parametrize("case", ["unknown task", "head path", "other model's head", "n=0", "n=four", "data dir"])
+def test_user_errors_in_eval_are_one_line(case, model_and_head, other_head, shared_data, tmp_path):
+    model, _ = model_and_head
+    model_args, task, meta = f"pretrained={model}", "gsm8k_bon_swift", {"n": 2, "data_dir": str(shared_data)}
+    model_args += {"head path": ",heads=/no/such/head", "other model's head": f",heads={other_head}"}.get(case, "")
+    task = "gsm8k_bon_swfit" if case == "unknown task" else task
+    meta |= {"n=0": {"n": 0}, "n=four": {"n": "four"}, "data dir": {"data_dir": str(tmp_path / "none")}}.get(case, {})
+    line = user_error(["eval", "--model", "hf-swift", "--model_args", model_args, "--tasks", task, "--device", "cpu",
+                       "--limit", "1", "--metadata", json.dumps(meta)], tmp_path)
+    expected = {
+        "unknown task": "unknown task 'gsm8k_bon_swfit'; did you mean gsm8k_bon_swift",
+        "head path": "SWIFT head '/no/such/head' not found",
+        "other model's head": "does not fit model",
+        "n=0": "--metadata n must be a whole number >= 1, got 0",
+        "n=four": "--metadata n must be a whole number >= 1, got 'four'",
+        "data dir": f"local data file {tmp_path / 'none' / 'gsm8k_test.jsonl'} does not exist",
+    }[case]
+    assert expected in line
+
+
+def test_max_gen_toks_beyond_the_context_fails_before_sampling(model_and_head, shared_data, tmp_path):
+    """The tiny model's context is 2048 tokens: a prompt plus max_gen_toks=2040 does not fit, for hf-swift and for
+    lm-eval's hf model alike, and the error says which --gen_kwargs would."""
+    model, _ = model_and_head
+    for name in ("hf-swift", "hf"):
+        line = user_error(["eval", "--model", name, "--model_args", f"pretrained={model}", "--tasks", "gsm8k_bon_swift",
+                           "--device", "cpu", "--limit", "1", "--gen_kwargs", "max_gen_toks=2040",
+                           "--metadata", json.dumps({"n": 2, "data_dir": str(shared_data)})], tmp_path,
+                          before="Running generate_until requests")  # lm-eval logs it just before sampling
+        assert "plus max_gen_toks=2040 exceeds the model's context of 2048 tokens" in line
+        assert ": pass --gen_kwargs max_gen_toks=" in line
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    empty = tmp_path / "rollouts_x.jsonl"
+    empty.write_text("")
+    assert "no rollouts in the file" in user_error(["report", str(empty)], tmp_path)
+    for cmd, env in ((["--debug", "report", str(empty)], None), (["report", str(empty)], {"LM_EVAL_SWIFT_DEBUG": "1"})):
+        proc = subprocess.run([sys.executable, "-m", "lm_eval_swift", *cmd], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, **(env or {})})
+        assert proc.returncode == 1 and "Traceback" in proc.stderr and "UsageError: " in proc.stderr
+
+
+def test_ctrl_c_exits_130_without_a_traceback(model_and_head, shared_data, tmp_path):
+    model, _ = model_and_head
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lm_eval_swift", "eval", "--model", "hf-swift", "--model_args",
+         f"pretrained={model},heads=none,sample_cache=none", "--tasks", "gsm8k_bon_swift", "--device", "cpu",
+         "--limit", "50", "--metadata", json.dumps({"n": 64, "data_dir": str(shared_data)})],
+        cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    )
+    seen = []
+    for line in proc.stderr:  # lm-eval logs this line after loading the model, just before sampling
+        seen.append(line)
+        if "Building contexts for gsm8k_bon_swift" in line:
+            break
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130, "".join(seen) + rest
+    assert "Traceback" not in rest and rest.rstrip().endswith("lm-eval-swift: interrupted"), rest[-2000:]

@@ -160,14 +160,42 @@ def test_resolve_explicit_paths_names_and_aliases(tmp_path, heads_env):
     )
 
 
-def test_resolve_auto(tmp_path, heads_env):
+def test_resolve_auto(tmp_path, heads_env, caplog):
+    caplog.set_level("INFO", logger="lm_eval_swift.heads")
     assert resolve_heads("auto", MODEL, CONFIG) == {}
+    assert "heads=auto: no SWIFT head for model 'tiny-llama'" in caplog.text  # says that it found none
+    caplog.clear()
+    assert resolve_heads("none", MODEL, CONFIG) == {} and not caplog.records  # asked for none: nothing to say
     SwiftHead.for_model(CONFIG, "org/unrelated").save_pretrained(heads_env / "unrelated")
     (heads_env / "not-a-head").mkdir()
     assert resolve_heads(None, MODEL, CONFIG) == {}
     make_head(name="first").save_pretrained(heads_env / "first")
+    caplog.clear()
     heads = resolve_heads(None, "hub-org/tiny-llama", CONFIG)  # matched on the basename
     assert list(heads) == ["swift"] and heads["swift"].name == "first"
+    assert f"heads=auto: SWIFT head for model 'tiny-llama': {heads_env / 'first'}" in caplog.text  # says which
     make_head(name="second").save_pretrained(heads_env / "second")
     with pytest.raises(HeadError, match="several SWIFT heads match model 'tiny-llama'.*first.*second"):
         resolve_heads("auto", MODEL, CONFIG)
+
+
+def test_head_refuses_other_weights_of_the_same_shape(tmp_path):
+    """A head records a probe of its base model's embeddings: a same-named, same-shaped model with other weights is
+    refused; the same weights in bf16 are accepted; a head saved without a probe stays loadable and unchecked."""
+    from lm_eval_swift.toy_models import char_tokenizer, random_model
+
+    tok = char_tokenizer()
+    trained_on, other = random_model(tokenizer=tok, seed=0), random_model(tokenizer=tok, seed=1)
+    name = "/models/tiny-llama"
+    head = SwiftHead.for_model(trained_on.config, name, weights=trained_on)
+    assert len(head.base.embedding_probe) == 32
+    head.save_pretrained(tmp_path / "h")
+    assert json.loads((tmp_path / "h" / "config.json").read_text())["base_model"]["embedding_probe"]
+    assert list(resolve_heads(str(tmp_path / "h"), name, trained_on.config, model=trained_on)) == ["swift"]
+    assert resolve_heads(str(tmp_path / "h"), name, trained_on.config, model=trained_on.to(torch.bfloat16))
+    with pytest.raises(HeadMismatchError, match="weights: .*other weights"):
+        resolve_heads(str(tmp_path / "h"), name, other.config, model=other)
+    old = json.loads((tmp_path / "h" / "config.json").read_text())
+    del old["base_model"]["embedding_probe"]  # as heads saved before the probe existed
+    (tmp_path / "h" / "config.json").write_text(json.dumps(old))
+    assert resolve_heads(str(tmp_path / "h"), name, other.config, model=other)

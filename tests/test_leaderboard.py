@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import statistics
+import subprocess
+import sys
 
 import pytest
 
+from lm_eval_swift.errors import UsageError
 from lm_eval_swift.leaderboard import (
     add_leaderboard_arguments,
     bon_estimates,
@@ -21,7 +25,7 @@ from lm_eval_swift.leaderboard import (
 from lm_eval_swift.metrics import auroc
 from lm_eval_swift.plot import add_plot_arguments, cmd_plot, plot_bon_curves
 from lm_eval_swift.report import bon_table
-from lm_eval_swift.rollouts import QuestionRollout, Response, write_rollouts
+from lm_eval_swift.rollouts import QuestionRollout, Response, read_rollouts, write_rollouts
 
 TASK = "gsm8k_bon_swift"
 RM_COST = {"seconds_per_sample": 0.5, "parameters": 1e9}
@@ -69,7 +73,7 @@ def value(board, model, row, k):
 
 def test_first_estimator_hand_values(files):
     board = leaderboard(files, ks=(1, 4, 8))
-    a, b = "org__model-a", "org__model-b"
+    a, b = "org/model-a", "org/model-b"
     assert board.estimator == "first" and "Estimator: first" in board.to_markdown()
     assert value(board, a, "first", 1) == 0.5
     assert value(board, a, "maj", 4) == 0.5  # q0: tie 0-vs-1 goes to wrong class 0; q1: class 0 wins
@@ -118,11 +122,11 @@ def test_subsets_estimator_matches_closed_forms():
 def test_costs_and_auroc(files):
     board = leaderboard(files, ks=(1, 4), head_parameters={"swift": 4098})
     stats = {(s.model, s.score): s for s in board.scores}
-    rm = stats[("org__model-a", "rm")]
+    rm = stats[("org/model-a", "rm")]
     assert rm.kind == "reward model" and rm.seconds_per_sample == 0.5 and rm.parameters == 1e9
     assert rm.tokens_per_sample == pytest.approx(10 + 40 * 0.5)  # response + question at 10 tokens / 20 chars
     assert rm.flops_per_sample == pytest.approx(2 * 1e9 * 30)
-    swift = stats[("org__model-a", "swift")]
+    swift = stats[("org/model-a", "swift")]
     assert swift.kind == "SWIFT head" and swift.seconds_per_sample is None
     assert swift.flops_per_sample == pytest.approx(2 * 4098 * 10)
     # hand count: q0 8 wins of 15 pairs, q1 7 of 16
@@ -151,15 +155,15 @@ def test_results_json_mixed_with_rollouts(files, tmp_path):
     stale = files[0].parent / "results_2025.json"  # beside model A's rollouts: the rollouts win
     write_results(stale, "org/model-a", {"acc,first": 0.0, "acc,maj@4": 0.0})
     board = leaderboard([*files, c, stale], ks=(1, 4))
-    model_c = ("org__model-c", TASK)  # from config.model_args, sanitised as lm-eval names its folder
-    assert board.groups == [("org__model-a", TASK), ("org__model-b", TASK), model_c]
+    model_c = ("org/model-c", TASK)  # from config.model_args
+    assert board.groups == [("org/model-a", TASK), ("org/model-b", TASK), model_c]
     assert set(board.cells[model_c]) == {("first", 1), ("maj", 4)}  # swift@16 and mean@8: k not asked for
     assert board.cells[model_c][("first", 1)].value == 0.25 and board.cells[model_c][("first", 1)].stderr == 0.1
     assert math.isnan(board.cells[model_c][("maj", 4)].stderr)
-    assert value(board, "org__model-a", "maj", 4) == 0.5
-    assert board.average("maj", 4) == pytest.approx((0.5 + value(board, "org__model-b", "maj", 4) + 0.5) / 3)
+    assert value(board, "org/model-a", "maj", 4) == 0.5
+    assert board.average("maj", 4) == pytest.approx((0.5 + value(board, "org/model-b", "maj", 4) + 0.5) / 3)
     assert board.average("swift", 4) is None  # model C has no swift@4
-    assert "org__model-c k=4" in board.to_markdown()
+    assert "org/model-c k=4" in board.to_markdown()
     subsets = leaderboard([*files, c], ks=(1, 4), estimator="subsets")
     assert "keep lm-eval's values" in subsets.to_markdown()
 
@@ -171,16 +175,16 @@ def test_markdown_and_csv_written_by_cli(files, tmp_path, capsys):
     cmd_leaderboard(parser.parse_args([*map(str, files), "--k", "1", "4", "--estimator", "subsets",
                                        "--csv", str(out_csv), "--markdown", str(out_md)]))
     printed = capsys.readouterr().out
-    assert "| selector | org__model-a k=1 | org__model-a k=4 | org__model-b k=1" in printed
+    assert "| selector | org/model-a k=1 | org/model-a k=4 | org/model-b k=1" in printed
     assert "Average k=4" in printed and "Estimator: subsets" in printed
     assert out_md.read_text() in printed
     rows = list(csv.DictReader(out_csv.open()))
     assert {r["estimator"] for r in rows} == {"subsets"}
     maj = [r for r in rows if r["selector"] == "maj" and r["k"] == "1"]
-    assert {r["model"] for r in maj} == {"org__model-a", "org__model-b", "Average"}
+    assert {r["model"] for r in maj} == {"org/model-a", "org/model-b", "Average"}
     scores = list(csv.DictReader((tmp_path / "out" / "board_scores.csv").open()))
     assert {(r["model"], r["score"]) for r in scores} == {
-        (m, s) for m in ("org__model-a", "org__model-b") for s in ("rm", "swift")
+        (m, s) for m in ("org/model-a", "org/model-b") for s in ("rm", "swift")
     }
 
 
@@ -188,7 +192,7 @@ def test_plot_draws_one_curve_per_selector(files, tmp_path, capsys):
     out = tmp_path / "curve.png"
     axes = plot_bon_curves(files, out, estimator="subsets")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert [ax.get_title() for ax in axes] == ["org__model-a", "org__model-b"]
+    assert [ax.get_title() for ax in axes] == ["org/model-a", "org/model-b"]
     # every row with k = 1, 2, 4, 8 (first and mean have a single k): maj, oracle, swift, swift_vote, rm,
     # rm_vote and the two combinations
     assert [len(ax.get_lines()) for ax in axes] == [8, 8]
@@ -224,5 +228,100 @@ def test_bad_input_is_a_clear_error(files, tmp_path):
         parse_head_parameters(["swift"])
     parser = argparse.ArgumentParser()
     add_leaderboard_arguments(parser)
-    with pytest.raises(SystemExit, match="leaderboard: .*unknown file kind"):
+    with pytest.raises(UsageError, match="unknown file kind"):
         cmd_leaderboard(parser.parse_args([str(other)]))
+
+
+def test_gzip_rollouts_read_as_plain_ones_and_a_corrupt_one_is_a_clear_error(files, tmp_path):
+    plain = next(f for f in files if f.suffix == ".jsonl")
+    packed = write_rollouts(read_rollouts(plain), tmp_path / plain.parent.name / (plain.name + ".gz"))
+    assert [r.to_json() for r in read_rollouts(packed)] == [r.to_json() for r in read_rollouts(plain)]
+    assert leaderboard([packed]).cells == leaderboard([plain]).cells
+    truncated = tmp_path / "cut.jsonl.gz"
+    truncated.write_bytes(packed.read_bytes()[:40])
+    with pytest.raises(UsageError, match="cut.jsonl.gz: corrupt compressed file"):
+        list(read_rollouts(truncated))
+
+
+def test_mixed_n_uses_each_questions_own_n_and_says_so(tmp_path, caplog):
+    """One question with 3 responses beside one with 8: a warning, mean over each question's own samples, and
+    the other rows only at k every question has (never a silent cut of the longer question)."""
+    short = question(1, [0, 0, 2], [1, 1, 0], swift=[0.0, 0.5, 1.0], rm=[0.1, 0.2, 0.3])
+    rollouts = [MODEL_A[0], short]
+    caplog.set_level("WARNING", logger="lm_eval_swift.report")
+    table = bon_table(rollouts, ks=(1, 2, 4, 8))
+    assert "N differs between questions (1 of 2 have fewer than 8 samples, the fewest 3)" in caplog.text
+    assert table["mean"] == {8: pytest.approx((3 / 8 + 2 / 3) / 2)}
+    assert set(table["maj"]) == {1, 2}
+    path = write_rollouts(rollouts, tmp_path / "org__m" / f"rollouts_{TASK}_2025.jsonl")
+    for estimator in ("first", "subsets"):
+        board = leaderboard([path], ks=(1, 2, 4, 8), estimator=estimator)
+        assert value(board, "org/m", "mean", 8) == pytest.approx((3 / 8 + 2 / 3) / 2)
+        assert {k for row, k in board.cells[("org/m", TASK)] if row == "maj"} == {1, 2}
+    first = leaderboard([path], ks=(1, 2, 4, 8))
+    assert {key: c.value for key, c in first.cells[("org/m", TASK)].items()} == pytest.approx(
+        {(row, k): v for row, cols in table.items() for k, v in cols.items()})
+
+
+def test_partly_scored_rollouts_warn(caplog):
+    caplog.set_level("WARNING", logger="lm_eval_swift.report")
+    bon_table([MODEL_A[0], question(1, [0, 1], [1, 0])], ks=(1, 2))
+    assert "2 of 10 responses have no 'swift' score" in caplog.text
+
+
+def test_one_model_from_two_folders_is_one_readable_model(tmp_path):
+    """lm-eval names its output folders after the sanitised model path; the leaderboard names the model as the
+    results file beside the rollouts names it (a local path's last component), or from the folder name alone."""
+    paths = []
+    for i, folder in enumerate(("a", "b")):
+        out = tmp_path / f"__tmp__{folder}__swift-demo-llama"
+        paths.append(write_rollouts([MODEL_A[i]], out / f"rollouts_{TASK}_2025-01-0{i}.jsonl"))
+        if folder == "a":
+            write_results(out / "results_2025-01-00.json", f"/tmp/{folder}/swift-demo-llama", {"acc,first": 0.0})
+    board = leaderboard(paths, ks=(1, 4))
+    assert board.groups == [("swift-demo-llama", TASK)]
+    assert board.cells[("swift-demo-llama", TASK)][("maj", 4)].value == 0.5  # both questions, merged
+
+
+@pytest.mark.parametrize("content,message", [
+    ("", "no rollouts in the file"),
+    (json.dumps(json.loads(MODEL_A[0].to_json()) | {"doc_id": "0"}), "field 'doc_id' is '0', expected an integer"),
+    (MODEL_A[0].to_json().replace('"correct": 0.0', '"correct": "no"', 1),
+     "field 'correct' is 'no', expected a number"),
+    (MODEL_A[0].to_json().replace('"answer_class": 0, ', "", 1), "missing field 'answer_class'"),
+])
+def test_bad_rollouts_files_are_one_line_errors_in_every_subcommand(tmp_path, content, message):
+    bad = tmp_path / "m" / f"rollouts_{TASK}_2025.jsonl"
+    bad.parent.mkdir()
+    bad.write_text(content + "\n" if content else "")
+    commands = (["report"], ["leaderboard"], ["plot", "-o", str(tmp_path / "x.png")])
+    for command in commands if not content else commands[:1]:  # every subcommand once, the field checks in one
+        proc = subprocess.run([sys.executable, "-m", "lm_eval_swift", command[0], str(bad), *command[1:]],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        lines = [line for line in proc.stderr.splitlines() if line.startswith("lm-eval-swift: error:")]
+        assert len(lines) == 1 and message in lines[0] and str(bad) in lines[0], proc.stderr
+        assert "Traceback" not in proc.stderr and not proc.stdout.strip()
+
+
+def test_a_mistyped_results_value_is_an_error(tmp_path):
+    path = tmp_path / "results_1.json"
+    write_results(path, "org/m", {"acc,first": 0.5, "acc,maj@4": "0.5"})
+    with pytest.raises(UsageError, match=r"acc,maj@4 is '0.5', not a number"):
+        leaderboard([path])
+
+
+def test_plot_titles_fit_their_panels(tmp_path):
+    """Readable model names (not lm-eval's sanitised folder) and titles wrapped to their panel's width."""
+    long_name = "a-very-long-local-model-name-" * 4 + "end"
+    paths = [write_rollouts(MODEL_A, tmp_path / "org__model-a" / f"rollouts_{TASK}_2025.jsonl"),
+             write_rollouts(MODEL_B, tmp_path / f"__tmp__x__{long_name}" / f"rollouts_{TASK}_2025.jsonl"),
+             write_rollouts([dataclasses.replace(q, task="other_bon") for q in MODEL_B],
+                            tmp_path / "org__model-a" / "rollouts_other_bon_2025.jsonl")]
+    axes = plot_bon_curves(paths, tmp_path / "curves.png")
+    titles = [ax.get_title().replace("\n", "").replace(" / ", "") for ax in axes]
+    assert titles == [f"{long_name}{TASK}", f"org/model-a{TASK}", "org/model-aother_bon"]
+    renderer = axes[0].figure.canvas.get_renderer()
+    for ax in axes:
+        title, panel = ax.title.get_window_extent(renderer), ax.get_window_extent(renderer)
+        assert panel.x0 - 20 <= title.x0 and title.x1 <= panel.x1 + 20, ax.get_title()

@@ -122,6 +122,17 @@ def test_sample_cache_round_trip_and_key(tmp_path):
     assert resolve_path(tmp_path) == tmp_path / "hf-swift-samples.sqlite"
 
 
+def test_default_sample_cache_is_in_the_users_cache_folder(tmp_path, monkeypatch):
+    """``sample_cache=auto``: ``$XDG_CACHE_HOME/lm-eval-swift/`` (absolute paths only), else ``~/.cache/...``."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert resolve_path("auto") == tmp_path / "lm-eval-swift" / "hf-swift-samples.sqlite"
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    for xdg in ("", "relative/dir"):
+        monkeypatch.setenv("XDG_CACHE_HOME", xdg)
+        assert resolve_path("auto") == home / ".cache" / "lm-eval-swift" / "hf-swift-samples.sqlite"
+
+
 def test_cached_and_missing_chunks_give_the_uncached_samples(setup, tmp_path):
     """Drop some chunks from the cache: only those are sampled again, and every response (scores included) is
     the one a run without a cache draws; another batch size draws the same tokens."""

@@ -9,6 +9,7 @@ from lm_eval.loggers import EvaluationTracker
 from lm_eval.tasks import TaskManager
 
 from lm_eval_swift.cli import tasks_dir
+from lm_eval_swift.errors import UsageError
 from lm_eval_swift.report import bon_table
 from lm_eval_swift.responses import ScoredText
 from lm_eval_swift.rollouts import read_rollouts
@@ -41,8 +42,9 @@ class ScriptedLM(LM):
         raise NotImplementedError
 
 
-def run(model, tmp_path, shared_data, n=4, **kw):
-    tm = TaskManager(include_path=str(tasks_dir()), include_defaults=False, metadata={"n": n, "data_dir": str(shared_data)})
+def run(model, tmp_path, shared_data, n=4, metadata=None, **kw):
+    metadata = {"n": n, "data_dir": str(shared_data), **(metadata or {})}
+    tm = TaskManager(include_path=str(tasks_dir()), include_defaults=False, metadata=metadata)
     tracker = EvaluationTracker(output_path=str(tmp_path))
     results = simple_evaluate(
         model=model, tasks=["gsm8k_bon_swift"], task_manager=tm, limit=2, evaluation_tracker=tracker, **kw
@@ -97,24 +99,30 @@ def test_n_from_metadata_drops_rows(tmp_path, shared_data):
     assert filters == {"first", "mean@1", "maj@1", "oracle@1", "swift@1", "swift_vote@1"}
 
 
-def test_rows_without_scores_are_left_out(tmp_path, shared_data):
+def test_rows_without_scores_are_left_out(tmp_path, shared_data, caplog):
     class Plain(ScriptedLM):
         """Plain strings, as lm-eval's own models return: no scores, no model to rescore with."""
 
         def generate_until(self, requests, disable_tqdm=False):
             return [str(s) for s in super().generate_until(requests)]
 
+    caplog.set_level("INFO", logger="lm_eval_swift.tasks")
     res, _ = run(Plain(SCRIPT), tmp_path, shared_data)
     filters = {key.split(",")[1] for key in res if key.startswith("acc,")}
     assert not any(f.startswith("swift") for f in filters)
     assert {"first", "maj@4", "oracle@4"} <= filters
+    warned = [r for r in caplog.records if r.levelname == "WARNING" and "left out" in r.message]
+    assert len(warned) == 1 and "--metadata '{\"heads\": \"PATH\"}'" in warned[0].message
+    caplog.clear()
+    run(Plain(SCRIPT), tmp_path / "none", shared_data, metadata={"heads": "none"})  # no heads on purpose: no warning
+    assert not [r for r in caplog.records if r.levelname == "WARNING" and "left out" in r.message]
 
 
 def test_missing_data_names_both_ways_out(monkeypatch, tmp_path):
     monkeypatch.delenv("LM_EVAL_SWIFT_DATA_DIR", raising=False)
-    with pytest.raises(RuntimeError, match="LM_EVAL_SWIFT_DATA_DIR.*data_dir"):
+    with pytest.raises(UsageError, match="LM_EVAL_SWIFT_DATA_DIR.*data_dir"):
         load_source("math500_test")
-    with pytest.raises(FileNotFoundError, match="math500_test.jsonl"):
+    with pytest.raises(UsageError, match="math500_test.jsonl"):
         load_source("math500_test", data_dir=str(tmp_path))
 
 

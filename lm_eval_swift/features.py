@@ -153,23 +153,60 @@ class FeatureCache:
         key: str,
         progress: bool = True,
     ) -> FeatureCache:
-        """The cache for these (prompt, response) pairs under ``root``/<hash of key and token ids>, built first (one
-        pass of the base model) unless a complete one is there. ``key`` names the model and features."""
+        """The cache for these (prompt, response) pairs under ``root``/<hash of key, entries and token ids>, built
+        first unless a complete one is there: copied from the columns of a complete cache of the same data whose
+        entries include these (no model pass: e.g. a last-4 head after an all-layers one), else by one pass of the
+        base model. ``key`` names the model and features."""
         lengths = [len(r) for r in responses]
+        data = _fingerprint(key, (), prompts, responses)
         directory = Path(root) / _fingerprint(key, extractor.entries, prompts, responses)
-        meta = {"key": key, "entries": list(extractor.entries), "n_features": extractor.n_features, "n_tokens": sum(lengths)}
+        meta = {
+            "key": key,
+            "data": data,
+            "entries": list(extractor.entries),
+            "n_features": extractor.n_features,
+            "n_tokens": sum(lengths),
+        }
         meta_path = directory / cls.META
         if meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
             return cls(directory, lengths, extractor.n_features, extractor.device)
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True)
         try:
-            cls._build(directory / cls.FEATURES, extractor, prompts, responses, batch_size, progress)
+            superset = cls._superset(Path(root), meta)
+            if superset is not None:
+                columns = _columns(extractor.model.config, superset[1]["entries"], extractor.entries)
+                cls._copy_columns(directory / cls.FEATURES, superset, columns, progress)
+            else:
+                cls._build(directory / cls.FEATURES, extractor, prompts, responses, batch_size, progress)
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)  # a partial cache is of no use
             raise
         meta_path.write_text(json.dumps(meta))
         return cls(directory, lengths, extractor.n_features, extractor.device)
+
+    @classmethod
+    def _superset(cls, root: Path, meta: dict) -> tuple[Path, dict] | None:
+        """(directory, meta) of a complete cache under ``root`` of the same key and token ids whose entries include
+        ``meta``'s, or None."""
+        for path in sorted(root.glob(f"*/{cls.META}")):
+            other = json.loads(path.read_text())
+            same_data = all(other.get(k) == meta[k] for k in ("key", "data", "n_tokens"))
+            if same_data and set(meta["entries"]) < set(other["entries"]):
+                return path.parent, other
+        return None
+
+    @classmethod
+    def _copy_columns(cls, path: Path, superset: tuple[Path, dict], columns: np.ndarray, progress: bool) -> None:
+        """Write ``superset``'s features restricted to ``columns`` (indices into its F), in chunks of rows."""
+        directory, other = superset
+        rows = max(int(other["n_tokens"]), 1)
+        src = np.memmap(directory / cls.FEATURES, dtype=np.float16, mode="r", shape=(rows, other["n_features"]))
+        dst = np.memmap(path, dtype=np.float16, mode="w+", shape=(rows, len(columns)))
+        chunk = max(1, (256 << 20) // (2 * other["n_features"]))  # about 256 MB read per chunk
+        for start in tqdm(range(0, rows, chunk), desc="Copying cached SWIFT features", unit="chunk", disable=not progress):
+            dst[start : start + chunk] = src[start : start + chunk][:, columns]
+        dst.flush()
 
     @staticmethod
     def _build(path: Path, extractor: FeatureExtractor, prompts: Sequence[Ids], responses: Sequence[Ids], batch_size: int, progress: bool) -> None:
@@ -222,6 +259,13 @@ def feature_source(
     if cache_dir is not None:
         log.warning("feature cache would take %.1f GB > budget %.1f GB: streaming features every epoch", size / 1e9, cache_budget_gb)
     return StreamedFeatures(extractor, prompts, responses)
+
+
+def _columns(config, have: Sequence[Entry], want: Sequence[Entry]) -> np.ndarray:
+    """Column indices, in a feature row laid out as the entries ``have``, of the entries ``want`` in order."""
+    starts = np.concatenate([[0], np.cumsum([entry_width(config, e) for e in have])])
+    where = {e: i for i, e in enumerate(have)}
+    return np.concatenate([np.arange(starts[where[e]], starts[where[e] + 1]) for e in want])
 
 
 def _fingerprint(key: str, entries: Sequence[Entry], prompts: Sequence[Ids], responses: Sequence[Ids]) -> str:

@@ -306,6 +306,24 @@ def test_feature_cache_matches_streaming(model, rollouts, trained, tmp_path):
     assert not isinstance(feature_source(extractor, data.prompts, data.responses, cache_budget_gb=1e-9, **kwargs), FeatureCache)
 
 
+def test_feature_cache_of_a_subset_is_copied_from_a_cached_superset(model, rollouts, tmp_path):
+    """After an all-layers cache exists, a cache of some of its entries is copied from its columns, without running
+    the model, and holds the same numbers as one built by the model."""
+    lm, tok = load_base_model(model, device="cpu")
+    data = TrainingData.load([rollouts], tok, 1024)
+    kwargs = {"batch_size": 8, "key": "k", "progress": False}
+    FeatureCache.open_or_build(tmp_path / "a", FeatureExtractor(lm, (0, 1, 2), tok.pad_token_id), data.prompts, data.responses, **kwargs)
+    forwards = []
+    lm.register_forward_pre_hook(lambda *a: forwards.append(1))
+    subset = FeatureExtractor(lm, (2, 0), tok.pad_token_id)
+    copied = FeatureCache.open_or_build(tmp_path / "a", subset, data.prompts, data.responses, **kwargs)
+    assert not forwards and len(list((tmp_path / "a").glob("*/meta.json"))) == 2
+    built = FeatureCache.open_or_build(tmp_path / "b", subset, data.prompts, data.responses, **kwargs)
+    assert forwards
+    idx = list(range(0, len(data.responses), 7))
+    assert all(torch.equal(a, b) for a, b in zip(copied(idx), built(idx)))
+
+
 def test_cli_train(model, rollouts, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)

@@ -8,6 +8,7 @@ killing this process.
 
 from __future__ import annotations
 
+import cmath
 import json
 import logging
 import os
@@ -24,6 +25,8 @@ from sympy import Expr, Float, Number
 # The extraction targets of Math-Verify's test helper ``compare_strings``: a boxed answer has top priority.
 TARGETS = {"latex": LatexExtractionConfig(boxed_match_priority=0), "expr": ExprExtractionConfig()}
 _RELATIVE_TOLERANCE = 1e-20
+_POINTS = [(0.3719, 1.2183, 2.0377), (-0.8413, 0.6127, -1.5298), (1.7311, -2.2459, 0.4421),
+           (-2.6533, -0.2917, 3.1187), (0.9377, 2.7109, -0.7741)]  # values for up to 3 symbols (repeated beyond)
 
 
 def _exactly_different(gold: object, pred: object) -> bool:
@@ -53,13 +56,16 @@ def verify_now(
     precision: int,
     strict: bool,
     allow_set_relation_comp: bool,
+    rel_tol: float = 0.0,
+    identities: bool = False,
 ) -> bool:
     """Math-Verify's ``compare_strings``: parse both (gold first); true when any extracted pair verifies,
-    with exact numbers compared exactly."""
+    with exact numbers compared exactly. ``rel_tol`` > 0 also accepts numbers within that relative difference;
+    ``identities`` also accepts expressions that agree at random points (``\\cos(\\frac{\\pi}{2} - x)``, ``\\sin x``)."""
     targets = tuple(TARGETS[m] for m in match_types)
     gold_items = parse(gold, targets, parsing_timeout=None)
     pred_items = parse(pred, targets, parsing_timeout=None)
-    return any(
+    if any(
         verify(
             g,
             p,
@@ -70,7 +76,42 @@ def verify_now(
         )
         and not _exactly_different(g, p)
         for g, p in product(gold_items, pred_items)
-    )
+    ):
+        return True
+    g, p = (gold_items[0], pred_items[0]) if gold_items and pred_items else (None, None)
+    return (rel_tol > 0 and _close(g, p, rel_tol)) or (identities and _same_function(g, p))
+
+
+def _close(gold: object, pred: object, rel_tol: float) -> bool:
+    """Both are numbers (no symbols) within ``rel_tol`` relative difference."""
+    if not all(isinstance(x, Expr) and x.is_number for x in (gold, pred)):
+        return False
+    try:
+        a, b = complex(gold.evalf(20)), complex(pred.evalf(20))
+    except (TypeError, ValueError):
+        return False
+    return abs(a - b) <= rel_tol * max(abs(a), abs(b))
+
+
+def _same_function(gold: object, pred: object) -> bool:
+    """Both are expressions in the same symbols whose values agree (to 1e-9 relative) at a few fixed points,
+    positive and negative, and are finite at some; an identity that sympy's simplification missed."""
+    if not all(isinstance(x, Expr) and not x.is_number for x in (gold, pred)) or gold.free_symbols != pred.free_symbols:
+        return False
+    symbols = sorted(gold.free_symbols, key=str)
+    finite = 0
+    for point in _POINTS:
+        subs = {s: point[i % len(point)] + 0.1 * (i // len(point)) for i, s in enumerate(symbols)}
+        try:
+            a, b = complex(gold.evalf(20, subs=subs)), complex(pred.evalf(20, subs=subs))
+        except (TypeError, ValueError, ZeroDivisionError):
+            continue  # a pole or a non-number (e.g. zoo) at this point
+        if not (cmath.isfinite(a) and cmath.isfinite(b)):
+            continue
+        if abs(a - b) > 1e-9 * max(1.0, abs(a), abs(b)):
+            return False
+        finite += 1
+    return finite >= 3
 
 
 def _exit_with_parent() -> None:

@@ -60,11 +60,12 @@ class QuestionRollout:
         return cls(**d)
 
 
-def answer_classes(answers: Sequence[str | None], kind: str) -> list[int]:
+def answer_classes(answers: Sequence[str | None], kind: str, grading: str = "default") -> list[int]:
     """Group answers into equivalence classes, each named by the index of its first member (-1: no answer).
 
     Greedy in order, so the classes of the first k answers are the classes of any longer prefix restricted
-    to them. Each answer is compared with the representative of every earlier class (representative first).
+    to them. Each answer is compared with the representative of every earlier class (representative first),
+    under grading mode ``grading`` (see :func:`lm_eval_swift.grading.is_equivalent`).
     """
     reps: list[int] = []
     out: list[int] = []
@@ -72,7 +73,7 @@ def answer_classes(answers: Sequence[str | None], kind: str) -> list[int]:
         if ans is None:
             out.append(-1)
             continue
-        match = next((r for r in reps if answers[r] == ans or is_equivalent(ans, answers[r], kind)), None)
+        match = next((r for r in reps if answers[r] == ans or is_equivalent(ans, answers[r], kind, mode=grading)), None)
         if match is None:
             reps.append(i)
             match = i
@@ -81,11 +82,20 @@ def answer_classes(answers: Sequence[str | None], kind: str) -> list[int]:
 
 
 def build_rollout(
-    task: str, doc_id: int, kind: str, question: str, prompt: str, gold: str, samples: Sequence[str], tokenizer=None
+    task: str,
+    doc_id: int,
+    kind: str,
+    question: str,
+    prompt: str,
+    gold: str,
+    samples: Sequence[str],
+    tokenizer=None,
+    grading: str = "default",
 ) -> QuestionRollout:
-    """Grade ``samples`` (plain strings or :class:`ScoredText`) against ``gold`` and group their answers."""
+    """Grade ``samples`` (plain strings or :class:`ScoredText`) against ``gold`` under grading mode ``grading``
+    and group their answers."""
     answers = [extract_answer(s, kind) for s in samples]
-    classes = answer_classes(answers, kind)
+    classes = answer_classes(answers, kind, grading)
     responses = []
     for text, ans, cls in zip(samples, answers, classes):
         token_ids = list(getattr(text, "token_ids", ()))
@@ -93,7 +103,7 @@ def build_rollout(
             num_tokens = len(tokenizer.encode(str(text), add_special_tokens=False))
         else:
             num_tokens = len(token_ids)
-        correct = ans is not None and is_equivalent(ans, gold, kind)
+        correct = ans is not None and is_equivalent(ans, gold, kind, mode=grading)
         responses.append(
             Response(
                 text=str(text),

@@ -114,6 +114,27 @@ def _same_function(gold: object, pred: object) -> bool:
     return finite >= 3
 
 
+# One comparison of each common shape: sympy and Math-Verify set up each kind of object on first use (0.1-0.5 s
+# apiece), which belongs to the worker's start, not to the first comparison that needs it (nor to its time limit).
+_WARM_UP = [
+    (r"\boxed{\frac{1}{2}}", r"\boxed{0.5}"),
+    (r"\boxed{\begin{pmatrix}1\\2\end{pmatrix}}", r"\boxed{(1,2)}"),
+    (r"\boxed{[0,1)}", r"\boxed{x^2+1}"),
+    (r"\boxed{\text{(A)}}", r"\boxed{A}"),
+    (r"\boxed{x=1, y=2}", r"\boxed{3\sqrt{2}}"),
+    (r"\boxed{\{1,2\}}", r"\boxed{(-\infty, 3]\cup[4,5)}"),
+    (r"\boxed{2+3i}", r"\boxed{\sin x}"),
+    (r"\boxed{45^\circ}", r"\boxed{10\%}"),
+    (r"\boxed{\cos(\frac{\pi}{2} - x)}", r"\boxed{\sin x}"),
+    (r"\boxed{y = 2x + 3}", r"\boxed{\frac{x+1}{x-1}}"),
+]
+
+
+def _warm_up() -> None:
+    for gold, pred in _WARM_UP:
+        verify_now(gold, pred, list(TARGETS), 6, True, False, 1e-4, True)
+
+
 def _exit_with_parent() -> None:
     """Exit once the parent is gone (it may die without closing our stdin, e.g. a terminated pool worker)."""
     parent = os.getppid()
@@ -129,6 +150,7 @@ def main() -> None:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout is disabled" warnings: we enforce it
     threading.Thread(target=_exit_with_parent, daemon=True).start()
+    _warm_up()
     replies.write(b"ready\n")
     for line in sys.stdin.buffer:
         try:

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from functools import lru_cache
 from itertools import chain
@@ -32,7 +33,7 @@ from pathlib import Path
 
 from lm_eval_swift._numeric import Value, evaluate
 
-__all__ = ["extract_answer", "grade", "is_equivalent", "verify_strings"]
+__all__ = ["extract_answer", "grade", "grade_all", "is_equivalent", "verify_strings"]
 
 logger = logging.getLogger(__name__)
 
@@ -203,8 +204,6 @@ _LEADING_PLUS = re.compile(r"^\+\s*(?=[\d.\\({])")
 _TRIG = re.compile(r"\\(?:sin|cos|tan|cot|sec|csc)(?![A-Za-z])")
 _DEGREES = re.compile(r"(\d+(?:\.\d+)?)\s*\^\s*(?:\{\s*\\circ\s*\}|\\circ)")
 _DEGREE_SIGN = re.compile(r"\^\{?\\circ\}?$")  # Math-Verify reads 54^\circ as 54
-_SPACES = re.compile(r"\s+")
-_SPACE_BY_SYMBOL = re.compile(r"\s*([{}()\[\]\\^_+\-*/=,<>|&])\s*")  # spaces that separate nothing
 _SHORT_FORMS = 300  # units, times and labels are looked for in answers up to this long
 
 
@@ -249,9 +248,7 @@ def _canonical(answer: str) -> str:
     answer = _LEADING_PLUS.sub("", _strip_outer_braces(answer.strip()))
     if _TRIG.search(answer):  # Math-Verify reads \cos(90^\circ - x) as cos(90 - x), in radians
         answer = _DEGREES.sub(r"(\\frac{\1\\pi}{180})", answer)
-    if "\n" in answer or _PROSE.search(answer):  # prose is Math-Verify's to read as written
-        return answer
-    return _SPACE_BY_SYMBOL.sub(r"\1", _SPACES.sub(" ", answer))
+    return answer
 
 
 # Units and words after a number: 12 days, 7 m^2, 15\text{ dollars}, 864 \mbox{ inches}^2
@@ -436,6 +433,47 @@ def _cannot_be_a_number(answer: str) -> bool:
     return bool(_SYMBOLIC.fullmatch(answer) and _VARIABLE.search(answer))
 
 
+_PLAIN_VALUE = r"-?(?:\d+(?:\.\d+)?|\\frac\{\d+\}\{\d+\})"
+_TRUNCATED = re.compile(rf"\(\s*({_PLAIN_VALUE})\s*\]|\\begin\{{pmatrix\}}\s*({_PLAIN_VALUE})\s*&")
+
+
+def _truncated_reading(answer: str) -> str | None:
+    """The number Math-Verify reads in a broken bracket or matrix around a plain number (``( 37 ]``,
+    ``\\begin{pmatrix} 37 &`` -> ``37``)."""
+    m = _TRUNCATED.fullmatch(answer)
+    return None if m is None else m[1] or m[2]
+
+
+_RATIO = re.compile(r"(\d+):(\d+)")
+_DIGITS = re.compile(r"\d")
+
+
+def _ratio(compact: str) -> Value | None:
+    """``a:b`` as Math-Verify reads it, the number a/b."""
+    m = _RATIO.fullmatch(compact)
+    if m is None or int(m[2]) == 0:
+        return None
+    value = Fraction(int(m[1]), int(m[2]))
+    return Value(value, float(value))
+
+
+def _rounded_verdict(x: Fraction | tuple[Fraction, str], y: Fraction | tuple[Fraction, str]) -> bool | None:
+    """Math-Verify's rule for a decimal number (given as ``(value, text)``) against a fraction or another decimal:
+    equal when both round to the same 6 decimal places. None at a rounding tie, or for a decimal with more
+    digits than a float holds (its float, not its digits, is what gets rounded)."""
+    rounded = []
+    for v in (x, y):
+        if isinstance(v, tuple):
+            v, text = v
+            if len(_DIGITS.findall(text)) > 15:
+                return None
+        scaled = v * 10**6
+        if scaled.denominator == 2:
+            return None
+        rounded.append(round(scaled))
+    return rounded[0] == rounded[1]
+
+
 def _percent_differs(number: Value | None, other: str) -> bool:
     """``other`` is ``X\\%`` and ``number`` is far from both X and X/100 (Math-Verify may take either)."""
     if number is None or not other.endswith("\\%"):
@@ -456,7 +494,7 @@ def _numeric_verdict(p: Value, g: Value, rel_tol: float) -> bool | None:
         if not (p.decimal or g.decimal):
             return False
     a, b = p.approx, g.approx
-    if rel_tol and math.isfinite(a) and math.isfinite(b) and math.isclose(a, b, rel_tol=rel_tol):
+    if _within(a, b, rel_tol):
         return True
     if math.isinf(a) or math.isinf(b):
         return None if a == b else False
@@ -688,23 +726,53 @@ def _equivalent(pred: str, gold: str, kind: str, timeout: float, mode: str = "de
         return False
     if p == g:
         return True
+    rel_tol = MODES[mode]
     if kind == "gsm8k":
         a, b = _gsm8k_number(p), _gsm8k_number(g)
-        return a is not None and a == b
+        return a is not None and b is not None and (a == b or _within(float(a), float(b), rel_tol))
+    if _math_verdict(pred, gold, p, g, timeout, mode):
+        return True
+    if rel_tol:  # paper: a number within the tolerance of the other, whatever Math-Verify said
+        a, b = _value(pred, p), _value(gold, g)
+        return a is not None and b is not None and _within(a.approx, b.approx, rel_tol)
+    return False
+
+
+def _value(answer: str, compact: str) -> Value | None:
+    """The number an answer is, read in-process (mixed numbers, ratios, arithmetic), else None."""
+    return _mixed_number(answer) or _ratio(compact) or evaluate(_DEGREE_SIGN.sub("", compact))
+
+
+def _within(a: float, b: float, rel_tol: float) -> bool:
+    return rel_tol > 0 and math.isfinite(a) and math.isfinite(b) and math.isclose(a, b, rel_tol=rel_tol)
+
+
+def _math_verdict(pred: str, gold: str, p: str, g: str, timeout: float, mode: str) -> bool:
+    """``_equivalent`` for MATH answers under the default rules (``p``, ``g``: the answers without spaces)."""
     rel_tol = MODES[mode]
-    verdict = _structural_verdict(pred, gold, kind, timeout, mode)
+    verdict = _structural_verdict(pred, gold, "math", timeout, mode)
     if verdict is not None:
         return verdict
     if "\\ldots" in p or "\\ldots" in g:  # sequences: Math-Verify reads "1, 2, \ldots, n" as 2
         return False
+    for broken, other in ((pred, g), (gold, p)):
+        reading = _truncated_reading(broken)
+        value = evaluate(_INNER_SPACE.sub("", reading)) if reading is not None else None
+        other_value = evaluate(other) if value is not None else None
+        verdict = _numeric_verdict(value, other_value, rel_tol) if other_value is not None else None
+        if verdict is not None:
+            return verdict
     mixed_p, mixed_g = _mixed_number(pred), _mixed_number(gold)  # before "2 3/4" is compacted to 23/4
     x, y = _plain_number(p), _plain_number(g)
     if x is not None and y is not None and mixed_p is None and mixed_g is None:
         if x[0] == y[0]:
             return True
-        if x[1] and y[1]:  # decimals vs fractions need Math-Verify's rounding rules
+        if x[1] and y[1]:
             return False
-    a, b = mixed_p or evaluate(_DEGREE_SIGN.sub("", p)), mixed_g or evaluate(_DEGREE_SIGN.sub("", g))
+        verdict = _rounded_verdict(x[0] if x[1] else (x[0], p), y[0] if y[1] else (y[0], g))
+        if verdict is not None:
+            return verdict
+    a, b = _value(pred, p), _value(gold, g)
     if a is not None and b is not None:
         verdict = _numeric_verdict(a, b, rel_tol)
         if verdict is not None:
@@ -760,3 +828,16 @@ def grade(response: str, gold: str, kind: str, mode: str = "default") -> bool:
     """Whether the answer extracted from ``response`` is equivalent to ``gold`` (False when none is found)."""
     pred = extract_answer(response, kind)
     return pred is not None and is_equivalent(pred, gold, kind, mode=mode)
+
+
+def grade_all(responses: Sequence[str], golds: Sequence[str], kind: str, mode: str = "default") -> list[bool]:
+    """``grade`` for each (response, gold) pair, in order. The pairs are graded by ``2 x`` as many threads as
+    there are grading workers, so every worker stays busy while the threads extract and compare in-process."""
+    if len(responses) != len(golds):
+        raise ValueError(f"{len(responses)} responses but {len(golds)} golds")
+    _check_kind(kind)
+    _check_mode(mode)
+    if len(responses) < 2:
+        return [grade(r, g, kind, mode) for r, g in zip(responses, golds)]
+    with ThreadPoolExecutor(min(len(responses), 2 * _max_workers()), thread_name_prefix="grade") as pool:
+        return list(pool.map(lambda r, g: grade(r, g, kind, mode), responses, golds))

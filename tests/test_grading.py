@@ -426,7 +426,8 @@ def test_gsm8k_scientific_notation_is_extracted():
         ("0.333333", r"\frac{1}{3}", True, True),  # Math-Verify's six decimals hold in both
         ("0.33333", r"\frac{1}{3}", False, True),
         ("0.33", r"\frac{1}{3}", False, False),
-        ("100001", "100000", False, False),  # integers stay exact: 1e-5 apart is still wrong
+        ("100001", "100000", False, True),  # the authors' grader compares any two numbers with the tolerance
+        ("100011", "100000", False, False),
         ("2.71828", "e", False, True),
         (r"\frac{22}{7}", r"\pi", False, False),
     ],
@@ -435,6 +436,12 @@ def test_numeric_approximation_policy(pred, gold, default, paper):
     assert is_equivalent(pred, gold, "math", timeout=30) is default
     assert is_equivalent(pred, gold, "math", timeout=30, mode="paper") is paper
     assert grade(f"so \\boxed{{{pred}}}", gold, "math", mode="paper") is paper
+
+
+def test_gsm8k_paper_tolerance():
+    assert not is_equivalent("100001", "100000", "gsm8k")
+    assert is_equivalent("100001", "100000", "gsm8k", mode="paper")
+    assert not is_equivalent("100011", "100000", "gsm8k", mode="paper")
 
 
 def test_unknown_mode_is_an_error():
@@ -468,6 +475,6 @@ def test_samples_of_a_question_share_one_comparison(monkeypatch):
     real = grading._verify
     monkeypatch.setattr(grading, "_verify", lambda *a, **k: calls.append(a) or real(*a, **k))
     grading._equivalent.cache_clear()
-    answers = [r"\frac{\sqrt{3}}{2}\sin y", r"{\frac{\sqrt{3}}{2}\sin y}", r"\dfrac{\sqrt{3}}{2} \sin y."]
+    answers = [r"\frac{\sqrt{3}}{2}\sin y", r"{\frac{\sqrt{3}}{2}\sin y}", r"$\dfrac{\sqrt{3}}{2}\sin y$."]
     assert all(is_equivalent(a, r"\frac{\sqrt3}{2}\sin y", "math", timeout=30) for a in answers)
     assert len(calls) == 1

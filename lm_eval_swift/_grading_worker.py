@@ -127,6 +127,11 @@ _WARM_UP = [
     (r"\boxed{45^\circ}", r"\boxed{10\%}"),
     (r"\boxed{\cos(\frac{\pi}{2} - x)}", r"\boxed{\sin x}"),
     (r"\boxed{y = 2x + 3}", r"\boxed{\frac{x+1}{x-1}}"),
+    (r"\boxed{x^2 + y^2 = 13}", r"\boxed{x=x^2-10x+41}"),
+    (r"\boxed{(-\infty,-2)\cup (-2,3)}", r"\boxed{25\%}"),
+    (r"\boxed{( \frac{7}{45}, \frac{4}{45} )}", r"\boxed{\begin{pmatrix} ( \frac{7}{45}, \frac{4}{45} ) &}"),
+    (r"\boxed{6x-5}", r"\boxed{( 6x-5 ]}"),
+    (r"\boxed{8\pi}", r"(2\sqrt{2})^2\pi = \boxed{}"),
 ]
 
 

@@ -72,14 +72,31 @@ def _closing_braces(text: str) -> dict[int, int]:
     return pairs
 
 
+def _matching_brace(text: str, start: int) -> int | None:
+    """Index of the ``}`` that closes the ``{`` at ``start`` (None when it is never closed)."""
+    depth = 0
+    for m in _BRACE_OR_ESCAPE.finditer(text, start):
+        if m.group() == "{":
+            depth += 1
+        elif m.group() == "}":
+            depth -= 1
+            if depth == 0:
+                return m.start()
+    return None
+
+
 def _boxed_answers(text: str) -> Iterator[str]:
     """Contents of ``\\boxed{...}``, ``\\boxed X`` and ``\\fbox{...}``, last first; unbalanced ones are skipped."""
     boxes = list(_BOX.finditer(text))
-    closing = _closing_braces(text) if boxes else {}
-    for m in reversed(boxes):
+    closing = None
+    for i, m in enumerate(reversed(boxes)):
         start = m.end()
         if text.startswith("{", start):
-            end = closing.get(start)
+            if i == 0:  # usually the answer: find its brace alone, without mapping the whole text
+                end = _matching_brace(text, start)
+            else:
+                closing = closing if closing is not None else _closing_braces(text)
+                end = closing.get(start)
             answer = text[start + 1 : end] if end is not None else ""
         else:
             token = _BOX_TOKEN.match(text, start)
@@ -241,6 +258,7 @@ def _closing_parentheses(text: str) -> dict[int, int]:
     return pairs
 
 
+@lru_cache(maxsize=65536)
 def _canonical(answer: str) -> str:
     """``_clean`` plus spellings that mean the same: a stray trailing backslash, empty ``^{}``/``_{}``, a leading
     ``+``, braces around the whole answer, and degrees inside trigonometric functions written as radians."""

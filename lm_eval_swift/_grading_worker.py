@@ -2,8 +2,8 @@
 
 ``lm_eval_swift.grading`` starts ``python -m lm_eval_swift._grading_worker`` and talks to it over pipes: the
 worker prints ``ready``, then answers each JSON request line (the keyword arguments of :func:`verify_now`) with
-``1`` or ``0``. Math-Verify's own SIGALRM timeouts are switched off here; the parent enforces the time limit by
-killing this process.
+``1`` or ``0``. Math-Verify's own SIGALRM timeouts are switched off here; the parent enforces the time limit: it
+sends SIGUSR1 (the comparison is abandoned and answered ``0``), and kills this process when no answer follows.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import cmath
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -148,21 +149,43 @@ def _exit_with_parent() -> None:
     os._exit(0)
 
 
+class _Abandoned(BaseException):
+    """Raised in the comparison under way when the parent gives up on it (a BaseException: libraries' ``except
+    Exception`` clauses must not swallow it)."""
+
+
+_busy = False  # a comparison is under way (only then does SIGUSR1 abandon it)
+
+
+def _abandon(signum: int, frame: object) -> None:
+    if _busy:
+        raise _Abandoned
+
+
+def _serve(line: bytes) -> bool:
+    global _busy
+    _busy = True
+    try:
+        return verify_now(**json.loads(line))
+    except (Exception, _Abandoned):  # noqa: BLE001 - a grading failure is a "not equal", never a dead worker
+        return False
+    finally:
+        _busy = False
+
+
 def main() -> None:
-    """Serve requests from stdin until EOF."""
+    """Serve requests from stdin until EOF. SIGUSR1 abandons the comparison under way (it is answered ``0``), so
+    a comparison past its time limit costs the worker nothing when the Python code it runs can be interrupted."""
     # Keep the protocol channel private: anything a library prints goes to stderr.
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout is disabled" warnings: we enforce it
     threading.Thread(target=_exit_with_parent, daemon=True).start()
+    signal.signal(signal.SIGUSR1, _abandon)
     _warm_up()
     replies.write(b"ready\n")
     for line in sys.stdin.buffer:
-        try:
-            ok = verify_now(**json.loads(line))
-        except Exception:  # noqa: BLE001 - a grading failure is a "not equal", never a dead worker
-            ok = False
-        replies.write(b"1\n" if ok else b"0\n")
+        replies.write(b"1\n" if _serve(line) else b"0\n")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import math
 import os
 import re
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -44,6 +45,7 @@ DEFAULT_TIMEOUT = 2.0
 MODES = {"default": 0.0, "paper": 1e-4}  # grading mode -> relative tolerance for numbers (see the README)
 MATCH_TYPES = ("latex", "expr")
 _START_TIMEOUT = 60.0  # a worker's one-off start (importing sympy) is not charged to any comparison
+_ABANDON_GRACE = 0.25  # seconds a worker past its time limit has to give up its comparison before it is killed
 _SEGMENT_CHARS = 512  # how far past "The answer is" an answer may reach
 
 # ---------------------------------------------------------------------------------------------- extraction
@@ -560,6 +562,15 @@ class _Worker:
             return None
         return {b"1": True, b"0": False}.get(self._reply(timeout))
 
+    def abandon(self, grace: float) -> bool:
+        """Make the worker give up its comparison; True when it answered within ``grace`` seconds (then it is
+        idle again and reusable: its warm caches are kept)."""
+        try:
+            os.kill(self._proc.pid, signal.SIGUSR1)
+        except OSError:
+            return False
+        return self._reply(grace) in (b"0", b"1")
+
     def close(self) -> None:
         self._proc.kill()
         self._proc.wait()
@@ -584,18 +595,19 @@ class _Pool:
     def ask(self, request: bytes, timeout: float) -> bool:
         """Run one request; waiting for a busy or starting worker is not charged to ``timeout``."""
         worker = self._acquire()
-        verdict = None
+        verdict = reusable = None
         try:
             verdict = worker.ask(request, timeout)
-        finally:  # a worker that did not answer (or was interrupted) may still reply later: never reuse it
+            reusable = verdict is not None or worker.abandon(_ABANDON_GRACE)
+        finally:  # a worker that neither answered nor gave up may still reply later: never reuse it
             with self._cond:
-                if verdict is None:
+                if not reusable:
                     self._workers.discard(worker)
                     self._count -= 1
                 else:
                     self._idle.append(worker)
                 self._cond.notify()
-            if verdict is None:
+            if not reusable:
                 worker.close()
                 self._start_spare()
         if verdict is None:

@@ -265,13 +265,32 @@ def test_hostile_inputs_return_in_time(text, monkeypatch):
         assert time.monotonic() - start < timeout + MARGIN
 
 
+def _worker_pids() -> set[int]:
+    return {w._proc.pid for w in grading._POOL._workers}
+
+
 def test_timeout_from_environment_and_recovery(monkeypatch):
+    """A worker that does not give up its comparison in time is killed and replaced."""
     monkeypatch.setenv(grading.TIMEOUT_ENV, "0.5")
+    monkeypatch.setattr(grading, "_ABANDON_GRACE", 0.0)  # no time to give up: the kill path
     _warm_worker()
+    before = _worker_pids()
     start = time.monotonic()
     assert is_equivalent("x^{9^{9^{9}}}", "x^3", "math") is False  # symbolic: only Math-Verify reads it
     assert time.monotonic() - start < 0.5 + MARGIN
     assert verify_strings("$x + 1$", "$1 + x$", timeout=30)  # a fresh worker replaced the killed one
+    assert before - _worker_pids()
+
+
+def test_timed_out_worker_gives_up_and_is_kept(monkeypatch):
+    """Past its time limit a comparison is abandoned (SIGUSR1); the worker, with its warm caches, serves on."""
+    _warm_worker()
+    before = _worker_pids()
+    start = time.monotonic()
+    assert is_equivalent("x" + "+x^{2}" * 3000, "x^2+1", "math", timeout=0.5) is False
+    assert time.monotonic() - start < 0.5 + MARGIN
+    assert verify_strings("$x + 1$", "$1 + x$", timeout=30)
+    assert _worker_pids() == before
 
 
 def test_concurrent_threads():

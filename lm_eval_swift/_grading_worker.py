@@ -26,8 +26,13 @@ from sympy import Expr, Float, Number
 # The extraction targets of Math-Verify's test helper ``compare_strings``: a boxed answer has top priority.
 TARGETS = {"latex": LatexExtractionConfig(boxed_match_priority=0), "expr": ExprExtractionConfig()}
 _RELATIVE_TOLERANCE = 1e-20
-_POINTS = [(0.3719, 1.2183, 2.0377), (-0.8413, 0.6127, -1.5298), (1.7311, -2.2459, 0.4421),
-           (-2.6533, -0.2917, 3.1187), (0.9377, 2.7109, -0.7741)]  # values for up to 3 symbols (repeated beyond)
+_POINTS = [
+    (0.3719, 1.2183, 2.0377),
+    (-0.8413, 0.6127, -1.5298),
+    (1.7311, -2.2459, 0.4421),
+    (-2.6533, -0.2917, 3.1187),
+    (0.9377, 2.7109, -0.7741),
+]  # values for up to 3 symbols (repeated beyond)
 
 
 def _exactly_different(gold: object, pred: object) -> bool:

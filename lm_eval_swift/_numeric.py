@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
@@ -26,6 +27,7 @@ _TOKEN = re.compile(
     r"(?P<num>(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+(?![\d.]))?)"
     r"|(?P<cmd>\\(?:pi|frac|sqrt|cdot|times|div)(?![A-Za-z]))"
     r"|(?P<op>[-+*/^!(){}\[\]])"
+    r"|(?P<var>[a-df-hj-zA-DF-HJ-Z])"  # one-letter variables; not e or i (Euler's number, the imaginary unit)
 )
 _SHORT_ARGS = [
     (re.compile(r"\\frac(\d)(\d)"), r"\\frac{\1}{\2}"),
@@ -163,8 +165,9 @@ class _Group:
 class _Parser:
     """Operator precedence over one bracket-free token sequence (groups arrive evaluated, so nothing recurses)."""
 
-    def __init__(self, tokens: list[str | _Group]) -> None:
+    def __init__(self, tokens: list[str | _Group], point: Mapping[str, Fraction]) -> None:
         self.tokens = tokens
+        self.point = point
         self.i = 0
 
     def peek(self) -> str | _Group | None:
@@ -206,8 +209,10 @@ class _Parser:
             elif tok in ("/", "\\div"):
                 self.take()
                 value = _div(value, self.signed())
-            elif isinstance(tok, _Group) and tok.opening != "[" or (
-                isinstance(tok, str) and (tok[0].isdigit() or tok[0] == "." or tok in ("\\pi", "\\frac", "\\sqrt"))
+            elif (
+                isinstance(tok, _Group)
+                and tok.opening != "["
+                or (isinstance(tok, str) and (tok[0].isalnum() or tok[0] == "." or tok in ("\\pi", "\\frac", "\\sqrt")))
             ):
                 value = _mul(value, self.power())  # implicit product: 2\pi, 3(4), 2\sqrt{2}
             else:
@@ -245,6 +250,11 @@ class _Parser:
             return tok.value
         if tok[0].isdigit() or tok[0] == ".":
             return _number(tok)
+        if tok.isalpha():
+            if tok.lower() not in self.point:
+                raise _Unreadable(f"variable {tok}")
+            value = self.point[tok.lower()]
+            return Value(value, float(value))
         if tok == "\\pi":
             return Value(None, math.pi)
         if tok == "\\frac":
@@ -289,8 +299,9 @@ def _div(a: Value, b: Value) -> Value:
     return _make(None, a.approx / b.approx, a.decimal or b.decimal)
 
 
-def evaluate(text: str) -> Value | None:
-    """The value of ``text`` (a cleaned answer without spaces), or None when it is not plain arithmetic."""
+def evaluate(text: str, point: Mapping[str, Fraction] | None = None) -> Value | None:
+    """The value of ``text`` (a cleaned answer without spaces), or None when it is not plain arithmetic.
+    With ``point`` (lower-case letter -> value), one-letter variables (either case) take those values."""
     if len(text) > MAX_CHARS or _AMBIGUOUS.search(text):
         return None
     for rule, replacement in _SHORT_ARGS:
@@ -304,12 +315,12 @@ def evaluate(text: str) -> Value | None:
     if pos != len(text) or not tokens:
         return None
     try:
-        return _evaluate_tokens(tokens)
+        return _evaluate_tokens(tokens, point or {})
     except (_Unreadable, ZeroDivisionError, OverflowError, ValueError):
         return None
 
 
-def _evaluate_tokens(tokens: list[str]) -> Value:
+def _evaluate_tokens(tokens: list[str], point: Mapping[str, Fraction]) -> Value:
     """Innermost brackets first: each closed group is evaluated and stands in its place as one token."""
     sequences: list[list[str | _Group]] = [[]]
     opened: list[str] = []
@@ -320,10 +331,10 @@ def _evaluate_tokens(tokens: list[str]) -> Value:
         elif tok in (")", "}", "]"):
             if not opened or _CLOSING[opened[-1]] != tok:
                 raise _Unreadable("unbalanced")
-            inner = _Parser(sequences.pop()).parse()
+            inner = _Parser(sequences.pop(), point).parse()
             sequences[-1].append(_Group(opened.pop(), inner))
         else:
             sequences[-1].append(tok)
     if opened:
         raise _Unreadable("unbalanced")
-    return _Parser(sequences[0]).parse()
+    return _Parser(sequences[0], point).parse()

@@ -2,10 +2,17 @@
 
 ``extract_answer`` pulls the final answer out of a response (last ``\\boxed{}``/``\\fbox{}``, else the last
 ``#### N`` / ``The answer is N`` / ``Final Answer: ...``; for GSM8K, a number, falling back to the last number).
-``is_equivalent`` compares two answers: cheap exact checks in-process, everything else with Math-Verify in a
-persistent worker process (``lm_eval_swift._grading_worker``) that is killed and lazily restarted when a comparison
-runs past its time limit. That works off the main thread and inside daemonic ``multiprocessing`` workers, where
-Math-Verify's own SIGALRM timeouts cannot. ``grade`` is extraction followed by comparison.
+``is_equivalent`` compares two answers: first in-process, on canonical spellings (stray characters, braces,
+units, mixed numbers, times of day, labelled equations, vectors as lists) and exact arithmetic
+(``lm_eval_swift._numeric``), which settle most comparisons; everything else with Math-Verify in a persistent
+worker process (``lm_eval_swift._grading_worker``). A comparison past its time limit is abandoned (SIGUSR1), and
+its worker killed and lazily restarted when it does not give up. That works off the main thread and inside
+daemonic ``multiprocessing`` workers, where Math-Verify's own SIGALRM timeouts cannot. ``grade`` is extraction
+followed by comparison; ``grade_all`` grades a batch with all workers busy. Results are cached per pair of
+canonical answers, so the N samples of a question that repeat an answer are compared once.
+
+Grading modes (``MODES``): ``"default"`` (Math-Verify's rules: decimals agree with exact answers to 6 places) and
+``"paper"`` (also any two numbers within 1e-4 relative difference, the SWIFT authors' grader's tolerance).
 
 Settings (environment): ``LM_EVAL_SWIFT_GRADE_TIMEOUT`` (seconds per comparison, default 2) and
 ``LM_EVAL_SWIFT_GRADE_WORKERS`` (worker processes, default ``min(4, cpu_count)``).
@@ -22,6 +29,7 @@ import os
 import re
 import select
 import signal
+import string
 import subprocess
 import sys
 import threading
@@ -277,10 +285,30 @@ _TEXT_UNIT = re.compile(rf"(?:\\(?:text|textrm|mbox|mathrm|textnormal)\s*\{{[^{{
 _WORD_UNIT = re.compile(rf"\s(?:[A-Za-z]{{2,}}|[mgsL]){_POWER}(?:\s+[A-Za-z]{{2,}}{_POWER})*$")
 _UNIT_WORD = re.compile(r"[A-Za-z]+|\^\{?(\d)")
 _UNIT_ALIASES = {
-    "m": "meter", "metre": "meter", "cm": "centimeter", "mm": "millimeter", "km": "kilometer", "ft": "foot",
-    "feet": "foot", "in": "inch", "yd": "yard", "mi": "mile", "s": "second", "sec": "second", "min": "minute",
-    "hr": "hour", "h": "hour", "g": "gram", "kg": "kilogram", "lb": "pound", "lbs": "pound", "l": "liter",
-    "litre": "liter", "sq": "square", "cents": "cent", "\u00a2": "cent",
+    "m": "meter",
+    "metre": "meter",
+    "cm": "centimeter",
+    "mm": "millimeter",
+    "km": "kilometer",
+    "ft": "foot",
+    "feet": "foot",
+    "in": "inch",
+    "yd": "yard",
+    "mi": "mile",
+    "s": "second",
+    "sec": "second",
+    "min": "minute",
+    "hr": "hour",
+    "h": "hour",
+    "g": "gram",
+    "kg": "kilogram",
+    "lb": "pound",
+    "lbs": "pound",
+    "l": "liter",
+    "litre": "liter",
+    "sq": "square",
+    "cents": "cent",
+    "\u00a2": "cent",
 }
 _POWER_WORDS = {"square": "2", "cubic": "3"}
 
@@ -372,7 +400,11 @@ def _label_rhs(answer: str) -> str | None:
         return None
     rhs = answer[m.end() :].strip()
     name = re.escape(m[1].split("_")[0].rstrip("'"))
-    if not rhs or re.search(r"[=<>]|\\[lg]eq?(?![A-Za-z])", rhs) or re.search(rf"(?<![A-Za-z\\]){name}(?![A-Za-z])", rhs):
+    if (
+        not rhs
+        or re.search(r"[=<>]|\\[lg]eq?(?![A-Za-z])", rhs)
+        or re.search(rf"(?<![A-Za-z\\]){name}(?![A-Za-z])", rhs)
+    ):
         return None
     return rhs
 
@@ -500,9 +532,30 @@ def _percent_differs(number: Value | None, other: str) -> bool:
         return False
     x = evaluate(other[:-2])
     return x is not None and all(
-        _numeric_verdict(number, v, 0.0) is False for v in (x, Value(x.exact / 100 if x.exact is not None else None,
-                                                                     x.approx / 100, x.decimal))
+        _numeric_verdict(number, v, 0.0) is False
+        for v in (x, Value(x.exact / 100 if x.exact is not None else None, x.approx / 100, x.decimal))
     )
+
+
+# Rational points at which two expressions in one-letter variables are evaluated exactly
+_POINTS = [
+    {c: Fraction(37 + 7 * j + 29 * k, 53 + 2 * k) * (-1) ** (j + k) for j, c in enumerate(string.ascii_lowercase)}
+    for k in range(3)
+]
+
+
+def _differ_somewhere(pred: str, gold: str, p: str, g: str) -> bool:
+    """Both are expressions in one-letter variables (``x^2 - 10x + 41``, ``6x``) whose exact rational values
+    differ at some rational point: no identity, so Math-Verify cannot equate them."""
+    if not (_SYMBOLIC.fullmatch(pred) and _SYMBOLIC.fullmatch(gold)):
+        return False
+    for point in _POINTS:
+        a, b = evaluate(p, point), evaluate(g, point)
+        if a is None or b is None:
+            return False
+        if a.exact is not None and b.exact is not None and a.exact != b.exact:
+            return True
+    return False
 
 
 def _numeric_verdict(p: Value, g: Value, rel_tol: float) -> bool | None:
@@ -807,9 +860,13 @@ def _math_verdict(pred: str, gold: str, p: str, g: str, timeout: float, mode: st
         verdict = _numeric_verdict(a, b, rel_tol)
         if verdict is not None:
             return verdict
-    elif (a is not None and _cannot_be_a_number(gold)) or (b is not None and _cannot_be_a_number(pred)):
-        return False
-    elif _percent_differs(a, g) or _percent_differs(b, p):
+    elif (
+        (a is not None and _cannot_be_a_number(gold))
+        or (b is not None and _cannot_be_a_number(pred))
+        or _percent_differs(a, g)
+        or _percent_differs(b, p)
+        or (a is None and b is None and _differ_somewhere(pred, gold, p, g))
+    ):
         return False
     return _verify(_as_latex(gold), _as_latex(pred), MATCH_TYPES, 6, True, False, timeout, rel_tol, True)
 
@@ -826,7 +883,11 @@ def _structural_verdict(pred: str, gold: str, kind: str, timeout: float, mode: s
     if unit_p or unit_g:
         return _equivalent(p, g, kind, timeout, mode)
     rp, rg = _label_rhs(pred), _label_rhs(gold)
-    if (rp is not None or rg is not None) and (rp is not None or "=" not in pred) and (rg is not None or "=" not in gold):
+    if (
+        (rp is not None or rg is not None)
+        and (rp is not None or "=" not in pred)
+        and (rg is not None or "=" not in gold)
+    ):
         return _equivalent(rp or pred, rg or gold, kind, timeout, mode)  # y = 5t - 1 and g(t) = 5t - 1 name 5t - 1
     vp, vg = _vector_items(pred), _vector_items(gold)
     tp_items, tg_items = _tuple_items(pred), _tuple_items(gold)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from lm_eval_swift.grading import extract_answer, is_equivalent
+from lm_eval_swift.grading import extract_answer, grade_all, is_equivalent
 
 
 @dataclass
@@ -95,20 +95,20 @@ def build_rollout(
     """Grade ``samples`` (plain strings or :class:`ScoredText`) against ``gold`` under grading mode ``grading``
     and group their answers."""
     answers = [extract_answer(s, kind) for s in samples]
+    correct = grade_all([str(s) for s in samples], [gold] * len(samples), kind, grading)  # all workers at once
     classes = answer_classes(answers, kind, grading)
     responses = []
-    for text, ans, cls in zip(samples, answers, classes):
+    for text, ans, cls, ok in zip(samples, answers, classes, correct):
         token_ids = list(getattr(text, "token_ids", ()))
         if not token_ids and tokenizer is not None:
             num_tokens = len(tokenizer.encode(str(text), add_special_tokens=False))
         else:
             num_tokens = len(token_ids)
-        correct = ans is not None and is_equivalent(ans, gold, kind, mode=grading)
         responses.append(
             Response(
                 text=str(text),
                 answer=ans,
-                correct=float(correct),
+                correct=float(ok),
                 answer_class=cls,
                 num_tokens=num_tokens,
                 token_ids=token_ids,

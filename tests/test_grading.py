@@ -497,3 +497,17 @@ def test_samples_of_a_question_share_one_comparison(monkeypatch):
     answers = [r"\frac{\sqrt{3}}{2}\sin y", r"{\frac{\sqrt{3}}{2}\sin y}", r"$\dfrac{\sqrt{3}}{2}\sin y$."]
     assert all(is_equivalent(a, r"\frac{\sqrt3}{2}\sin y", "math", timeout=30) for a in answers)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    "pred, gold, expected",
+    [
+        ("x^2 - 10x + 41", "6x", False),
+        ("y^2 + 1", "x^2 + 1", False),
+        ("x^2+7x+10", "(x+2)(x+5)", True),
+        (r"\frac{x+1}{x-1}", r"1 + \frac{2}{x-1}", True),
+    ],
+)
+def test_expressions_in_variables(pred, gold, expected):
+    """Expressions that differ at an exact rational point are told apart in-process; identities go to Math-Verify."""
+    assert is_equivalent(pred, gold, "math", timeout=30) is expected

@@ -167,7 +167,7 @@ _REWRITES = [
     (re.compile(r"\\(?:left|right|displaystyle)(?![A-Za-z])|(?<!\\)\\\$"), ""),  # sizing; \$ is a currency sign
     (re.compile(r"(?<!\\)\\[,!;: ]"), " "),  # spacing commands (not a line break "\\" before a space)
     (re.compile(r"\\[dtc]frac(?![A-Za-z])"), r"\\frac"),
-    (re.compile(r"\{,\}"), ","),
+    (re.compile(r"\{\s*,\s*\}"), ","),  # 12{,}000 and 12{, }000
     (re.compile(r"\\sqrt\(([^()]*)\)"), r"\\sqrt{\1}"),  # \sqrt(2) means \sqrt{2}, not \sqrt{} times (2)
     (re.compile(r"\\(?:[lc]?dots|dotsc)(?![A-Za-z])"), r"\\ldots "),
 ]

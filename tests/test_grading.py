@@ -381,6 +381,7 @@ def test_workers_are_cleaned_up_at_exit():
         ("1,234,567", "1234567", True),
         (r"12{,}000", "12000", True),
         (r"1\,000\,000", "1000000", True),
+        (r"90{, }900{, }909", "90900909", True),
         ("1,234,567", "123456", False),
         # equations naming the answer differently, times of day
         ("g(t) = 5t - 1", "y = 5t - 1", True),

@@ -471,10 +471,10 @@ def _top_level_comma(answer: str) -> bool | None:
 def _cannot_be_a_number(answer: str) -> bool:
     """Text without digits (``\\text{Monday}``), a list, tuple or union, or an expression in a variable
     (``x^2 - 10x + 41``): Math-Verify never equates these with a number."""
-    if _PLAIN_TEXT.fullmatch(answer) or _BASE_NUMBER.fullmatch(answer) or _COLLECTION.search(answer):
-        return True
     if "\n" in answer or _PROSE.search(answer):  # a sentence: Math-Verify picks a number out of it
         return False
+    if _PLAIN_TEXT.fullmatch(answer) or _BASE_NUMBER.fullmatch(answer) or _COLLECTION.search(answer):
+        return True
     if _MATRIX.fullmatch(answer) and _top_level_comma(answer) is not None and re.search(r"&|\\\\", answer):
         return True  # a matrix or vector of two or more entries
     inner = answer[1:-1] if answer[:1] in "([" and answer[-1:] in ")]" else answer
@@ -823,6 +823,8 @@ def _equivalent(pred: str, gold: str, kind: str, timeout: float, mode: str = "de
 
 def _value(answer: str, compact: str) -> Value | None:
     """The number an answer is, read in-process (mixed numbers, ratios, arithmetic), else None."""
+    if "," in compact and _plain_number(compact) is not None:  # 1,000: thousands separators
+        compact = compact.replace(",", "")
     return _mixed_number(answer) or _ratio(compact) or evaluate(_DEGREE_SIGN.sub("", compact))
 
 

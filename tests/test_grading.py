@@ -383,6 +383,8 @@ def test_workers_are_cleaned_up_at_exit():
         (r"1\,000\,000", "1000000", True),
         (r"90{, }900{, }909", "90900909", True),
         ("1,234,567", "123456", False),
+        ("1,000", "10^3", True),
+        ("1,000", "10^4", False),
         # equations naming the answer differently, times of day
         ("g(t) = 5t - 1", "y = 5t - 1", True),
         ("f(x)=x^2+1", "x^2+1", True),

@@ -8,8 +8,9 @@
    or without an answer, ``Final Answer:``/``The answer is`` endings, and a few hostile ones (towers of powers,
    huge factorials, thousands of nested braces, 20,000-digit numbers).
 
-Reported: answers per second (wall time, one thread calling ``grade`` in turn, as the project grades; the
-Math-Verify comparisons run in ``LM_EVAL_SWIFT_GRADE_WORKERS`` worker processes), how many comparisons reached the
+Reported: answers per second (wall time, one caller handing all answers to ``grade_all``, as the project grades a
+question's samples; the Math-Verify comparisons run in ``LM_EVAL_SWIFT_GRADE_WORKERS`` worker processes, fed by
+twice as many threads), how many comparisons reached the
 Math-Verify worker, the share that hit the per-comparison timeout (``LM_EVAL_SWIFT_GRADE_TIMEOUT``, default 2 s),
 the share graded correct per kind of answer; and ``is_equivalent`` with its cache cleared vs warm (the same pairs
 again), alternating, median of the per-pair ratios. Each pass starts with the cache cleared; the worker processes
@@ -24,7 +25,9 @@ import collections
 import json
 import random
 import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
@@ -177,13 +180,16 @@ class Counting:
     def __init__(self):
         self.calls = self.timeouts = 0
         self._verify = grading._verify
+        self._lock = threading.Lock()  # grade_all calls from several threads
 
     def __call__(self, *args, **kwargs):
-        self.calls += 1
+        with self._lock:
+            self.calls += 1
         try:
             return self._verify(*args, **kwargs)
         except grading._GradingFailed:
-            self.timeouts += 1
+            with self._lock:
+                self.timeouts += 1
             raise
 
     def reset(self):
@@ -195,7 +201,7 @@ def grade_pass(items, counter: Counting) -> tuple[float, list[bool]]:
     grading._equivalent.cache_clear()
     counter.reset()
     start = time.perf_counter()
-    verdicts = [grading.grade(response, gold, "math") for response, gold in items]
+    verdicts = grading.grade_all([response for response, _ in items], [gold for _, gold in items], "math")
     return time.perf_counter() - start, verdicts
 
 
@@ -218,7 +224,8 @@ def main() -> None:
     counter = Counting()
     grading._verify = counter
     timeout, workers = grading._timeout(None), grading._max_workers()
-    grading.verify_strings("1", "1")  # start a worker (its start is not charged to any answer)
+    with ThreadPoolExecutor(workers) as pool:  # start every worker (their start is not charged to any answer)
+        list(pool.map(lambda _: grading.verify_strings("1", "1", timeout=60), range(workers)))
 
     golds = [(r["solution"], r["answer"]) for r in rows[: args.golds]]
     t_golds, ok_golds = grade_pass(golds, counter)

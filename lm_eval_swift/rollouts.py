@@ -19,7 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lm_eval_swift.errors import UsageError
-from lm_eval_swift.grading import extract_answer, is_equivalent
+from lm_eval_swift.grading import extract_answer, grade_all, is_equivalent
 
 
 @dataclass
@@ -110,11 +110,12 @@ def _check_fields(record, cls: type, where: str) -> None:
             raise UsageError(f"{where}field {name!r} is {record[name]!r}, expected {expected}")
 
 
-def answer_classes(answers: Sequence[str | None], kind: str) -> list[int]:
+def answer_classes(answers: Sequence[str | None], kind: str, grading: str = "default") -> list[int]:
     """Group answers into equivalence classes, each named by the index of its first member (-1: no answer).
 
     Greedy in order, so the classes of the first k answers are the classes of any longer prefix restricted
-    to them. Each answer is compared with the representative of every earlier class (representative first).
+    to them. Each answer is compared with the representative of every earlier class (representative first),
+    under grading mode ``grading`` (see :func:`lm_eval_swift.grading.is_equivalent`).
     """
     reps: list[int] = []
     out: list[int] = []
@@ -122,7 +123,7 @@ def answer_classes(answers: Sequence[str | None], kind: str) -> list[int]:
         if ans is None:
             out.append(-1)
             continue
-        match = next((r for r in reps if answers[r] == ans or is_equivalent(ans, answers[r], kind)), None)
+        match = next((r for r in reps if answers[r] == ans or is_equivalent(ans, answers[r], kind, mode=grading)), None)
         if match is None:
             reps.append(i)
             match = i
@@ -131,24 +132,33 @@ def answer_classes(answers: Sequence[str | None], kind: str) -> list[int]:
 
 
 def build_rollout(
-    task: str, doc_id: int, kind: str, question: str, prompt: str, gold: str, samples: Sequence[str], tokenizer=None
+    task: str,
+    doc_id: int,
+    kind: str,
+    question: str,
+    prompt: str,
+    gold: str,
+    samples: Sequence[str],
+    tokenizer=None,
+    grading: str = "default",
 ) -> QuestionRollout:
-    """Grade ``samples`` (plain strings or :class:`ScoredText`) against ``gold`` and group their answers."""
+    """Grade ``samples`` (plain strings or :class:`ScoredText`) against ``gold`` under grading mode ``grading``
+    and group their answers."""
     answers = [extract_answer(s, kind) for s in samples]
-    classes = answer_classes(answers, kind)
+    correct = grade_all([str(s) for s in samples], [gold] * len(samples), kind, grading)  # all workers at once
+    classes = answer_classes(answers, kind, grading)
     responses = []
-    for text, ans, cls in zip(samples, answers, classes):
+    for text, ans, cls, ok in zip(samples, answers, classes, correct):
         token_ids = list(getattr(text, "token_ids", ()))
         if not token_ids and tokenizer is not None:
             num_tokens = len(tokenizer.encode(str(text), add_special_tokens=False))
         else:
             num_tokens = len(token_ids)
-        correct = ans is not None and is_equivalent(ans, gold, kind)
         responses.append(
             Response(
                 text=str(text),
                 answer=ans,
-                correct=float(correct),
+                correct=float(ok),
                 answer_class=cls,
                 num_tokens=num_tokens,
                 token_ids=token_ids,

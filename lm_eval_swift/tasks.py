@@ -2,7 +2,8 @@
 
 The YAML files under ``tasks/`` declare the tasks (a shared ``_bon_base.yaml`` that the others include); this
 module supplies what they reference with ``!function``. N, the data location and the heads are chosen with
-``--metadata`` (e.g. ``--metadata '{"n": 16, "data_dir": "../shared/data"}'``), never by editing YAML.
+``--metadata`` (e.g. ``--metadata '{"n": 16, "data_dir": "../shared/data"}'``; ``"grading": "paper"`` grades
+with the SWIFT authors' numeric tolerance), never by editing YAML.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tqdm import tqdm
 
 from lm_eval_swift.errors import UsageError
 from lm_eval_swift.selectors import FILTER_NAMES, score_rows  # (importing registers the filters the YAML names)
+from lm_eval_swift.grading import MODES as GRADING_MODES
 from lm_eval_swift.grading import extract_answer
 from lm_eval_swift.heads import heads_disabled
 from lm_eval_swift.models import HFSwiftLM
@@ -233,6 +235,10 @@ class BestOfNTask(ConfigurableTask):
         config.pop("class", None)
         meta = config.get("metadata") or {}
         n = _positive_int(meta.get("n", DEFAULT_N), f"{config.get('task')}: --metadata n")
+        self.grading = str(meta.get("grading", "default"))
+        if self.grading not in GRADING_MODES:
+            raise UsageError(f"{config.get('task')}: metadata grading must be one of {tuple(GRADING_MODES)}, "
+                             f"got {self.grading!r}")
         self.scorer_specs = parse_scorer_specs(meta.get("scorers"), protocol=meta.get("rm_protocol"))
         config["repeats"] = n
         rows = [row for row in config.get("filter_list") or [] if (_row_k(row) or 0) <= n]
@@ -267,6 +273,7 @@ class BestOfNTask(ConfigurableTask):
                 inst.arguments[0],
                 inst.doc["answer"],
                 inst.resps,
+                grading=self.grading,
             )
             for inst in tqdm(self._instances, desc=f"Grading {self.config.task}", unit="q")
         ]

@@ -265,13 +265,32 @@ def test_hostile_inputs_return_in_time(text, monkeypatch):
         assert time.monotonic() - start < timeout + MARGIN
 
 
+def _worker_pids() -> set[int]:
+    return {w._proc.pid for w in grading._POOL._workers}
+
+
 def test_timeout_from_environment_and_recovery(monkeypatch):
+    """A worker that does not give up its comparison in time is killed and replaced."""
     monkeypatch.setenv(grading.TIMEOUT_ENV, "0.5")
+    monkeypatch.setattr(grading, "_ABANDON_GRACE", 0.0)  # no time to give up: the kill path
     _warm_worker()
+    before = _worker_pids()
     start = time.monotonic()
-    assert is_equivalent("9^{9^{9^{9}}}", "3", "math") is False
+    assert is_equivalent("x^{9^{9^{9}}}", "x^3", "math") is False  # symbolic: only Math-Verify reads it
     assert time.monotonic() - start < 0.5 + MARGIN
     assert verify_strings("$x + 1$", "$1 + x$", timeout=30)  # a fresh worker replaced the killed one
+    assert before - _worker_pids()
+
+
+def test_timed_out_worker_gives_up_and_is_kept(monkeypatch):
+    """Past its time limit a comparison is abandoned (SIGUSR1); the worker, with its warm caches, serves on."""
+    _warm_worker()
+    before = _worker_pids()
+    start = time.monotonic()
+    assert is_equivalent("x" + "+x^{2}" * 3000, "x^2+1", "math", timeout=0.5) is False
+    assert time.monotonic() - start < 0.5 + MARGIN
+    assert verify_strings("$x + 1$", "$1 + x$", timeout=30)
+    assert _worker_pids() == before
 
 
 def test_concurrent_threads():
@@ -322,3 +341,176 @@ def test_workers_are_cleaned_up_at_exit():
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+# --------------------------------------------------------------------------------------------- answer kinds
+
+
+@pytest.mark.parametrize(
+    "pred, gold, expected",
+    [
+        # scientific notation
+        ("2.5e-3", r"2.5\times10^{-3}", True),
+        ("3e4", "30000", True),
+        (r"3 \times 10^{4}", "3e4", True),
+        ("1.2E-2", "0.012", True),
+        ("2.5e-3", r"2.5\times10^{-4}", False),
+        ("3e4", "3000", False),
+        # numbers with units or words, and units that differ
+        ("12 days", "12", True),
+        ("7 m^2", "7", True),
+        (r"15\text{ dollars}", "15", True),
+        ("15", r"15\text{ dollars}", True),
+        (r"864 \mbox{ inches}^2", r"864\text{ square inches}", True),
+        (r"5\text{ cm}", r"5\text{ centimeters}", True),
+        ("12 days", "13", False),
+        ("12 days", "12 weeks", False),
+        (r"5\text{ cm}", r"5\text{ mm}", False),
+        ("7 m^2", r"7\text{ m}", False),
+        # mixed numbers, stray characters, thousands separators
+        ("2 3/4", r"\frac{11}{4}", True),
+        (r"2\frac34", "2.75", True),
+        (r"-1\frac{1}{2}", "-1.5", True),
+        ("2 3/4", r"\frac{3}{2}", False),
+        (r"2\frac34", r"\frac{3}{2}", False),
+        ("42\\", "42", True),
+        ("42\\", "24", False),
+        ("{{17}}", "17", True),
+        ("+41", "41", True),
+        (r"52^{}_{}", "52", True),
+        ("1,234,567", "1234567", True),
+        (r"12{,}000", "12000", True),
+        (r"1\,000\,000", "1000000", True),
+        (r"90{, }900{, }909", "90900909", True),
+        ("1,234,567", "123456", False),
+        ("1,000", "10^3", True),
+        ("1,000", "10^4", False),
+        # equations naming the answer differently, times of day
+        ("g(t) = 5t - 1", "y = 5t - 1", True),
+        ("f(x)=x^2+1", "x^2+1", True),
+        ("g(t) = 5t - 1", "y = 5t + 1", False),
+        ("x = 2x - 3", "y = 2x - 3", False),
+        ("9:15", "09:15:00", True),
+        (r"9:15\text{ p.m.}", "21:15", True),
+        ("9:15", "09:51:00", False),
+        ("9:15 a.m.", "21:15", False),
+        # identities, vectors against lists, systems of equations
+        (r"\cos(90^\circ - x)", r"\sin x", True),
+        (r"\frac{\sin x}{\cos x}", r"\tan x", True),
+        (r"\cos(90^\circ - x)", r"\cos x", False),
+        (r"\sqrt{x^2}", "x", False),
+        (r"\begin{pmatrix} 1 \\ -2 \\ 3 \end{pmatrix}", "(1, -2, 3)", True),
+        (r"\begin{pmatrix} \frac12 & 4 \end{pmatrix}", "(0.5, 4)", True),
+        (r"\begin{pmatrix} 1 \\ -2 \\ 3 \end{pmatrix}", "(1, 3, -2)", False),
+        (r"\begin{pmatrix} 1 \\ -2 \end{pmatrix}", "(1, -2, 0)", False),
+        ("x+y=3, x-y=1", "x-y=1, x+y=3", True),
+        ("x=1, y=2", "y=2, x=1", True),
+        ("x=1, y=2", "x=2, y=1", False),
+        # numbers that cannot be equal to what they are compared with
+        (r"\text{Monday}", "7", False),
+        ("(2, 3)", "5", False),
+        ("x^2-10x+41", "11", False),
+        ("54^\\circ", "54", True),
+        ("54^\\circ", "45", False),
+    ],
+)
+def test_answer_kinds(pred, gold, expected):
+    assert is_equivalent(pred, gold, "math", timeout=30) is expected
+    assert is_equivalent(gold, pred, "math", timeout=30) is expected  # symmetric
+
+
+@pytest.mark.parametrize(
+    "pred, gold, expected",
+    [
+        ("3e4", "30000", True),
+        (r"2.5\times 10^{4}", "25000", True),
+        ("3e4", "3", False),
+        ("12 days", "12", True),
+        ("42\\", "42", True),
+    ],
+)
+def test_gsm8k_answer_kinds(pred, gold, expected):
+    assert is_equivalent(pred, gold, "gsm8k") is expected
+
+
+def test_gsm8k_scientific_notation_is_extracted():
+    assert extract_answer(r"The answer is $2.5 \times 10^{4}$ grains.", "gsm8k") == "2.5e4"
+    assert grade("So it is 3e4.\n#### 3e4", "30000", "gsm8k")
+    assert not grade("So it is 3e3.\n#### 3e3", "30000", "gsm8k")
+
+
+@pytest.mark.parametrize(
+    "pred, gold, default, paper",
+    [
+        ("31.4159", r"10\pi", False, True),  # relative difference 8e-7
+        ("31.4", r"10\pi", False, False),  # 5e-4: too far for either
+        ("1.4142", r"\sqrt{2}", False, True),
+        ("0.333333", r"\frac{1}{3}", True, True),  # Math-Verify's six decimals hold in both
+        ("0.33333", r"\frac{1}{3}", False, True),
+        ("0.33", r"\frac{1}{3}", False, False),
+        ("100001", "100000", False, True),  # the authors' grader compares any two numbers with the tolerance
+        ("100011", "100000", False, False),
+        ("2.71828", "e", False, True),
+        (r"\frac{22}{7}", r"\pi", False, False),
+    ],
+)
+def test_numeric_approximation_policy(pred, gold, default, paper):
+    assert is_equivalent(pred, gold, "math", timeout=30) is default
+    assert is_equivalent(pred, gold, "math", timeout=30, mode="paper") is paper
+    assert grade(f"so \\boxed{{{pred}}}", gold, "math", mode="paper") is paper
+
+
+def test_gsm8k_paper_tolerance():
+    assert not is_equivalent("100001", "100000", "gsm8k")
+    assert is_equivalent("100001", "100000", "gsm8k", mode="paper")
+    assert not is_equivalent("100011", "100000", "gsm8k", mode="paper")
+
+
+def test_unknown_mode_is_an_error():
+    with pytest.raises(ValueError, match="grading mode"):
+        is_equivalent("1", "1", "math", mode="lenient")
+
+
+@pytest.mark.parametrize(
+    "pred, gold, expected",
+    [
+        ("+".join(str(k) for k in range(1, 2001)), "2001000", True),
+        ("+".join(str(k) for k in range(1, 2001)), "2001001", False),
+        ("9" * 20_000, "1" + "0" * 20_000 + "-1", True),
+        ("9" * 20_000, "9" * 19_999 + "8", False),
+        ("+".join([r"\frac{1}{2}"] * 3000), "1500", True),
+        (r"2^{10000}-2^{9999}", r"2^{9999}", True),
+        (r"(" * 50 + "7" + ")" * 50, "7", True),
+    ],
+    ids=["sum", "sum-off-by-one", "long-number", "long-number-off", "sum-of-fractions", "powers", "parentheses"],
+)
+def test_long_harmless_expressions_are_graded_by_value(pred, gold, expected, monkeypatch):
+    monkeypatch.setenv(grading.TIMEOUT_ENV, "1")
+    start = time.monotonic()
+    assert is_equivalent(pred, gold, "math") is expected
+    assert time.monotonic() - start < 1.0 + MARGIN
+
+
+def test_samples_of_a_question_share_one_comparison(monkeypatch):
+    """Equal canonical spellings of one answer reach the grading worker once."""
+    calls = []
+    real = grading._verify
+    monkeypatch.setattr(grading, "_verify", lambda *a, **k: calls.append(a) or real(*a, **k))
+    grading._equivalent.cache_clear()
+    answers = [r"\frac{\sqrt{3}}{2}\sin y", r"{\frac{\sqrt{3}}{2}\sin y}", r"$\dfrac{\sqrt{3}}{2}\sin y$."]
+    assert all(is_equivalent(a, r"\frac{\sqrt3}{2}\sin y", "math", timeout=30) for a in answers)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    "pred, gold, expected",
+    [
+        ("x^2 - 10x + 41", "6x", False),
+        ("y^2 + 1", "x^2 + 1", False),
+        ("x^2+7x+10", "(x+2)(x+5)", True),
+        (r"\frac{x+1}{x-1}", r"1 + \frac{2}{x-1}", True),
+    ],
+)
+def test_expressions_in_variables(pred, gold, expected):
+    """Expressions that differ at an exact rational point are told apart in-process; identities go to Math-Verify."""
+    assert is_equivalent(pred, gold, "math", timeout=30) is expected

@@ -99,6 +99,21 @@ def test_n_from_metadata_drops_rows(tmp_path, shared_data):
     assert filters == {"first", "mean@1", "maj@1", "oracle@1", "swift@1", "swift_vote@1"}
 
 
+def test_grading_mode_from_metadata(tmp_path, shared_data):
+    """--metadata '{"grading": "paper"}' grades with the SWIFT authors' 1e-4 relative tolerance."""
+    script = [[("#### 18.001", 0.0)], [("#### 3", 0.0)]]  # 18.001 is 5.6e-5 away from the gold 18
+    first = {}
+    for mode in ("default", "paper"):
+        metadata = {"n": 1, "data_dir": str(shared_data), "grading": mode}
+        tm = TaskManager(include_path=str(tasks_dir()), include_defaults=False, metadata=metadata)
+        results = simple_evaluate(model=ScriptedLM(script), tasks=["gsm8k_bon_swift"], task_manager=tm, limit=2)
+        first[mode] = results["results"]["gsm8k_bon_swift"]["acc,first"]
+    assert first == {"default": 0.5, "paper": 1.0}
+    tm = TaskManager(include_path=str(tasks_dir()), include_defaults=False, metadata={"grading": "lenient"})
+    with pytest.raises(ValueError, match="metadata grading must be one of"):
+        simple_evaluate(model=ScriptedLM(script), tasks=["gsm8k_bon_swift"], task_manager=tm, limit=2)
+
+
 def test_rows_without_scores_are_left_out(tmp_path, shared_data, caplog):
     class Plain(ScriptedLM):
         """Plain strings, as lm-eval's own models return: no scores, no model to rescore with."""

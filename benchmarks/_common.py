@@ -9,7 +9,8 @@ above the allocation before the run.
 
 Models. Random-weight Llama-shaped models saved with :func:`lm_eval_swift.toy_models.random_causal_lm` (a
 character-level tokenizer: one token per character), by preset (``--size``) or explicit shape flags;
-``--model-cache DIR`` keeps them between scripts (``gpu.sh`` builds the 1B model once).
+``--model-cache DIR`` keeps them between scripts (``gpu.sh`` builds the 1B model once). ``--pretrained DIR`` uses
+a real checkpoint instead (e.g. SmolLM2-135M-Instruct from ``lm-eval-swift smollm2``).
 """
 
 from __future__ import annotations
@@ -79,6 +80,10 @@ def add_model_args(parser: argparse.ArgumentParser, size: str = "50m") -> None:
     parser.add_argument("--max-positions", type=int, default=4096, help="max_position_embeddings")
     parser.add_argument(
         "--model-cache", default=os.environ.get(CACHE_ENV), help=f"keep built models here (env {CACHE_ENV})"
+    )
+    parser.add_argument(
+        "--pretrained",
+        help="a Hugging Face checkpoint directory (e.g. `lm-eval-swift smollm2`'s) instead of a random Llama",
     )
 
 
@@ -275,7 +280,10 @@ class TimedProjector(HeadProjector):
 
 
 def build_model(args, dtype: torch.dtype, workdir: str | Path) -> Path:
-    """A random Llama of the flags' shape saved in ``dtype`` (from ``--model-cache`` when it is there already)."""
+    """``--pretrained`` when given, else a random Llama of the flags' shape saved in ``dtype`` (from
+    ``--model-cache`` when it is there already)."""
+    if getattr(args, "pretrained", None):
+        return Path(args.pretrained)
     shape = model_shape(args)
     key = hashlib.sha256(json.dumps([shape, dtype_name(dtype)], sort_keys=True).encode()).hexdigest()[:12]
     if args.model_cache:
@@ -294,6 +302,11 @@ def build_model(args, dtype: torch.dtype, workdir: str | Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         return cached
     return target
+
+
+def model_label(args, params: int) -> str:
+    """How RESULTS.md names the model: ``SmolLM2-135M-Instruct (135M)`` for ``--pretrained``, else ``51M Llama``."""
+    return f"{Path(args.pretrained).name} ({params / 1e6:.0f}M)" if args.pretrained else f"{params / 1e6:.0f}M Llama"
 
 
 def never_eos_copy(path: Path, workdir: str | Path) -> Path:

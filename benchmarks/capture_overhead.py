@@ -130,7 +130,7 @@ def main() -> None:
         f"(wall x{hs_wall_x:.3f}), peak memory x{hs_mem_x:.3f}"
     )
     memory = "CUDA max_memory_allocated delta" if device.type == "cuda" else "peak RSS delta"
-    setup = f"{'quick' if args.quick else 'full'}: N={args.n}, T={args.new_tokens}, {n_params / 1e6:.0f}M Llama"
+    setup = f"{'quick' if args.quick else 'full'}: N={args.n}, T={args.new_tokens}, {c.model_label(args, n_params)}"
     if dtype != torch.float32:
         setup += f" {c.dtype_name(dtype)}"
     cells = [

@@ -162,7 +162,7 @@ def main() -> None:
 
     print(c.describe(device))
     print(
-        f"generator: random Llama {params / 1e6:.0f}M params ({c.dtype_name(dtype)}); RM: seq-cls scorer on a "
+        f"generator: {c.model_label(args, params)} ({c.dtype_name(dtype)}); RM: seq-cls scorer on a "
         f"LlamaForSequenceClassification of the same shape ({rm_params / 1e6:.0f}M params); SWIFT: one all-layers head "
         f"({model.config.num_hidden_layers + 1} entries)"
     )
@@ -191,7 +191,7 @@ def main() -> None:
         + " (a difference of two whole runs: noisy, can be <= 0)"
     )
     setup = (
-        f"{'quick' if args.quick else 'full'}: {params / 1e6:.0f}M Llama {c.dtype_name(dtype)}, N={n}, "
+        f"{'quick' if args.quick else 'full'}: {c.model_label(args, params)} {c.dtype_name(dtype)}, N={n}, "
         f"T={args.new_tokens}, RM input {rm_tokens:.0f} tok, {args.repeats} repeats"
     )
     if not args.no_results:

@@ -61,7 +61,10 @@ def questions(q: int) -> list[str]:
     import yaml
 
     path = Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k-cot.yaml"
-    texts = [c.ZERO_SHOT_QUESTION, *(s["question"] for s in yaml.safe_load(path.read_text())["fewshot_config"]["samples"])]
+    texts = [
+        c.ZERO_SHOT_QUESTION,
+        *(s["question"] for s in yaml.safe_load(path.read_text())["fewshot_config"]["samples"]),
+    ]
     return [f"Q: {texts[i % len(texts)]}{f' ({i // len(texts)})' if i >= len(texts) else ''}\nA:" for i in range(q)]
 
 

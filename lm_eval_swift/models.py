@@ -168,12 +168,15 @@ class PackedCache(Cache):
         self.windows: list[int | None] = []  # per layer: sliding window, or None (full attention)
         for layer in DynamicCache(config=model.config).layers:
             if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer):
-                raise NotImplementedError(f"hf-swift decodes full-attention and sliding-window layers, not {layer}")
+                raise NotImplementedError(
+                    f"hf-swift decodes full-attention and sliding-window layers only, not {type(layer).__name__}"
+                )
             self.windows.append(getattr(layer, "sliding_window", None))
         self.attn_implementation = model.config._attn_implementation
         if self.attn_implementation not in ("sdpa", "eager"):
             raise NotImplementedError(
-                f"hf-swift needs attn_implementation sdpa or eager (per-row masks), not {self.attn_implementation}"
+                f"hf-swift needs attn_implementation 'sdpa' (the default) or 'eager' (its rows need a per-row "
+                f"attention mask), not {self.attn_implementation!r}"
             )
         self.layer_types = getattr(model.config, "layer_types", None)
         self.rows, self.capacity, self.live = rows, 0, 0
@@ -353,7 +356,9 @@ def decode(
             cache.admit(prefill, k, len(job.prompt_ids) + job.max_new_tokens)
             for i in range(s, s + k):
                 seed = torch.Generator().manual_seed(job.seeds[i])
-                u[r0 + i - s, : job.max_new_tokens] = torch.rand(job.max_new_tokens, generator=seed, dtype=torch.float64)
+                u[r0 + i - s, : job.max_new_tokens] = torch.rand(
+                    job.max_new_tokens, generator=seed, dtype=torch.float64
+                )
                 owner.append((j, i))
                 generated.append([])
             logits = first.expand(k, -1) if logits is None else torch.cat([logits, first.expand(k, -1)])
@@ -377,7 +382,9 @@ def decode(
         """Remove the finished rows -> (them, order of the rows kept)."""
         nonlocal parts
         done = [
-            Finished(*owner[r], generated[r], None if parts is None else parts[r, : len(generated[r])].to("cpu", copy=True))
+            Finished(
+                *owner[r], generated[r], None if parts is None else parts[r, : len(generated[r])].to("cpu", copy=True)
+            )
             for r, a in enumerate(alive)
             if not a
         ]
@@ -570,6 +577,7 @@ class HFSwiftLM(HFLM):
             destroy_gloo_group_at_exit()
         self.seed = int(seed)
         self.packing = str(packing).lower() in ("true", "1")
+        PackedCache(self.model, 1)  # refuses, now, a model whose layers or attention cannot be decoded in rows
         self.heads = resolve_heads("none" if heads is None else str(heads), self.model.name_or_path, self.model.config)
         self.projector = HeadProjector(self.model, list(self.heads.values())) if self.heads else None
         if self.projector is not None:
@@ -683,7 +691,9 @@ class HFSwiftLM(HFLM):
             )
             q.responses = self.sample_cache.get(q.key, range(count))
         q.missing = [i for i in range(count) if i not in q.responses]
-        q.job = Job(prompt, [seeds[i] for i in q.missing], sampling, max_gen_toks, StopCheck(self.tokenizer, until, eos))
+        q.job = Job(
+            prompt, [seeds[i] for i in q.missing], sampling, max_gen_toks, StopCheck(self.tokenizer, until, eos)
+        )
         self._counts["cached"] += len(q.responses)
         return q
 

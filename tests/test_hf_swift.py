@@ -171,17 +171,21 @@ def test_unsupported_gen_kwargs(lm):
     assert json.loads(json.dumps(SAMPLE)) == SAMPLE  # requests are not mutated
 
 
-@pytest.mark.parametrize("arch, window", [("llama", None), ("mistral", 4)])
-def test_packed_cache_decodes_like_hf_dynamic_cache(tiny_model_factory, arch, window):
+@pytest.mark.parametrize(
+    "arch, window, attn", [("llama", None, "sdpa"), ("llama", None, "eager"), ("mistral", 4, "sdpa")]
+)
+def test_packed_cache_decodes_like_hf_dynamic_cache(tiny_model_factory, arch, window, attn):
     """Rows of three prompts of different lengths decode in one PackedCache; midway a row leaves and a fourth
     prompt's row takes its place: every row's logits equal those of its prompt decoded alone with HF's
-    DynamicCache (with a 4-token sliding window: shorter than every sequence). Too many rows is an error."""
+    DynamicCache (with a 4-token sliding window: shorter than every sequence; sdpa's boolean masks and eager's
+    additive ones). Too many rows is an error; so is an attention that takes no per-row mask."""
     from transformers import AutoModelForCausalLM, DynamicCache
 
     from lm_eval_swift.models import PackedCache
 
     kw = {} if window is None else {"sliding_window": window}
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_factory(arch, num_hidden_layers=4, **kw)).eval()
+    path = tiny_model_factory(arch, num_hidden_layers=4, **kw)
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn).eval()
     prompts = [[5, 9, 13], [4, 8, 15, 16, 23, 42, 7], [11, 12, 13, 14, 15], [30, 31]]
     feed = torch.randint(5, 60, (len(prompts), 8), generator=torch.Generator().manual_seed(0))
 
@@ -221,3 +225,6 @@ def test_packed_cache_decodes_like_hf_dynamic_cache(tiny_model_factory, arch, wi
             rows = [[p, n + 1] for p, n in rows]
         with pytest.raises(RuntimeError, match="4 rows exceed the 3 allocated"):
             packed.admit(cache, 1, 10)
+    model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(NotImplementedError, match="needs attn_implementation 'sdpa'"):
+        PackedCache(model, 1)

@@ -44,7 +44,11 @@ def lm(request, tiny_model_factory, tmp_path_factory):
     return HFSwiftLM(pretrained=str(path), device="cpu", batch_size=4, heads=spec, sample_cache=None)
 
 
-def test_captured_scores_match_rescoring_and_reference(lm):
+@pytest.mark.parametrize("batch_size", [4, 16])
+def test_captured_scores_match_rescoring_and_reference(lm, batch_size, monkeypatch):
+    """Batch 4 < N=6: questions follow each other through the batch; 16: packed, the 3 prompts (4, 5 and 7 tokens)
+    side by side. Either way rows finish early and waiting rows take their places."""
+    monkeypatch.setattr(lm, "batch_size_per_gpu", batch_size)
     reqs = requests(SAMPLE)
     out = lm.generate_until(reqs, disable_tqdm=True)
     assert {o.finish for o in out} == {"eos", "stop", "length"}

@@ -246,7 +246,8 @@ class PackedCache(Cache):
         device = self.buffers[0][0].device
         pos = self.lengths[: self.live].to(device)
         self._span = int(self.lengths[: self.live].max()) + 1
-        self._reserve(self._span)
+        if self._span > self.capacity:
+            raise RuntimeError(f"PackedCache: {self._span} positions exceed the {self.capacity} reserved")
         self._write = (torch.arange(self.live, device=device), pos)
         kv = torch.arange(self._span, device=device)
         seen = kv <= pos[:, None]
@@ -380,7 +381,6 @@ def decode(
 
     def drop(alive: list[bool]) -> tuple[list[Finished], list[int]]:
         """Remove the finished rows -> (them, order of the rows kept)."""
-        nonlocal parts
         done = [
             Finished(
                 *owner[r], generated[r], None if parts is None else parts[r, : len(generated[r])].to("cpu", copy=True)

@@ -88,11 +88,13 @@ def multi_question(args, hf: HFLM, swift: HFSwiftLM, device, batch_size: int) ->
 
     keys = ["packed", "per-question", "hf"]
     runs = c.interleaved([run(k) for k in keys], args.pairs, device)
+    early = ""
     for key in ("packed", "per-question"):
         finishes = sorted({o.finish for o in outs[key]})
         lengths = sorted({len(o.token_ids) for o in outs[key]})
         if finishes != ["length"] or lengths != [args.max_gen_toks]:
-            print(f"note: hf-swift {key} samples stopped early ({finishes}, lengths {lengths[0]}-{lengths[-1]})")
+            early = f"samples stopped early ({', '.join(finishes)}): {lengths[0]}-{lengths[-1]} tokens"
+            print(f"note: hf-swift {key} {early}")
     if [o.token_ids for o in outs["packed"]] != [o.token_ids for o in outs["per-question"]]:
         print("warning: packed and per-question samples differ")
     times = {k: [r[i].time for r in runs] for i, k in enumerate(keys)}
@@ -107,6 +109,7 @@ def multi_question(args, hf: HFLM, swift: HFSwiftLM, device, batch_size: int) ->
         "per_q_spread": c.spread(per_q),
         "hf": c.median(hf_x),
         "hf_spread": c.spread(hf_x),
+        "early": early,
     }
 
 
@@ -260,8 +263,9 @@ def report_multi(args, r: dict, device, model_name: str, dtype, batch_size: int)
     print(f"hf / hf-swift packed x{r['hf']:.3f}")
     if not args.no_results:
         setup = (
-            f"{model_name} {c.dtype_name(dtype)}, Q={args.questions}, N={args.n}, T={args.max_gen_toks}, "
-            f"batch {batch_size}, heads {args.heads}, {args.pairs} repeats"
+            f"{model_name} {c.dtype_name(dtype)}, Q={args.questions} (prompts {r['n_prompt'][0]}-{r['n_prompt'][-1]} "
+            f"tok), N={args.n}, T={args.max_gen_toks}, batch {batch_size}, heads {args.heads}, {args.pairs} repeats"
+            + (f"; {r['early']}" if r["early"] else "")
         )
         c.append_result(
             "sampling_throughput.py --questions",

@@ -709,7 +709,7 @@ class HFSwiftLM(HFLM):
                 self.sample_cache.put(q.key, q.description, samples, {i: q.seeds[i] for i in samples})
             q.responses.update(samples)
             self._counts["sampled"] += len(samples)
-            bar.update(len(q.responses) == q.count)
+            bar.update(int(len(q.responses) == q.count))
 
     def _scored(self, generated, parts, until, eos, prompt) -> ScoredText:
         kept, text, finish = response_tokens(generated, self.tokenizer, until, eos)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # All benchmarks at realistic sizes on one CUDA GPU (H100/H200): a random-weight ~1B Llama (TinyLlama's shape) in
-# bf16, N=32 samples, 512 new tokens. Target: under 8 minutes in all. Rows land in benchmarks/RESULTS.md under the
+# bf16, N=32 samples, 512 new tokens (the multi-question sampling run: 8 questions x 8 samples, batch 64, 256 new
+# tokens). Target: under 10 minutes in all. Rows land in benchmarks/RESULTS.md under the
 # card's name (torch.cuda.get_device_name).
 #
 #   bash benchmarks/gpu.sh                 # from a checkout; needs torch with CUDA, transformers, lm-eval, math-verify
@@ -43,10 +44,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 MODEL=(--dtype bfloat16 --size 1b)
 GPU=(--device cuda "${MODEL[@]}")
 GRADING=()
+QUESTIONS=(--questions 8 --n 8 --batch-size 64 --max-gen-toks 256)
 if [ "${SMOKE:-0}" = 1 ]; then  # check the script itself on a CPU: tiny model, nothing appended to RESULTS.md
     MODEL=(--dtype float32 --size tiny)
     GPU=(--device cpu "${MODEL[@]}" --no-results)
     GRADING=(--quick --no-results)
+    QUESTIONS=(--questions 2 --n 2 --batch-size 4 --max-gen-toks 16)
     N=4 T=16
 fi
 failed=0
@@ -71,6 +74,8 @@ step build_model 180 benchmarks/_common.py "${MODEL[@]}" --model-cache "$LM_EVAL
 step capture_overhead 150 benchmarks/capture_overhead.py "${GPU[@]}" --n "$N" --new-tokens "$T" --pairs 2 --step-pairs 100
 step selection_cost 120 benchmarks/selection_cost.py "${GPU[@]}" --n "$N" --new-tokens "$T" --repeats 2
 step sampling_throughput 150 benchmarks/sampling_throughput.py "${GPU[@]}" --n "$N" --max-gen-toks "$T" --pairs 2
+# packing: several questions' samples per decode batch vs one question at a time vs stock hf
+step sampling_throughput_questions 150 benchmarks/sampling_throughput.py "${GPU[@]}" "${QUESTIONS[@]}" --pairs 2
 # the sharded path: lm-eval's parallelize=True (device_map over the visible GPUs) for both models (GPU only)
 [ "${SMOKE:-0}" = 1 ] || step sampling_throughput_parallelize 60 benchmarks/sampling_throughput.py "${GPU[@]}" --n "$N" --max-gen-toks 128 \
     --pairs 1 --prompts few-shot --parallelize

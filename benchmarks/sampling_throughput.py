@@ -10,10 +10,20 @@ prompt's token count is about 3x what a BPE tokenizer gives (it is printed).
 
 Reported per prompt: the median over repeats of hf time / hf-swift time (runs alternate, the order flipping each
 repeat), and samples per second. hf-swift runs with one all-layers SWIFT head (``--heads none``: without).
+``--questions Q``: the multi-question mode instead. Q different GSM8K questions (zero-shot prompts of different
+lengths) x N samples, all sent in one ``generate_until`` call, as lm-eval sends a task with ``repeats: N``, through
+hf-swift packed (``packing=True``: the samples of B // N questions share each decode batch of B rows), hf-swift
+one question at a time (``packing=False``) and stock ``hf``, all with batch size B (``--batch-size``, default 64
+in this mode). The three run in a rotating order each repeat; the two time ratios printed are medians over the
+repeats of the ratios within a repeat: ``packed / per-question`` (per-question time / packed time: packing's
+speedup) and ``hf / hf-swift packed`` (hf time / packed time). ``--pretrained DIR`` runs either mode on a real
+checkpoint (its EOS can end samples early: the script prints the finish reasons).
+
 ``--profile`` prints where hf-swift's time goes (cProfile, by own time). ``--parallelize`` loads both models with
 lm-eval's ``parallelize=True`` (device_map over the visible GPUs). Appends a line to RESULTS.md.
 
     python benchmarks/sampling_throughput.py --quick      # < 1 minute on 2 cores
+    python benchmarks/sampling_throughput.py --questions 8 --n 8 --batch-size 64
 """
 
 from __future__ import annotations
@@ -44,6 +54,65 @@ def requests(context: str, n: int, max_gen_toks: int) -> list[Instance]:
     return [Instance("generate_until", {}, (context, dict(gen_kwargs)), i) for i in range(n)]
 
 
+def questions(q: int) -> list[str]:
+    """q different zero-shot GSM8K prompts: GSM8K test question 1, then gsm8k_cot's 8 worked-example questions
+    (different lengths), then the same again numbered."""
+    import lm_eval
+    import yaml
+
+    path = Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k-cot.yaml"
+    texts = [
+        c.ZERO_SHOT_QUESTION,
+        *(s["question"] for s in yaml.safe_load(path.read_text())["fewshot_config"]["samples"]),
+    ]
+    return [f"Q: {texts[i % len(texts)]}{f' ({i // len(texts)})' if i >= len(texts) else ''}\nA:" for i in range(q)]
+
+
+def multi_question(args, hf: HFLM, swift: HFSwiftLM, device, batch_size: int) -> dict:
+    """Q questions x N samples through hf-swift packed, hf-swift per question and hf, rotating -> figures."""
+    contexts = questions(args.questions)
+    reqs = [r for ctx in contexts for r in requests(ctx, args.n, args.max_gen_toks)]
+    warm = [r for ctx in contexts[:2] for r in requests(ctx, 2, 4)]
+    hf.generate_until(warm, disable_tqdm=True)
+    swift.generate_until(warm, disable_tqdm=True)
+    outs: dict[str, list] = {}
+
+    def run(key):
+        lm = hf if key == "hf" else swift
+
+        def go():
+            swift.packing = key == "packed"
+            outs[key] = lm.generate_until(reqs, disable_tqdm=True)
+
+        return go
+
+    keys = ["packed", "per-question", "hf"]
+    runs = c.interleaved([run(k) for k in keys], args.pairs, device)
+    early = ""
+    for key in ("packed", "per-question"):
+        finishes = sorted({o.finish for o in outs[key]})
+        lengths = sorted({len(o.token_ids) for o in outs[key]})
+        if finishes != ["length"] or lengths != [args.max_gen_toks]:
+            early = f"samples stopped early ({', '.join(finishes)}): {lengths[0]}-{lengths[-1]} tokens"
+            print(f"note: hf-swift {key} {early}")
+    if [o.token_ids for o in outs["packed"]] != [o.token_ids for o in outs["per-question"]]:
+        print("warning: packed and per-question samples differ")
+    times = {k: [r[i].time for r in runs] for i, k in enumerate(keys)}
+    walls = {k: [r[i].wall for r in runs] for i, k in enumerate(keys)}
+    per_q = [q / p for p, q in zip(times["packed"], times["per-question"])]
+    hf_x = [h / p for p, h in zip(times["packed"], times["hf"])]
+    return {
+        "n_prompt": sorted(len(hf.tok_encode(ctx)) for ctx in contexts),
+        "times": {k: c.median(v) for k, v in times.items()},
+        "walls": {k: c.median(v) for k, v in walls.items()},
+        "per_q": c.median(per_q),
+        "per_q_spread": c.spread(per_q),
+        "hf": c.median(hf_x),
+        "hf_spread": c.spread(hf_x),
+        "early": early,
+    }
+
+
 def profile(lm: HFSwiftLM, reqs, top: int = 18) -> str:
     prof = cProfile.Profile()
     prof.enable()
@@ -59,8 +128,10 @@ def main() -> None:
     parser = c.base_parser(__doc__)
     c.add_model_args(parser, "50m")
     parser.add_argument("--quick", action="store_true", help="tiny model, 32 new tokens, 3 pairs")
-    parser.add_argument("--n", type=int, default=8, help="samples per prompt (= repeats = batch size)")
-    parser.add_argument("--batch-size", type=int, help="batch size of both (default: N)")
+    parser.add_argument("--n", type=int, default=8, help="samples per prompt (= repeats)")
+    parser.add_argument("--batch-size", type=int, help="batch size of all (default: N; 64 with --questions)")
+    parser.add_argument("--questions", type=int, default=0, help="multi-question mode: Q questions x N samples")
+    parser.add_argument("--pretrained", help="a Hugging Face checkpoint directory instead of a random Llama")
     parser.add_argument("--max-gen-toks", type=int, default=128)
     parser.add_argument("--shots", type=int, default=8, help="worked examples in the few-shot prompt (at most 8)")
     parser.add_argument("--pairs", type=int, default=3, help="repeats (pairs of runs) per prompt")
@@ -74,11 +145,11 @@ def main() -> None:
     device, dtype = c.setup(args)
     if args.parallelize and not torch.cuda.is_available():
         parser.error("--parallelize needs CUDA (without GPUs lm-eval's device_map offloads weights to disk)")
-    batch_size = args.batch_size or args.n
+    batch_size = args.batch_size or (64 if args.questions else args.n)
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = c.never_eos_copy(c.build_model(args, dtype, tmp), tmp)
+        path = Path(args.pretrained) if args.pretrained else c.never_eos_copy(c.build_model(args, dtype, tmp), tmp)
         config = AutoConfig.from_pretrained(path)
         spec = "none"
         if args.heads == "swift":
@@ -95,6 +166,11 @@ def main() -> None:
             common_swift = common
         swift = HFSwiftLM(heads=spec, **common_swift)
         params = c.n_params(hf.model)
+        model_name = f"{path.name} ({params / 1e6:.0f}M)" if args.pretrained else f"{params / 1e6:.0f}M Llama"
+        if args.questions:
+            r = multi_question(args, hf, swift, device, batch_size)
+            report_multi(args, r, device, model_name, dtype, batch_size)
+            return
 
         prompts = {
             "zero-shot": f"Q: {c.ZERO_SHOT_QUESTION}\nA:",
@@ -162,6 +238,39 @@ def main() -> None:
             "sampling_throughput.py",
             ["machine", "setup", "zero-shot hf / hf-swift time x", "few-shot hf / hf-swift time x", "clock", "load"],
             [where, setup, *cells, clock, c.load_note()],
+        )
+
+
+def report_multi(args, r: dict, device, model_name: str, dtype, batch_size: int) -> None:
+    clock = c.clock_name(device)
+    print(c.describe(device))
+    print(
+        f"model: {model_name} ({c.dtype_name(dtype)}), Q={args.questions} questions "
+        f"(prompts {r['n_prompt'][0]}-{r['n_prompt'][-1]} tokens) x N={args.n} samples x {args.max_gen_toks} new "
+        f"tokens, batch size {batch_size}, hf-swift heads: {args.heads}, {args.pairs} repeats"
+    )
+    t, w = r["times"], r["walls"]
+    print(
+        f"median {clock} time: hf-swift packed {t['packed']:.2f} s, per question {t['per-question']:.2f} s, "
+        f"hf {t['hf']:.2f} s (wall {w['packed']:.2f} / {w['per-question']:.2f} / {w['hf']:.2f} s); samples/s: "
+        f"packed {args.questions * args.n / t['packed']:.3g}, per question {args.questions * args.n / t['per-question']:.3g}, "
+        f"hf {args.questions * args.n / t['hf']:.3g}"
+    )
+    print(f"per-question time / packed time, per repeat {r['per_q_spread']}; goal >= 1.5 "
+          f"{'met' if r['per_q'] >= 1.5 else 'MISSED'}")  # fmt: skip
+    print(f"packed / per-question x{r['per_q']:.3f}")
+    print(f"hf time / packed time, per repeat {r['hf_spread']}; goal >= 1.5 {'met' if r['hf'] >= 1.5 else 'MISSED'}")
+    print(f"hf / hf-swift packed x{r['hf']:.3f}")
+    if not args.no_results:
+        setup = (
+            f"{model_name} {c.dtype_name(dtype)}, Q={args.questions} (prompts {r['n_prompt'][0]}-{r['n_prompt'][-1]} "
+            f"tok), N={args.n}, T={args.max_gen_toks}, batch {batch_size}, heads {args.heads}, {args.pairs} repeats"
+            + (f"; {r['early']}" if r["early"] else "")
+        )
+        c.append_result(
+            "sampling_throughput.py --questions",
+            ["machine", "setup", "packed / per-question x", "hf / hf-swift packed x", "clock", "load"],
+            [c.machine(device), setup, r["per_q_spread"], r["hf_spread"], clock, c.load_note()],
         )
 
 

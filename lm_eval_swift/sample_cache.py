@@ -12,10 +12,10 @@ so a cached sample is the sample a fresh run on the same kind of device draws. T
 a run resumed on another device type (or GPU model) keeps the samples drawn before, whose numbers may differ from
 that device's in the last bits.
 
-Writes are atomic: the database is in WAL mode and each finished chunk of samples is committed in one
-transaction, so a process killed at any point leaves a consistent database holding every chunk committed
-before the kill. Several processes (data-parallel ranks) may share one file on a local disk; a writer waits
-for another's lock. WAL needs a local file system (not NFS).
+Writes are atomic: the database is in WAL mode and each :meth:`SampleCache.put` (``hf-swift``: the samples of a
+question that finished in one decode step) is one transaction, so a process killed at any point leaves a
+consistent database holding every sample committed before the kill. Several processes (data-parallel ranks) may
+share one file on a local disk; a writer waits for another's lock. WAL needs a local file system (not NFS).
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def question_key(
 
 
 class SampleCache:
-    """Finished samples by (question key, sample index), in a SQLite file (WAL mode, one transaction per chunk).
+    """Finished samples by (question key, sample index), in a SQLite file (WAL mode, one transaction per put).
 
     >>> cache = SampleCache("samples.sqlite")
     >>> found = cache.get(key, range(8))            # {index: ScoredText} of the cached ones

@@ -44,7 +44,11 @@ def lm(request, tiny_model_factory, tmp_path_factory):
     return HFSwiftLM(pretrained=str(path), device="cpu", batch_size=4, heads=spec, sample_cache=None)
 
 
-def test_captured_scores_match_rescoring_and_reference(lm):
+@pytest.mark.parametrize("batch_size", [4, 16])
+def test_captured_scores_match_rescoring_and_reference(lm, batch_size, monkeypatch):
+    """Batch 4 < N=6: questions follow each other through the batch; 16: packed, the 3 prompts (4, 5 and 7 tokens)
+    side by side. Either way rows finish early and waiting rows take their places."""
+    monkeypatch.setattr(lm, "batch_size_per_gpu", batch_size)
     reqs = requests(SAMPLE)
     out = lm.generate_until(reqs, disable_tqdm=True)
     assert {o.finish for o in out} == {"eos", "stop", "length"}
@@ -70,14 +74,22 @@ def test_captured_scores_match_rescoring_and_reference(lm):
         )
 
 
-def test_samples_do_not_depend_on_batch_size_or_heads(lm, monkeypatch):
+def test_samples_do_not_depend_on_batch_size_packing_or_heads(lm, monkeypatch):
+    """The same samples and scores whatever the batch: one row at a time, 4 rows of one question, and packed
+    batches of 4, 6 or all 12 rows mixing the questions' prompts of different lengths (4, 5 and 7 tokens)."""
     reqs = requests({**SAMPLE, "max_gen_toks": 20}, n=4)
+    assert len({len(encode_prompt(lm, c, 20)) for c in CONTEXTS}) == len(CONTEXTS)
     out4 = lm.generate_until(reqs, disable_tqdm=True)
-    monkeypatch.setattr(lm, "batch_size_per_gpu", 1)
-    out1 = lm.generate_until(reqs, disable_tqdm=True)
-    assert [(str(a), a.token_ids, a.finish) for a in out1] == [(str(b), b.token_ids, b.finish) for b in out4]
-    for a, b in zip(out1, out4):
-        assert a.scores == pytest.approx(b.scores, rel=1e-4, abs=1e-6)
+    runs = []
+    for batch_size, packing in [(1, True), (4, False), (6, True), (12, True)]:
+        monkeypatch.setattr(lm, "batch_size_per_gpu", batch_size)
+        monkeypatch.setattr(lm, "packing", packing)
+        runs.append(lm.generate_until(reqs, disable_tqdm=True))
+    for out in runs:
+        assert [(str(a), a.token_ids, a.finish) for a in out] == [(str(b), b.token_ids, b.finish) for b in out4]
+        for a, b in zip(out, out4):
+            assert a.scores == pytest.approx(b.scores, rel=1e-4, abs=1e-6)
+    assert len({o.finish for o in out4}) > 1  # rows finish at different steps: places are refilled
     assert len({o.token_ids for o in out4}) > len(CONTEXTS)  # the repeats are different samples
     monkeypatch.setattr(lm, "projector", None)
     monkeypatch.setattr(lm, "heads", {})
@@ -139,7 +151,7 @@ def _broken_heads(path, tmp_path):
 def test_wrong_heads_fail_in_init(tiny_model_factory, tmp_path, monkeypatch):
     path = tiny_model_factory("llama")
     sampled = []
-    monkeypatch.setattr(HFSwiftLM, "sample_question", lambda *a, **k: sampled.append(a))
+    monkeypatch.setattr("lm_eval_swift.models.decode", lambda *a, **k: sampled.append(a))
     for head_dir, error, message in _broken_heads(path, tmp_path):
         with pytest.raises(error, match=message):
             HFSwiftLM(pretrained=str(path), device="cpu", heads=f"{head_dir}")
@@ -163,29 +175,60 @@ def test_unsupported_gen_kwargs(lm):
     assert json.loads(json.dumps(SAMPLE)) == SAMPLE  # requests are not mutated
 
 
-def test_preallocated_cache_decodes_like_hf_dynamic_cache(tiny_model_factory):
-    """Prefill, expand to 3 rows, decode, drop a row, decode: same logits as HF's DynamicCache; overflow is an error."""
+@pytest.mark.parametrize(
+    "arch, window, attn", [("llama", None, "sdpa"), ("llama", None, "eager"), ("mistral", 4, "sdpa")]
+)
+def test_packed_cache_decodes_like_hf_dynamic_cache(tiny_model_factory, arch, window, attn):
+    """Rows of three prompts of different lengths decode in one PackedCache; midway a row leaves and a fourth
+    prompt's row takes its place: every row's logits equal those of its prompt decoded alone with HF's
+    DynamicCache (with a 4-token sliding window: shorter than every sequence; sdpa's boolean masks and eager's
+    additive ones). Too many rows is an error; so is an attention that takes no per-row mask."""
     from transformers import AutoModelForCausalLM, DynamicCache
 
-    from lm_eval_swift.models import preallocated_cache
+    from lm_eval_swift.models import PackedCache
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_factory("llama", num_hidden_layers=4)).eval()
-    prompt = torch.tensor([[5, 9, 13, 17, 21]])
-    steps = torch.randint(5, 60, (8, 3), generator=torch.Generator().manual_seed(0))
-    caches = {"ours": preallocated_cache(model.config, 5 + 8), "hf": DynamicCache(config=model.config)}
-    logits = {}
+    kw = {} if window is None else {"sliding_window": window}
+    path = tiny_model_factory(arch, num_hidden_layers=4, **kw)
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn).eval()
+    prompts = [[5, 9, 13], [4, 8, 15, 16, 23, 42, 7], [11, 12, 13, 14, 15], [30, 31]]
+    feed = torch.randint(5, 60, (len(prompts), 8), generator=torch.Generator().manual_seed(0))
+
+    def prefill(p):
+        cache = DynamicCache(config=model.config)
+        logits = model(input_ids=torch.tensor([prompts[p]]), cache=cache, use_cache=True).logits[:, -1]
+        return cache, logits
+
     with torch.no_grad():
-        for name, cache in caches.items():
-            model(input_ids=prompt, cache=cache, use_cache=True)
-            cache.reorder_cache(torch.zeros(3, dtype=torch.long))
-            out = []
-            for t in range(8):
-                if t == 4:
-                    cache.reorder_cache(torch.tensor([0, 2]))
-                rows = steps[t] if t < 4 else steps[t, [0, 2]]
-                out.append(model(input_ids=rows[:, None], cache=cache, use_cache=True).logits[:, -1])
-            logits[name] = out
-        for a, b in zip(logits["ours"], logits["hf"]):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-        with pytest.raises(RuntimeError, match="exceed the 13 allocated"):
-            model(input_ids=steps[0, :2, None], cache=caches["ours"], use_cache=True)
+        want = {}
+        for p in range(len(prompts)):
+            cache, logits = prefill(p)
+            want[p] = [logits[0]]
+            for tok in feed[p]:
+                want[p].append(model(input_ids=tok.view(1, 1), cache=cache, use_cache=True).logits[0, -1])
+        packed, rows = PackedCache(model, rows=3), []  # rows: [prompt, tokens fed] per live row
+        for p in range(3):
+            cache, logits = prefill(p)
+            packed.admit(cache, 1, len(prompts[p]) + 8)
+            rows.append([p, 0])
+            torch.testing.assert_close(logits[0], want[p][0])
+        for step in range(8):
+            if step == 4:
+                order = packed.keep([True, False, True])
+                rows = [rows[o] for o in order]
+                cache, _ = prefill(3)
+                packed.admit(cache, 1, len(prompts[3]) + 8)
+                rows.append([3, 0])
+            position_ids, mask = packed.step_inputs()
+            tokens = torch.stack([feed[p, n] for p, n in rows])[:, None]
+            logits = model(
+                input_ids=tokens, position_ids=position_ids, attention_mask=mask, cache=packed, use_cache=True
+            ).logits[:, -1]
+            packed.advance()
+            for (p, n), got in zip(rows, logits):
+                torch.testing.assert_close(got, want[p][n + 1], rtol=1e-5, atol=1e-5)
+            rows = [[p, n + 1] for p, n in rows]
+        with pytest.raises(RuntimeError, match="4 rows exceed the 3 allocated"):
+            packed.admit(cache, 1, 10)
+    model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(NotImplementedError, match="needs attn_implementation 'sdpa'"):
+        PackedCache(model, 1)

@@ -21,10 +21,11 @@ from transformers import AutoConfig
 from lm_eval_swift.heads import SwiftHead
 from lm_eval_swift.models import HFSwiftLM
 from lm_eval_swift.responses import ScoredText
+from lm_eval_swift.rollouts import read_rollouts
 from lm_eval_swift.sample_cache import SampleCache, question_key, resolve_path
 
 torch.set_num_threads(1)
-N, LIMIT, BATCH = 8, 6, 2  # 6 questions x 4 chunks of 2 samples: 24 commits
+N, LIMIT, BATCH = 8, 6, 2  # 6 questions x 8 samples, decoded 2 rows at a time
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -47,13 +48,15 @@ def setup(tiny_model_factory, tmp_path_factory) -> dict[str, Path]:
     return make_setup(tiny_model_factory("llama"), tmp_path_factory.mktemp("resume"))
 
 
-def eval_flags(setup, cache: Path, out: Path, n: int = N, limit: int = LIMIT, batch: int = BATCH) -> list[str]:
+def eval_flags(
+    setup, cache: Path, out: Path, n: int = N, limit: int = LIMIT, batch: int = BATCH, gen_toks: int = 12
+) -> list[str]:
     """lm-eval flags of a gsm8k_bon_swift run of ``hf-swift`` with sample cache ``cache``."""
     return [
         "--model", "hf-swift",
         "--model_args", f"pretrained={setup['model']},dtype=float32,heads={setup['head']},sample_cache={cache}",
         "--tasks", "gsm8k_bon_swift", "--limit", str(limit), "--apply_chat_template", "--device", "cpu",
-        "--batch_size", str(batch), "--gen_kwargs", "max_gen_toks=12", "--output_path", str(out),
+        "--batch_size", str(batch), "--gen_kwargs", f"max_gen_toks={gen_toks}", "--output_path", str(out),
         "--metadata", json.dumps({"n": n, "data_file": str(setup["data"])}),
     ]  # fmt: skip
 
@@ -78,6 +81,21 @@ def acc_rows(out: Path) -> dict[str, float]:
 
 def rollouts_text(out: Path) -> str:
     return next(out.rglob("rollouts_gsm8k_bon_swift_*.jsonl")).read_text()
+
+
+def assert_same_rollouts(a: Path, b: Path) -> None:
+    """The same rollouts: every field equal, the scores up to float32 rounding. A sample's scores are computed in a
+    decode batch shared with other rows, whose number and lengths change the last bits (a resumed packed run's
+    batches hold only the missing samples); its tokens do not depend on them."""
+    got, want = (list(read_rollouts(next(d.rglob("rollouts_gsm8k_bon_swift_*.jsonl")))) for d in (a, b))
+    assert len(got) == len(want)
+    for x, y in zip(got, want):
+        assert [(r.text, r.token_ids, r.finish, r.correct) for r in x.responses] == [
+            (r.text, r.token_ids, r.finish, r.correct) for r in y.responses
+        ]
+        assert (x.doc_id, x.prompt, x.gold, x.prompt_token_ids) == (y.doc_id, y.prompt, y.gold, y.prompt_token_ids)
+        for r, s in zip(x.responses, y.responses):
+            assert r.scores == pytest.approx(s.scores, rel=1e-5, abs=1e-6)
 
 
 def count_rows(db: Path) -> int | None:
@@ -140,22 +158,29 @@ def test_cached_and_missing_chunks_give_the_uncached_samples(setup, tmp_path):
             for _ in range(6) for c in ("Hello", "2+2=")]  # fmt: skip
     kw = {"pretrained": str(setup["model"]), "device": "cpu", "batch_size": 2, "heads": str(setup["head"])}
 
-    def rows(out):
-        return [(str(o), o.token_ids, o.finish, o.scores, o.prompt_token_ids) for o in out]
+    def same(out, want) -> bool:
+        """Equal responses; scores up to float32 rounding (they depend on which rows shared the decode steps)."""
+        assert [(str(o), o.token_ids, o.finish, o.prompt_token_ids) for o in out] == [
+            (str(o), o.token_ids, o.finish, o.prompt_token_ids) for o in want
+        ]
+        return all(o.scores == pytest.approx(w.scores, rel=1e-5, abs=1e-6) for o, w in zip(out, want))
 
-    plain = rows(HFSwiftLM(**kw, sample_cache=None).generate_until(reqs, disable_tqdm=True))
+    plain = HFSwiftLM(**kw, sample_cache=None).generate_until(reqs, disable_tqdm=True)
     db = tmp_path / "c.sqlite"
     lm = HFSwiftLM(**kw, sample_cache=str(db))
-    assert rows(lm.generate_until(reqs, disable_tqdm=True)) == plain and lm._counts == {"cached": 0, "sampled": 12}
+    first = lm.generate_until(reqs, disable_tqdm=True)
+    assert same(first, plain) and lm._counts == {"cached": 0, "sampled": 12}
     with sqlite3.connect(db) as conn:
-        conn.execute("DELETE FROM samples WHERE idx IN (2, 3)")  # one whole chunk of each question
-    assert rows(lm.generate_until(reqs, disable_tqdm=True)) == plain and lm._counts == {"cached": 8, "sampled": 4}
-    assert rows(lm.generate_until(reqs, disable_tqdm=True)) == plain and lm._counts == {"cached": 12, "sampled": 0}
+        conn.execute("DELETE FROM samples WHERE idx IN (2, 3)")  # two samples of each question
+    assert same(lm.generate_until(reqs, disable_tqdm=True), plain) and lm._counts == {"cached": 8, "sampled": 4}
+    cached = lm.generate_until(reqs, disable_tqdm=True)
+    assert same(cached, plain) and lm._counts == {"cached": 12, "sampled": 0}
+    kept = [i for i in range(len(reqs)) if i // 2 not in (2, 3)]  # request i is sample i // 2 of its question
+    assert [cached[i].scores for i in kept] == [first[i].scores for i in kept]  # read back exactly
     with sqlite3.connect(db) as conn:
-        conn.execute("DELETE FROM samples WHERE idx IN (1, 4)")  # half chunks: re-chunked, same tokens
-    lm.batch_size_per_gpu = 4
-    out = lm.generate_until(reqs, disable_tqdm=True)
-    assert [r[:3] for r in rows(out)] == [r[:3] for r in plain] and lm._counts == {"cached": 8, "sampled": 4}
+        conn.execute("DELETE FROM samples WHERE idx IN (1, 4)")
+    lm.batch_size_per_gpu = 4  # packed: 4 rows of both questions per step
+    assert same(lm.generate_until(reqs, disable_tqdm=True), plain) and lm._counts == {"cached": 8, "sampled": 4}
     other_head = HFSwiftLM(**{**kw, "heads": "none"}, sample_cache=str(db))  # other heads: other samples' keys
     other_head.generate_until(reqs, disable_tqdm=True)
     assert other_head._counts == {"cached": 0, "sampled": 12}
@@ -164,20 +189,25 @@ def test_cached_and_missing_chunks_give_the_uncached_samples(setup, tmp_path):
 # ---- kill -9 and resume through the command line ----------------------------------------------------------------
 
 
-def test_killed_run_resumes_to_the_uninterrupted_table(setup, tmp_path):
-    total = LIMIT * N
+@pytest.mark.parametrize("n, batch, gen_toks", [(N, BATCH, 12), (4, 8, 48)], ids=["per-question", "packed"])
+def test_killed_run_resumes_to_the_uninterrupted_table(setup, tmp_path, n, batch, gen_toks):
+    """N >= batch size: each question's samples fill the batch; N < batch size: packed, 2 questions per batch."""
+    total = LIMIT * n
     db, fresh_db = tmp_path / "samples.sqlite", tmp_path / "fresh.sqlite"
     cmd = [sys.executable, "-m", "lm_eval_swift", "eval"]
 
-    # 1. start, and kill -9 once some chunks are committed
+    def flags(cache: Path, out: str) -> list[str]:
+        return eval_flags(setup, cache, tmp_path / out, n=n, batch=batch, gen_toks=gen_toks)
+
+    # 1. start, and kill -9 once some samples are committed
     with open(tmp_path / "killed.log", "w") as log:
         proc = subprocess.Popen(
-            [*cmd, *eval_flags(setup, db, tmp_path / "killed")],
+            [*cmd, *flags(db, "killed")],
             cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True,
         )  # fmt: skip
         try:
             deadline = time.monotonic() + 300
-            while (count_rows(db) or 0) < BATCH:
+            while not count_rows(db):
                 assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
                 assert time.monotonic() < deadline, "no sample was cached in 300 s"
                 time.sleep(0.01)
@@ -193,15 +223,15 @@ def test_killed_run_resumes_to_the_uninterrupted_table(setup, tmp_path):
                             ).fetchone()[0] == 0  # fmt: skip
 
     # 2. the same command again: only the missing samples are drawn
-    resumed = run([*cmd, *eval_flags(setup, db, tmp_path / "resumed")], tmp_path)
+    resumed = run([*cmd, *flags(db, "resumed")], tmp_path)
     assert cache_line(resumed.stderr, killed, total - killed, db), resumed.stderr[-3000:]
     assert count_rows(db) == total
 
     # 3. an uninterrupted run with a fresh cache prints the same table and writes the same rollouts
-    fresh = run([*cmd, *eval_flags(setup, fresh_db, tmp_path / "fresh")], tmp_path)
+    fresh = run([*cmd, *flags(fresh_db, "fresh")], tmp_path)
     assert cache_line(fresh.stderr, 0, total, fresh_db), fresh.stderr[-3000:]
     assert table_rows(resumed.stdout) == table_rows(fresh.stdout)
     assert acc_rows(tmp_path / "resumed") == acc_rows(tmp_path / "fresh")
-    assert rollouts_text(tmp_path / "resumed") == rollouts_text(tmp_path / "fresh")
+    assert_same_rollouts(tmp_path / "resumed", tmp_path / "fresh")
     acc = acc_rows(tmp_path / "fresh")
     assert any(v > 0 for k, v in acc.items() if k.startswith("acc,")), acc  # not an all-zero table

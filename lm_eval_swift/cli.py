@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,39 +37,42 @@ def tasks_dir() -> Path:
     return shipped if shipped.is_dir() else Path(__file__).resolve().parents[1] / "tasks"
 
 
-def _requested_tasks(argv: Sequence[str]) -> set[str]:
-    """The task names given with ``--tasks a,b`` / ``--tasks=a,b`` in lm_eval-style arguments."""
-    for i, arg in enumerate(argv):
-        if arg == "--tasks" and i + 1 < len(argv):
-            return set(argv[i + 1].split(","))
-        if arg.startswith("--tasks="):
-            return set(arg.split("=", 1)[1].split(","))
-    return set()
-
-
 def run_lm_eval(argv: Sequence[str]) -> None:
-    """Run lm-eval's own CLI with ``argv`` after registering our models and filters and adding our task
-    directory to the ones lm-eval searches (besides any ``--include_path`` given). When every requested task is
-    ours and no other path is given, lm-eval's own ~15k task configs are not indexed (that takes seconds)."""
-    import lm_eval.tasks
-    from lm_eval.__main__ import cli_evaluate
+    """Run lm-eval's own ``run`` command with ``argv`` (lm_eval's flags), with our models and filters registered
+    and our task directory among those lm-eval searches (after any ``--include_path`` given); then write the
+    rollouts of our tasks beside lm-eval's results file (:func:`~lm_eval_swift.tasks.save_rollouts`).
+
+    lm-eval 0.4.13 reads no plugin entry points, so this is the one place that joins the two: lm-eval's parser
+    with an argument list (never ``sys.argv``), its ``include_path`` (a list, as its TaskManager takes), and a
+    step after its run."""
+    from lm_eval._cli.run import Run
+    from lm_eval.utils import setup_logging
 
     import lm_eval_swift.models  # noqa: F401  (registers hf-swift)
-    import lm_eval_swift.tasks  # noqa: F401  (registers the filters, writes rollouts files)
+    from lm_eval_swift.tasks import save_rollouts  # (registers the filters)
 
-    ours = str(tasks_dir())
-    only_ours = _requested_tasks(argv) <= {p.stem for p in tasks_dir().glob("*.yaml")} and "--include_path" not in argv
+    parser = argparse.ArgumentParser(prog="lm-eval-swift eval")
+    Run.create(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["run", *argv])
+    args.include_path = [*([args.include_path] if args.include_path else []), str(tasks_dir())]
+    setup_logging()
+    started = time.time()
+    args.func(args)
+    if args.output_path:
+        results = _results_file(Path(args.output_path), started)
+        if results is not None:
+            save_rollouts(results)
 
-    class TaskManager(lm_eval.tasks.TaskManager):
-        def __init__(self, *args, include_path=None, **kwargs):
-            paths = [include_path] if isinstance(include_path, (str, Path)) else list(include_path or [])
-            if only_ours:
-                kwargs["include_defaults"] = False
-            super().__init__(*args, include_path=[*paths, ours], **kwargs)
 
-    lm_eval.tasks.TaskManager = TaskManager
-    sys.argv = ["lm-eval-swift eval", "run", *argv]
-    cli_evaluate()
+def _results_file(output_path: Path, since: float) -> Path | None:
+    """The results JSON lm-eval wrote under ``output_path`` after ``since`` (epoch seconds), if any: ``<output>/
+    <model>/results_<date>.json``, or ``<name>_<date>.json`` beside an ``--output_path`` ending in .json."""
+    if output_path.suffix == ".json":
+        candidates = output_path.parent.glob(f"{output_path.stem}_*.json")
+    else:
+        candidates = output_path.glob("*/results_*.json")
+    fresh = [p for p in candidates if p.stat().st_mtime >= since]
+    return max(fresh, key=lambda p: p.stat().st_mtime, default=None)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

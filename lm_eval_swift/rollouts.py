@@ -16,6 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lm_eval_swift.grading import extract_answer, is_equivalent
+from lm_eval_swift.responses import response_tokens_from_text
 
 
 @dataclass
@@ -82,18 +83,30 @@ def answer_classes(answers: Sequence[str | None], kind: str) -> list[int]:
 
 
 def build_rollout(
-    task: str, doc_id: int, kind: str, question: str, prompt: str, gold: str, samples: Sequence[str], tokenizer=None
+    task: str,
+    doc_id: int,
+    kind: str,
+    question: str,
+    prompt: str,
+    gold: str,
+    samples: Sequence[str],
+    tokenizer=None,
+    max_gen_toks: int | None = None,
 ) -> QuestionRollout:
-    """Grade ``samples`` (plain strings or :class:`ScoredText`) against ``gold`` and group their answers."""
+    """Grade ``samples`` (plain strings or :class:`ScoredText`) against ``gold`` and group their answers.
+
+    A plain string's response tokens are recovered from its text with ``tokenizer`` when given (see
+    :func:`~lm_eval_swift.responses.response_tokens_from_text`; ``max_gen_toks`` is the run's generation limit).
+    """
+    if tokenizer is not None and max_gen_toks is None:
+        raise ValueError("build_rollout: a tokenizer needs the run's max_gen_toks")
     answers = [extract_answer(s, kind) for s in samples]
     classes = answer_classes(answers, kind)
     responses = []
     for text, ans, cls in zip(samples, answers, classes):
         token_ids = list(getattr(text, "token_ids", ()))
         if not token_ids and tokenizer is not None:
-            num_tokens = len(tokenizer.encode(str(text), add_special_tokens=False))
-        else:
-            num_tokens = len(token_ids)
+            token_ids = response_tokens_from_text(str(text), tokenizer, max_gen_toks)
         correct = ans is not None and is_equivalent(ans, gold, kind)
         responses.append(
             Response(
@@ -101,7 +114,7 @@ def build_rollout(
                 answer=ans,
                 correct=float(correct),
                 answer_class=cls,
-                num_tokens=num_tokens,
+                num_tokens=len(token_ids),
                 token_ids=token_ids,
                 finish=getattr(text, "finish", None),
                 scores=dict(getattr(text, "scores", {})),

@@ -12,7 +12,7 @@ from lm_eval_swift.cli import tasks_dir
 from lm_eval_swift.report import bon_table
 from lm_eval_swift.responses import ScoredText
 from lm_eval_swift.rollouts import read_rollouts
-from lm_eval_swift.tasks import load_source
+from lm_eval_swift.tasks import load_source, save_rollouts
 
 GOLDS = ["18", "3"]  # the first two GSM8K test answers
 
@@ -48,6 +48,7 @@ def run(model, tmp_path, shared_data, n=4, **kw):
         model=model, tasks=["gsm8k_bon_swift"], task_manager=tm, limit=2, evaluation_tracker=tracker, **kw
     )
     tracker.save_results_aggregated(results=results, samples=None)
+    save_rollouts(next(tmp_path.rglob("results_*.json")))
     return results["results"]["gsm8k_bon_swift"], tracker
 
 
@@ -158,6 +159,7 @@ def test_reward_model_rows(tmp_path, shared_data):
     results = simple_evaluate(model=ScriptedLM(SCRIPT), tasks=["gsm8k_bon_swift"], task_manager=tm, limit=2,
                               evaluation_tracker=tracker)
     tracker.save_results_aggregated(results=results, samples=None)
+    save_rollouts(next((tmp_path / "out").rglob("results_*.json")))
     acc = {key.split(",")[1]: v for key, v in results["results"]["gsm8k_bon_swift"].items() if key.startswith("acc,")}
     for row in ("seq-cls@4", "seq-cls_vote@4", "swift+seq-cls_scaling@4", "swift+seq-cls_ranking@1"):
         assert row in acc

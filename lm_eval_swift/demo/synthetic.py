@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -219,7 +218,8 @@ def load_synthetic(split: str, questions: int, seed: int = 0, **_):
     normalise GSM8K records."""
     from lm_eval_swift.tasks import dataset_dict, normalise
 
-    return dataset_dict([normalise(r, "gsm8k", i) for i, r in enumerate(make_problems(split, int(questions), int(seed)))])
+    problems = make_problems(split, int(questions), int(seed))
+    return dataset_dict([normalise(r, "gsm8k", i) for i, r in enumerate(problems)])
 
 
 def write_jsonl(records: Iterable[dict], path: str | Path) -> Path:

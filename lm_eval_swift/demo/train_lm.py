@@ -201,7 +201,8 @@ def sample(model, tokenizer, question: str, n: int, max_new_tokens: int = 160) -
 
 
 def evaluate(model, tokenizer, problems: list[dict], k: int = 8, seed: int = 0, show: int = 0) -> dict:
-    """Per-sample accuracy, pass@k and maj@k (majority vote over extracted answers) graded by :mod:`lm_eval_swift.grading`."""
+    """Per-sample accuracy, pass@k and maj@k (majority vote over extracted answers), graded by
+    :mod:`lm_eval_swift.grading`."""
     torch.manual_seed(seed)
     per_sample, passk, majk, lengths = [], [], [], []
     t0 = time.time()

@@ -92,9 +92,7 @@ def grade(
     ``kind``, ``problem`` and ``answer``. ``tokenizer`` (with ``max_gen_toks``) gives token ids to samples that
     come as plain text."""
     return [
-        build_rollout(
-            task, doc_id, doc["kind"], doc["problem"], prompt, doc["answer"], resps, tokenizer, max_gen_toks
-        )
+        build_rollout(task, doc_id, doc["kind"], doc["problem"], prompt, doc["answer"], resps, tokenizer, max_gen_toks)
         for (doc_id, doc, prompt), resps in zip(docs, samples, strict=True)
     ]
 
@@ -134,7 +132,6 @@ def bon_table(rollouts: Sequence[QuestionRollout], ks: Sequence[int] = BON_KS) -
     for row, (selector, kwargs) in rows(*score_names(rollouts)).items():
         fn = SELECTORS[selector]
         table[row] = {
-            k: sum(fn(r.responses[:k], **kwargs).correct for r in rollouts) / len(rollouts)
-            for k in row_ks(row, n, ks)
+            k: sum(fn(r.responses[:k], **kwargs).correct for r in rollouts) / len(rollouts) for k in row_ks(row, n, ks)
         }
     return table

@@ -194,3 +194,20 @@ def _leaves(obj):
             yield from _leaves(v)
     else:
         yield obj
+
+
+def test_task_rows_equal_report_rows(shared_data):
+    """lm-eval's filter pipelines of the task and the report's table come from one definition: the same rows and
+    k values, in the same order, for N=16 with SWIFT and a reward model."""
+    from lm_eval_swift.rollouts import QuestionRollout, Response
+
+    tm = TaskManager(include_path=str(tasks_dir()), include_defaults=False,
+                     metadata={"n": 16, "data_dir": str(shared_data), "scorers": "skywork"})  # fmt: skip
+    task = next(t for t in _leaves(tm.load(["gsm8k_bon_swift"])) if t.config.task == "gsm8k_bon_swift")
+    responses = [Response("1", "1", 1.0, 0, 1, scores={"swift": 0.5, "skywork": 0.1}) for _ in range(16)]
+    rollout = QuestionRollout("t", 0, "gsm8k", "q", "q", "1", responses, costs={"skywork": {"parameters": 1.0}})
+    table = bon_table([rollout])
+    report_rows = [row if row == "first" else f"{row}@{k}" for row, cols in table.items() for k in cols]
+    assert [f["name"] for f in task.config.filter_list] == report_rows
+    assert "maj@16" in report_rows and "maj@64" not in report_rows and "mean@16" in report_rows
+    assert "swift+skywork_ranking@4" in report_rows

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
+from tqdm import tqdm
+
 from lm_eval_swift.rollouts import QuestionRollout, build_rollout
 from lm_eval_swift.selectors import FILTER_NAMES, SELECTORS
 
@@ -93,7 +95,9 @@ def grade(
     come as plain text."""
     return [
         build_rollout(task, doc_id, doc["kind"], doc["problem"], prompt, doc["answer"], resps, tokenizer, max_gen_toks)
-        for (doc_id, doc, prompt), resps in zip(docs, samples, strict=True)
+        for (doc_id, doc, prompt), resps in tqdm(
+            zip(docs, samples, strict=True), total=len(docs), desc=f"Grading {task}", unit="q"
+        )
     ]
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -16,8 +15,6 @@ from lm_eval_swift.rescoring import rescore
 from lm_eval_swift.responses import prompt_tokens, response_tokens_from_text
 from lm_eval_swift.rollouts import QuestionRollout
 from lm_eval_swift.scorers import PROTOCOLS, check_protocol, get_scorer, load_scorer
-
-log = logging.getLogger(__name__)
 
 ScorerSpecs = dict[str, dict[str, Any]]
 

@@ -13,6 +13,7 @@ import importlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -48,49 +49,55 @@ def tasks_dir() -> Path:
     return shipped if shipped.is_dir() else Path(__file__).resolve().parents[1] / "tasks"
 
 
-def _requested_tasks(argv: Sequence[str]) -> set[str]:
-    """The task names given with ``--tasks a,b`` / ``--tasks=a,b`` in lm_eval-style arguments."""
-    for i, arg in enumerate(argv):
-        if arg == "--tasks" and i + 1 < len(argv):
-            return set(argv[i + 1].split(","))
-        if arg.startswith("--tasks="):
-            return set(arg.split("=", 1)[1].split(","))
-    return set()
-
-
 def run_lm_eval(argv: Sequence[str]) -> None:
-    """Run lm-eval's own CLI with ``argv`` after registering our models and filters and adding our task
-    directory to the ones lm-eval searches (besides any ``--include_path`` given). When every requested task is
-    ours and no other path is given, lm-eval's own ~15k task configs are not indexed (that takes seconds)."""
-    import lm_eval.tasks
-    from lm_eval.__main__ import cli_evaluate
+    """Run lm-eval's own ``run`` command with ``argv`` (lm_eval's flags), with our models and filters registered
+    and our task directory among those lm-eval searches (after any ``--include_path`` given); then write the
+    rollouts of our tasks beside lm-eval's results file (:func:`~lm_eval_swift.tasks.save_rollouts`).
+
+    lm-eval 0.4.13 reads no plugin entry points, so this is the one place that joins the two: lm-eval's parser
+    with an argument list (never ``sys.argv``), its ``include_path`` (a list, as its TaskManager takes), and a
+    step after its run."""
+    from lm_eval._cli.run import Run
 
     import lm_eval_swift.models  # noqa: F401  (registers hf-swift)
-    import lm_eval_swift.tasks  # noqa: F401  (registers the filters, writes rollouts files)
+    from lm_eval_swift.tasks import save_rollouts  # (registers the filters)
 
-    ours = str(tasks_dir())
-    only_ours = _requested_tasks(argv) <= {p.stem for p in tasks_dir().glob("*.yaml")} and "--include_path" not in argv
-
-    class TaskManager(lm_eval.tasks.TaskManager):
-        def __init__(self, *args, include_path=None, **kwargs):
-            paths = [include_path] if isinstance(include_path, (str, Path)) else list(include_path or [])
-            if only_ours:
-                kwargs["include_defaults"] = False
-            super().__init__(*args, include_path=[*paths, ours], **kwargs)
-
-        def match_tasks(self, task_list):
-            found = super().match_tasks(task_list)
-            for name in task_list:
-                if name not in found and not Path(name).exists() and not any(c in name for c in "*?["):
-                    close = difflib.get_close_matches(name, self.all_tasks, n=3)
-                    hint = f"; did you mean {', '.join(close)}?" if close else "; `lm_eval ls tasks` lists them"
-                    raise UsageError(f"unknown task {name!r}{hint}")
-            return found
-
-    lm_eval.tasks.TaskManager = TaskManager
+    parser = argparse.ArgumentParser(prog="lm-eval-swift eval")
+    Run.create(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["run", *argv])
+    args.include_path = [*([args.include_path] if args.include_path else []), str(tasks_dir())]
     _log_like_lm_eval()
-    sys.argv = ["lm-eval-swift eval", "run", *argv]
-    cli_evaluate()
+    started = time.time()
+    try:
+        args.func(args)
+    except ValueError as e:  # lm-eval's word for an unknown task name: a user's mistake, said in one line
+        missing = str(e).removeprefix("Tasks not found:")
+        if missing == str(e):
+            raise
+        raise UsageError(_unknown_tasks([t.strip() for t in missing.split(",")])) from e
+    if args.output_path:
+        results = _results_file(Path(args.output_path), started)
+        if results is not None:
+            save_rollouts(results)
+
+
+def _unknown_tasks(names: Sequence[str]) -> str:
+    """The message for task names lm-eval did not find, with the nearest of our task names."""
+    ours = sorted(p.stem for p in tasks_dir().glob("*.yaml"))
+    close = sorted({c for name in names for c in difflib.get_close_matches(name, ours, n=3)})
+    hint = f"; did you mean {', '.join(close)}?" if close else "; `lm_eval ls tasks` lists lm-eval's"
+    return f"unknown task {', '.join(map(repr, names))}{hint}"
+
+
+def _results_file(output_path: Path, since: float) -> Path | None:
+    """The results JSON lm-eval wrote under ``output_path`` after ``since`` (epoch seconds), if any: ``<output>/
+    <model>/results_<date>.json``, or ``<name>_<date>.json`` beside an ``--output_path`` ending in .json."""
+    if output_path.suffix == ".json":
+        candidates = output_path.parent.glob(f"{output_path.stem}_*.json")
+    else:
+        candidates = output_path.glob("*/results_*.json")
+    fresh = [p for p in candidates if p.stat().st_mtime >= since]
+    return max(fresh, key=lambda p: p.stat().st_mtime, default=None)
 
 
 def _log_like_lm_eval() -> None:

@@ -25,7 +25,8 @@ from pathlib import Path
 from lm_eval_swift.errors import UsageError
 from lm_eval_swift.heads import model_basename
 from lm_eval_swift.metrics import auroc, within_question_auroc
-from lm_eval_swift.report import DEFAULT_KS, bon_table, sample_counts
+from lm_eval_swift.pipeline import BON_KS as DEFAULT_KS
+from lm_eval_swift.pipeline import bon_table, sample_counts
 from lm_eval_swift.rollouts import QuestionRollout, read_rollouts
 
 ESTIMATORS = {
@@ -98,7 +99,7 @@ def bon_estimates(
     subsets: int = 64,
     seed: int = 0,
 ) -> dict[CellKey, Cell]:
-    """BoN@k of every row of :func:`report.bon_table` (its cells with k in ``ks``): per question, the mean over
+    """BoN@k of every row of :func:`~lm_eval_swift.pipeline.bon_table` (its cells with k in ``ks``): per question, the mean over
     the estimator's k-subsets of the row's correctness (each subset scored by ``bon_table`` as a question of its
     own), then the mean and standard error across questions. ``first`` reproduces ``bon_table``, also for
     questions with different N (each question's subsets come from its own N; ``mean`` is the mean over all of a

@@ -52,6 +52,7 @@ from transformers.generation.logits_process import (
 )
 
 from lm_eval_swift.capture import HeadProjector
+from lm_eval_swift.distributed import destroy_gloo_group_at_exit, padding_copies, process_share, use_cpu_process_group
 from lm_eval_swift.heads import resolve_heads, swift_reward
 from lm_eval_swift.responses import ScoredText, response_tokens
 from lm_eval_swift.sample_cache import (
@@ -475,49 +476,6 @@ def eos_token_ids(lm: HFLM) -> set[int]:
     return ids
 
 
-def padding_copies(requests: Sequence) -> dict[int, int]:
-    """Under data parallelism lm-eval pads a rank holding fewer documents with ``repeats`` more copies of the
-    request object it sent last. Maps each position of a request object beyond its first ``repeats`` to an
-    earlier position of the same object, whose response it reuses instead of drawing another sample."""
-    positions: dict[int, list[int]] = {}
-    for i, req in enumerate(requests):
-        positions.setdefault(id(req), []).append(i)
-    copies = {}
-    for where in positions.values():
-        repeats = getattr(requests[where[0]], "repeats", None)
-        if isinstance(repeats, int) and repeats > 0:
-            copies.update({i: where[j % repeats] for j, i in enumerate(where[repeats:])})
-    return copies
-
-
-def destroy_gloo_group_at_exit() -> None:
-    """Destroy the default process group when the process exits, if it is gloo: left to interpreter teardown, its
-    threads sometimes abort the process ("terminate called without an active exception", about 1 run in 10 of 2
-    CPU processes here), failing a launch whose results were written."""
-    import atexit
-
-    import torch.distributed as dist
-
-    def destroy() -> None:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-
-    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo":
-        atexit.register(destroy)
-
-
-def _cpu_process_group_env(device: str | None) -> None:
-    """Under a multi-process launch (``WORLD_SIZE`` > 1: ``accelerate launch --multi_gpu``, ``torchrun``) on a
-    machine without CUDA, or with ``device=cpu``, let accelerate form a CPU (gloo) process group: it does so only
-    when ``ACCELERATE_USE_CPU`` is set, and otherwise every process would run the whole evaluation alone."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "ACCELERATE_USE_CPU" in os.environ:
-        return
-    if torch.cuda.is_available() and not str(device or "").startswith("cpu"):
-        return
-    log.info("hf-swift: %s processes on CPU: setting ACCELERATE_USE_CPU=true (gloo)", os.environ["WORLD_SIZE"])
-    os.environ["ACCELERATE_USE_CPU"] = "true"
-
-
 @dataclass
 class _Question:
     """One question of a ``generate_until`` call: its requests, what it samples, and its responses so far."""
@@ -563,16 +521,12 @@ class HFSwiftLM(HFLM):
     ):
         if str(packing).lower() not in ("true", "false", "1", "0"):
             raise ValueError(f"hf-swift: packing must be true or false, got {packing!r}")
-        _cpu_process_group_env(kwargs.get("device"))
+        use_cpu_process_group(kwargs.get("device"))
         super().__init__(pretrained, **kwargs)
         if self.backend != "causal":
             raise ValueError("hf-swift needs a decoder-only (causal) model")
         if self.think_end_token is not None:
             raise NotImplementedError("hf-swift does not support think_end_token yet")
-        accelerator = getattr(self, "accelerator", None)
-        if accelerator is not None and accelerator.num_processes > 1 and self.world_size == 1:
-            # HFLM shards across ranks only with several GPUs; the sampling here needs no collective op
-            self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
         if self.world_size > 1:
             destroy_gloo_group_at_exit()
         self.seed = int(seed)
@@ -586,6 +540,16 @@ class HFSwiftLM(HFLM):
         self.sample_cache = self._open_sample_cache(sample_cache)
         self._fingerprints: dict[str, tuple[object, str]] = {}  # "model" or head alias -> (object, fingerprint)
         self._counts = {"cached": 0, "sampled": 0}  # of the last generate_until
+
+    @property
+    def rank(self) -> int:
+        """Index of this process: every process of a launch takes a share of the documents, on CPU too (sampling
+        here needs no collective op; see :func:`~lm_eval_swift.distributed.process_share`)."""
+        return process_share(super().rank, super().world_size, getattr(self, "accelerator", None))[0]
+
+    @property
+    def world_size(self) -> int:
+        return process_share(super().rank, super().world_size, getattr(self, "accelerator", None))[1]
 
     def _open_sample_cache(self, spec) -> SampleCache | None:
         path = resolve_path(spec)

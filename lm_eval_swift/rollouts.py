@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from lm_eval_swift.errors import UsageError
 from lm_eval_swift.grading import extract_answer, grade_all, is_equivalent
+from lm_eval_swift.responses import response_tokens_from_text
 
 
 @dataclass
@@ -140,10 +141,17 @@ def build_rollout(
     gold: str,
     samples: Sequence[str],
     tokenizer=None,
+    max_gen_toks: int | None = None,
     grading: str = "default",
 ) -> QuestionRollout:
     """Grade ``samples`` (plain strings or :class:`ScoredText`) against ``gold`` under grading mode ``grading``
-    and group their answers."""
+    and group their answers.
+
+    A plain string's response tokens are recovered from its text with ``tokenizer`` when given (see
+    :func:`~lm_eval_swift.responses.response_tokens_from_text`; ``max_gen_toks`` is the run's generation limit).
+    """
+    if tokenizer is not None and max_gen_toks is None:
+        raise ValueError("build_rollout: a tokenizer needs the run's max_gen_toks")
     answers = [extract_answer(s, kind) for s in samples]
     correct = grade_all([str(s) for s in samples], [gold] * len(samples), kind, grading)  # all workers at once
     classes = answer_classes(answers, kind, grading)
@@ -151,16 +159,14 @@ def build_rollout(
     for text, ans, cls, ok in zip(samples, answers, classes, correct):
         token_ids = list(getattr(text, "token_ids", ()))
         if not token_ids and tokenizer is not None:
-            num_tokens = len(tokenizer.encode(str(text), add_special_tokens=False))
-        else:
-            num_tokens = len(token_ids)
+            token_ids = response_tokens_from_text(str(text), tokenizer, max_gen_toks)
         responses.append(
             Response(
                 text=str(text),
                 answer=ans,
                 correct=float(ok),
                 answer_class=cls,
-                num_tokens=num_tokens,
+                num_tokens=len(token_ids),
                 token_ids=token_ids,
                 finish=getattr(text, "finish", None),
                 scores=dict(getattr(text, "scores", {})),

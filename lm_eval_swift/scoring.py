@@ -1,24 +1,21 @@
 """Adding scores to rollouts after sampling: SWIFT heads by rescoring, and reward-model scorers (one at a
-time, each freed before the next)."""
+time, each freed before the next); the scoring step of :mod:`~lm_eval_swift.pipeline` and ``lm-eval-swift
+rescore``."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from lm_eval_swift.errors import UsageError
 from lm_eval_swift.heads import SwiftHead, resolve_heads
-from lm_eval_swift.models import encode_prompt
 from lm_eval_swift.rescoring import rescore
 from lm_eval_swift.responses import prompt_tokens, response_tokens_from_text
 from lm_eval_swift.rollouts import QuestionRollout
-from lm_eval_swift.scorers import PROTOCOLS, check_protocol, load_scorer
-
-log = logging.getLogger(__name__)
+from lm_eval_swift.scorers import PROTOCOLS, check_protocol, get_scorer, load_scorer
 
 ScorerSpecs = dict[str, dict[str, Any]]
 
@@ -28,8 +25,9 @@ def parse_scorer_specs(
 ) -> ScorerSpecs:
     """``"skywork,eurus"``, ``["skywork"]``, a JSON object string or ``{"skywork": {"model": "/path", ...}}`` ->
     ``{name: load options}`` (``model`` overrides the scorer's default checkpoint). ``protocol`` (``"card"`` or
-    ``"paper"``, the metadata's ``rm_protocol``) is the ``protocol`` option of every scorer that does not set its own;
-    an unknown protocol is a ``ValueError``."""
+    ``"paper"``, the metadata's ``rm_protocol``) is the ``protocol`` option of every scorer that does not set its own.
+    An unknown scorer name (:class:`~lm_eval_swift.scorers.UnknownScorerError`) or protocol (``ValueError``) fails
+    here, before anything is loaded or sampled."""
     if not spec:
         return {}
     if isinstance(spec, str):
@@ -38,7 +36,8 @@ def parse_scorer_specs(
         specs = {str(name): dict(opts or {}) for name, opts in spec.items()}
     else:
         specs = {str(name): {} for name in spec}
-    for options in specs.values():
+    for name, options in specs.items():
+        get_scorer(name)
         if protocol is not None:
             options.setdefault("protocol", protocol)
         check_protocol(options.get("protocol", "card"))
@@ -94,22 +93,6 @@ def add_head_scores(
         resp.scores.update(zip(heads, row))
 
 
-def add_live_model_head_scores(rollouts: Sequence[QuestionRollout], lm, heads: str | None, max_gen_toks: int) -> None:
-    """Rescore with the HFLM that generated the responses, reusing its weights (no second copy)."""
-    resolved = resolve_heads(heads, lm.model.name_or_path, lm.model.config, model=lm.model)
-    if not resolved:  # asked for none, or heads=auto found none (and said so)
-        return
-    add_head_scores(
-        rollouts,
-        lm.model,
-        lm.tokenizer,
-        resolved,
-        max_gen_toks=max_gen_toks,
-        encode=lambda prompt: encode_prompt(lm, prompt, max_gen_toks),
-        batch_size=lm.batch_size if isinstance(lm.batch_size, int) else 8,
-    )
-
-
 def add_rescore_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("rollouts", nargs="+")
     parser.add_argument("--head", help="head spec: [alias=]path_or_name[,...] (the first head's alias defaults to swift)")
@@ -130,10 +113,12 @@ def cmd_rescore(args: argparse.Namespace) -> None:
     """``lm-eval-swift rescore``: add head and scorer scores to rollouts files, rewriting each atomically."""
     from lm_eval_swift.features import load_base_model
     from lm_eval_swift.heads import find_head, head_refs
+    from lm_eval_swift.pipeline import score
     from lm_eval_swift.rollouts import read_rollouts, write_rollouts
 
     if not args.head and not args.scorer:
         raise UsageError("rescore: give at least one --head or --scorer")
+    specs = parse_scorer_specs(",".join(args.scorer), protocol=args.rm_protocol)
     files = {path: list(read_rollouts(path)) for path in args.rollouts}
     rollouts = [r for rs in files.values() for r in rs]
     if args.head:
@@ -141,9 +126,14 @@ def cmd_rescore(args: argparse.Namespace) -> None:
         model_id = args.model or SwiftHead.from_pretrained(find_head(first_ref)).base.name_or_path
         model, tokenizer = load_base_model(model_id, device=args.device, dtype=args.dtype, parallelize=args.parallelize)
         heads = resolve_heads(args.head, model_id, model.config, model=model)
-        add_head_scores(rollouts, model, tokenizer, heads, max_gen_toks=args.max_gen_toks, batch_size=args.batch_size)
-        del model
-    add_scorer_scores(rollouts, parse_scorer_specs(",".join(args.scorer), protocol=args.rm_protocol))
+        score(
+            rollouts,
+            heads=lambda rs: add_head_scores(
+                rs, model, tokenizer, heads, max_gen_toks=args.max_gen_toks, batch_size=args.batch_size
+            ),
+        )
+        del model  # freed before the reward models load
+    score(rollouts, scorers=specs)
     for path, rs in files.items():
         write_rollouts(rs, path)
         print(f"Rescored {len(rs)} questions in {path}")

@@ -120,22 +120,6 @@ SELECTORS: dict[str, Selector] = {
 }
 
 
-Row = tuple[str, dict]  # (selector name, selector kwargs)
-
-
-def score_rows(name: str, reward_model: bool) -> dict[str, Row]:
-    """The rows a score adds: argmax ``<name>``, weighted vote ``<name>_vote`` (sigmoid weights for a SWIFT
-    reward, min-max for a reward model), and for a reward model its combinations with SWIFT."""
-    rows: dict[str, Row] = {
-        name: ("argmax", {"score": name}),
-        f"{name}_vote": ("vote", {"score": name, "weight": "minmax" if reward_model else "sigmoid"}),
-    }
-    if reward_model:
-        for method in ("scaling", "ranking"):
-            rows[f"swift+{name}_{method}"] = ("combined", {"scores": ["swift", name], "method": method})
-    return rows
-
-
 class BestOfNFilter(Filter):
     """Applies ``selector`` to the first ``k`` responses of each document (all of them when k is None)."""
 

@@ -8,25 +8,25 @@ with the SWIFT authors' numeric tolerance), never by editing YAML.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import datasets
 from lm_eval.api.task import ConfigurableTask
-from tqdm import tqdm
 
+import lm_eval_swift.selectors  # noqa: F401  (registers the filters the rows name)
+from lm_eval_swift import distributed, pipeline
 from lm_eval_swift.errors import UsageError
-from lm_eval_swift.selectors import FILTER_NAMES, score_rows  # (importing registers the filters the YAML names)
+from lm_eval_swift.generator import GeneratorModel
 from lm_eval_swift.grading import MODES as GRADING_MODES
 from lm_eval_swift.grading import extract_answer
 from lm_eval_swift.heads import heads_disabled
-from lm_eval_swift.models import HFSwiftLM
-from lm_eval_swift.rollouts import QuestionRollout, build_rollout
-from lm_eval_swift.scoring import add_live_model_head_scores, add_scorer_scores, parse_scorer_specs
+from lm_eval_swift.rollouts import QuestionRollout, write_rollouts
+from lm_eval_swift.scoring import parse_scorer_specs
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ PROMPT = (
 )
 DATA_DIR_ENV = "LM_EVAL_SWIFT_DATA_DIR"
 DEFAULT_N = 64
+DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's, when neither the task nor --gen_kwargs sets max_gen_toks
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,8 @@ def _records(source: str, data_dir: str | None, data_file: str | None) -> list[d
     return records
 
 
-def _dataset(docs: list[dict]) -> datasets.DatasetDict:
+def dataset_dict(docs: list[dict]) -> datasets.DatasetDict:
+    """An lm-eval ``custom_dataset``: ``docs`` as the one split ``test``."""
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
 
 
@@ -124,14 +126,7 @@ def load_source(
     """
     records = _records(source, data_dir or os.environ.get(DATA_DIR_ENV), data_file)
     docs = [normalise(r, SOURCES[source].kind, i) for i, r in enumerate(records)]
-    return _dataset(docs[: int(max_questions)] if max_questions else docs)
-
-
-def load_synthetic(split: str, questions: int, seed: int = 0, **_) -> datasets.DatasetDict:
-    """lm-eval ``custom_dataset`` of the demo: ``questions`` synthetic GSM8K-format problems of ``split``."""
-    from lm_eval_swift.demo.synthetic import make_problems
-
-    return _dataset([normalise(r, "gsm8k", i) for i, r in enumerate(make_problems(split, int(questions), int(seed)))])
+    return dataset_dict(docs[: int(max_questions)] if max_questions else docs)
 
 
 def doc_to_text(doc: dict) -> str:
@@ -143,61 +138,107 @@ def process_results(doc: dict, results: list) -> dict[str, float]:
     return {"acc": float(results[0].correct)}
 
 
-# -- rollouts: collected per task while filtering, written next to lm-eval's results ---------------------------
+# -- rollouts: kept per task by this process, written beside lm-eval's results after the run ---------------------
 
-PENDING_ROLLOUTS: dict[str, list[QuestionRollout]] = {}
-
-
-def _install_rollouts_writer() -> None:
-    """Make lm-eval's EvaluationTracker also write ``rollouts_<task>_<date>.jsonl`` beside ``results_<date>.json``."""
-    from lm_eval.loggers.evaluation_tracker import EvaluationTracker
-
-    original = EvaluationTracker.save_results_aggregated
-    if getattr(original, "_writes_rollouts", False):
-        return
-
-    def save_results_aggregated(self, results, samples=None):
-        original(self, results, samples)
-        if not self.output_path or not PENDING_ROLLOUTS:
-            return
-        from lm_eval_swift.rollouts import write_rollouts
-
-        path = Path(self.output_path)
-        folder = path.parent if path.suffix == ".json" else path / self.general_config_tracker.model_name_sanitized
-        for task, rollouts in list(PENDING_ROLLOUTS.items()):
-            out = write_rollouts(rollouts, folder / f"rollouts_{task}_{self.date_id}.jsonl")
-            log.info("Wrote %d rollouts of %s to %s", len(rollouts), task, out)
-            print(f"Rollouts of {task}: {out}")
-        PENDING_ROLLOUTS.clear()
-
-    save_results_aggregated._writes_rollouts = True
-    EvaluationTracker.save_results_aggregated = save_results_aggregated
+FINISHED_ROLLOUTS: dict[str, list[QuestionRollout]] = {}
 
 
-_install_rollouts_writer()
+def save_rollouts(results_file: str | os.PathLike) -> list[Path]:
+    """Write ``rollouts_<task>_<date>.jsonl`` of every task this process finished beside lm-eval's results file
+    (``results_<date>.json``, or ``<name>_<date>.json`` for an ``--output_path`` ending in .json), and forget
+    them. ``lm-eval-swift eval`` calls it after lm-eval's run; a caller of lm-eval's Python API calls it after
+    ``EvaluationTracker.save_results_aggregated``. Under data parallelism only rank 0 writes (every rank holds
+    every question)."""
+    results_file = Path(results_file)
+    date_id = results_file.stem.rsplit("_", 1)[-1]
+    written = []
+    if distributed.is_main_process():
+        for task, rollouts in FINISHED_ROLLOUTS.items():
+            path = write_rollouts(rollouts, results_file.parent / f"rollouts_{task}_{date_id}.jsonl")
+            log.info("Wrote %d rollouts of %s to %s", len(rollouts), task, path)
+            print(f"Rollouts of {task}: {path}")
+            written.append(path)
+    FINISHED_ROLLOUTS.clear()
+    return written
 
 
 # -- the task --------------------------------------------------------------------------------------------------
 
-BON_KS = (1, 4, 16, 64)
-SCORE_FILTERS = {"swift": "score", "argmax_score": "score", "weighted_vote": "score", "combined_score": "scores"}
 
+class BestOfNTask(ConfigurableTask):
+    """A best-of-N task: N samples per question (``--metadata '{"n": N}'``, default 64) and one results row
+    per row of :func:`~lm_eval_swift.pipeline.rows` and k (rows with k > N are dropped; ``mean@N`` is named after
+    N). Reward-model rows are added for the scorers named in ``--metadata '{"scorers": "skywork,eurus"}'``.
 
-def _row_k(row: dict) -> int | None:
-    ks = [int(f["k"]) for f in row["filter"] if "k" in f]
-    return ks[0] if ks else None
+    Built before any sampling, it checks the scorer names and resolves the SWIFT heads (``heads`` in the model
+    arguments or metadata) against the generating model (see :class:`~lm_eval_swift.generator.GeneratorModel`).
+    Before lm-eval's filters run, it runs the best-of-N pipeline on its responses (grade, then score: missing SWIFT
+    scores by rescoring, then the scorers) and keeps the rollouts for :func:`save_rollouts`. Rows whose scores no
+    response carries are left out, with a warning.
+    """
 
+    def __init__(self, config: dict | None = None, **kwargs) -> None:
+        config = dict(config or {})
+        config.pop("class", None)
+        meta = config.get("metadata") or {}
+        n = _positive_int(meta.get("n", DEFAULT_N), f"{config.get('task')}: --metadata n")
+        self.grading = str(meta.get("grading", "default"))
+        if self.grading not in GRADING_MODES:
+            raise UsageError(f"{config.get('task')}: metadata grading must be one of {tuple(GRADING_MODES)}, "
+                             f"got {self.grading!r}")
+        self.scorer_specs = parse_scorer_specs(meta.get("scorers"), protocol=meta.get("rm_protocol"))
+        self.generator = GeneratorModel.from_metadata(meta)
+        self.rows = pipeline.rows(["swift", *self.scorer_specs], reward_models=self.scorer_specs)
+        config["repeats"] = n
+        config["filter_list"] = pipeline.filter_list(self.rows, n)
+        super().__init__(config=config, **kwargs)
 
-def _row_scores(row: dict) -> set[str]:
-    """The scores a row reads (``swift`` filters read ``swift`` unless told otherwise)."""
-    needed: set[str] = set()
-    for f in row["filter"]:
-        key = SCORE_FILTERS.get(f["function"])
-        if key == "score":
-            needed.add(f.get("score", "swift"))
-        elif key == "scores":
-            needed.update(f.get("scores", ["swift"]))
-    return needed
+    def build_all_requests(self, *, rank: int = 0, world_size: int = 1, **kwargs) -> None:
+        """lm-eval's requests, then a check that every prompt plus ``max_gen_toks`` fits the model's context."""
+        distributed.check_documents_sharded(self.config.task, world_size)
+        super().build_all_requests(rank=rank, world_size=world_size, **kwargs)
+        if self.generator is not None:
+            check_generation_fits(self.generator, [inst.arguments for inst in self._instances], self.config.task)
+
+    def apply_filters(self):
+        for inst in self._instances:
+            inst.resps = distributed.without_padding(inst.resps, self.config.repeats)
+        max_gen_toks = int((self.config.generation_kwargs or {}).get("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
+        plain_text = any(not getattr(resp, "token_ids", ()) for inst in self._instances for resp in inst.resps)
+        rollouts = pipeline.grade(
+            self.config.task,
+            [(inst.doc_id, inst.doc, inst.arguments[0]) for inst in self._instances],
+            [inst.resps for inst in self._instances],
+            tokenizer=self.generator.tokenizer if self.generator and plain_text else None,
+            max_gen_toks=max_gen_toks,
+            grading=self.grading,
+        )
+        heads = None
+        if self.generator is not None and rollouts and not any(resp.scores for r in rollouts for resp in r.responses):
+            heads = partial(self.generator.add_head_scores, max_gen_toks=max_gen_toks)
+        pipeline.score(rollouts, heads=heads, scorers=self.scorer_specs)
+        for inst, rollout in zip(self._instances, rollouts):
+            inst.resps = rollout.responses
+        self._leave_out_rows_without_scores(rollouts)
+        FINISHED_ROLLOUTS[self.config.task] = distributed.gather_by_doc(rollouts)
+        return super().apply_filters()
+
+    def _leave_out_rows_without_scores(self, rollouts: list[QuestionRollout]) -> None:
+        present = {name for r in rollouts for resp in r.responses for name in resp.scores}
+        missing = {row for row, spec in self.rows.items() if not pipeline.needed_scores(spec) <= present}
+        dropped = [f.name for f in self._filters if f.name.split("@")[0] in missing]
+        if not dropped:
+            return
+        self._filters = [f for f in self._filters if f.name not in dropped]
+        spec = (self.config.metadata or {}).get("heads")  # a model argument or --metadata: both arrive here
+        if heads_disabled(spec):
+            log.info("%s: rows %s are left out (no SWIFT heads: heads=%s)", self.config.task, ", ".join(dropped), spec)
+            return
+        log.warning(
+            "%s: no response carries the scores needed by rows %s; they are left out. Use --model hf-swift "
+            "with heads=..., or give a head with --metadata '{\"heads\": \"PATH\"}'.",
+            self.config.task, ", ".join(dropped),
+        )  # fmt: skip
 
 
 def _positive_int(value, what: str) -> int:
@@ -211,186 +252,21 @@ def _positive_int(value, what: str) -> int:
     return number
 
 
-def scorer_rows(name: str, ks: list[int]) -> list[dict]:
-    """lm-eval filter configs of a reward-model scorer's rows (see :func:`selectors.score_rows`), per k."""
-    return [
-        {"name": f"{row}@{k}", "filter": [{"function": FILTER_NAMES[selector], **kwargs, "k": k}]}
-        for k in ks
-        for row, (selector, kwargs) in score_rows(name, reward_model=True).items()
-    ]
-
-
-class BestOfNTask(ConfigurableTask):
-    """A best-of-N task: N samples per question (``--metadata '{"n": N}'``, default 64) and one results row
-    per selector and k (rows with k > N are dropped; ``mean@N`` is named after N). Reward-model rows are added
-    for the scorers named in ``--metadata '{"scorers": "skywork,eurus"}'``.
-
-    Before lm-eval's filters run, every response is graded once, answers are grouped into equivalence
-    classes, missing SWIFT scores are added by rescoring when possible, the scorers run, and the question's
-    rollout is kept for the rollouts file. Rows whose scores no response carries are left out, with a warning.
-    """
-
-    def __init__(self, config: dict | None = None, **kwargs) -> None:
-        config = dict(config or {})
-        config.pop("class", None)
-        meta = config.get("metadata") or {}
-        n = _positive_int(meta.get("n", DEFAULT_N), f"{config.get('task')}: --metadata n")
-        self.grading = str(meta.get("grading", "default"))
-        if self.grading not in GRADING_MODES:
-            raise UsageError(f"{config.get('task')}: metadata grading must be one of {tuple(GRADING_MODES)}, "
-                             f"got {self.grading!r}")
-        self.scorer_specs = parse_scorer_specs(meta.get("scorers"), protocol=meta.get("rm_protocol"))
-        config["repeats"] = n
-        rows = [row for row in config.get("filter_list") or [] if (_row_k(row) or 0) <= n]
-        for row in rows:
-            if row["name"].endswith("@N"):
-                row["name"] = f"{row['name'][:-2]}@{n}"
-        for name in self.scorer_specs:
-            rows += scorer_rows(name, [k for k in BON_KS if k <= n])
-        config["filter_list"] = rows
-        self._needed_scores = {row["name"]: _row_scores(row) for row in rows}
-        super().__init__(config=config, **kwargs)
-        _shard_hflm_across_processes()
-
-    def build_all_requests(self, **kwargs) -> None:
-        """lm-eval's requests, then a check that every prompt plus ``max_gen_toks`` fits the model's context."""
-        super().build_all_requests(**kwargs)
-        lm = _live_hf_model()
-        if lm is not None and lm.backend == "causal":
-            check_generation_fits(lm, [inst.arguments for inst in self._instances], self.config.task)
-
-    def apply_filters(self):
-        for inst in self._instances:
-            # under data parallelism lm-eval pads a rank holding fewer documents with copies of its last request,
-            # whose responses are appended to that request: keep the N of the request itself
-            del inst.resps[self.config.repeats :]
-        rollouts = [
-            build_rollout(
-                self.config.task,
-                inst.doc_id,
-                inst.doc["kind"],
-                inst.doc["problem"],
-                inst.arguments[0],
-                inst.doc["answer"],
-                inst.resps,
-                grading=self.grading,
-            )
-            for inst in tqdm(self._instances, desc=f"Grading {self.config.task}", unit="q")
-        ]
-        self._add_missing_swift_scores(rollouts)
-        add_scorer_scores(rollouts, self.scorer_specs)
-        for inst, rollout in zip(self._instances, rollouts):
-            inst.resps = rollout.responses
-        present = {name for r in rollouts for resp in r.responses for name in resp.scores}
-        dropped = [row for row, needed in self._needed_scores.items() if not needed <= present]
-        if dropped:
-            self._report_dropped_rows(dropped)
-            self._filters = [f for f in self._filters if f.name not in dropped]
-        PENDING_ROLLOUTS[self.config.task] = _gather_across_ranks(rollouts)
-        return super().apply_filters()
-
-    def _report_dropped_rows(self, dropped: list[str]) -> None:
-        """Say which rows are left out and why: quietly when the run asked for no heads (``heads=none``)."""
-        lm = _live_hf_model()
-        hf_swift = isinstance(lm, HFSwiftLM)
-        spec = lm.heads_spec if hf_swift else (self.config.metadata or {}).get("heads")
-        rows = ", ".join(dropped)
-        if heads_disabled(spec):
-            log.info("%s: rows %s are left out (no SWIFT heads: heads=%s)", self.config.task, rows, spec)
-            return
-        fix = (
-            "give --model_args ...,heads=PATH"
-            if hf_swift
-            else "give a head with --metadata '{\"heads\": \"PATH\"}', or sample with --model hf-swift and heads=PATH"
-        )
-        log.warning("%s: no response carries the scores that rows %s need; they are left out: %s.",
-                    self.config.task, rows, fix)
-
-    def _add_missing_swift_scores(self, rollouts: list[QuestionRollout]) -> None:
-        """Rescore responses that came without SWIFT scores (lm-eval's plain ``hf`` model) when a head is
-        known and the generating HF model lives in this process (its weights are reused, not reloaded)."""
-        if not rollouts or any(resp.scores for r in rollouts for resp in r.responses):
-            return
-        lm = _live_hf_model()
-        if lm is None or isinstance(lm, HFSwiftLM):  # hf-swift already scored with the heads it was given
-            return
-        meta = self.config.metadata or {}
-        max_gen_toks = int((self.config.generation_kwargs or {}).get("max_gen_toks", lm.max_gen_toks))
-        add_live_model_head_scores(rollouts, lm, meta.get("heads"), max_gen_toks)
-
-
-def check_generation_fits(lm, requests: list[tuple[str, dict]], task: str) -> None:
+def check_generation_fits(generator: GeneratorModel, requests: list[tuple[str, dict]], task: str) -> None:
     """Raise :class:`UsageError` before sampling when the longest prompt (tokens, over all ranks) plus the requested
-    ``max_gen_toks`` exceeds ``lm.max_length``: lm-eval would cut the start of the question (or stop at an
+    ``max_gen_toks`` exceeds the model's context: lm-eval would cut the start of the question (or stop at an
     assertion). ``requests``: (context, gen_kwargs) pairs."""
     from lm_eval.models.utils import normalize_gen_kwargs
 
     longest: dict[int, int] = {}  # max_gen_toks -> longest prompt, in tokens
     for context, gen_kwargs in {(c, json.dumps(g, sort_keys=True, default=str)) for c, g in requests}:
-        max_gen_toks = int(normalize_gen_kwargs(json.loads(gen_kwargs), lm.max_gen_toks)["max_gen_toks"])
-        longest[max_gen_toks] = max(longest.get(max_gen_toks, 0), len(lm.tok_encode(context)))
-    longest = _max_across_ranks(longest)
-    for max_gen_toks, prompt in sorted(longest.items()):
-        if prompt + max_gen_toks > lm.max_length:
-            room = lm.max_length - prompt
+        max_gen_toks = int(normalize_gen_kwargs(json.loads(gen_kwargs), DEFAULT_MAX_GEN_TOKS)["max_gen_toks"])
+        longest[max_gen_toks] = max(longest.get(max_gen_toks, 0), len(generator.encode(context)))
+    for max_gen_toks, prompt in sorted(distributed.max_across_ranks(longest).items()):
+        if prompt + max_gen_toks > generator.max_length:
+            room = generator.max_length - prompt
             fix = f"pass --gen_kwargs max_gen_toks={room} or less" if room > 0 else "the prompt alone does not fit"
             raise UsageError(
                 f"{task}: a prompt of {prompt} tokens plus max_gen_toks={max_gen_toks} exceeds the model's context "
-                f"of {lm.max_length} tokens: {fix} (or use a model with a longer context)"
+                f"of {generator.max_length} tokens: {fix} (or use a model with a longer context)"
             )
-
-
-def _max_across_ranks(longest: dict[int, int]) -> dict[int, int]:
-    """Under data parallelism, the per-key maximum of every rank's ``longest``, so all ranks decide alike."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return longest
-    shares: list[dict[int, int] | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(shares, longest)
-    merged: dict[int, int] = {}
-    for share in shares:
-        for key, value in (share or {}).items():
-            merged[key] = max(merged.get(key, 0), value)
-    return merged
-
-
-def _gather_across_ranks(rollouts: list[QuestionRollout]) -> list[QuestionRollout]:
-    """Under data parallelism each rank holds its share of the questions: collect them all (in doc order) on
-    every rank, so rank 0, which writes the files, has the whole task."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return rollouts
-    shares: list[list[QuestionRollout] | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(shares, rollouts)
-    return sorted((r for share in shares for r in share or []), key=lambda r: r.doc_id)
-
-
-def _shard_hflm_across_processes() -> None:
-    """Make the process's lm-eval HFLM (``--model hf``) take its share of the documents when it was launched in
-    several processes that HFLM does not shard: HFLM splits documents across ranks only with several GPUs, so on CPU
-    (``ACCELERATE_USE_CPU=true accelerate launch --multi_gpu``, gloo) every process would evaluate everything and
-    write the same files. Runs while tasks load, after the model is made and before lm-eval splits the documents
-    by ``lm.rank``. ``hf-swift`` does this itself."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return
-    lm = _live_hf_model()
-    accelerator = getattr(lm, "accelerator", None)
-    if accelerator is not None and accelerator.num_processes > 1 and lm.world_size == 1:
-        log.info("HFLM: sharding documents across %d processes (rank %d)", accelerator.num_processes,
-                 accelerator.process_index)
-        lm._rank, lm._world_size = accelerator.process_index, accelerator.num_processes
-        from lm_eval_swift.models import destroy_gloo_group_at_exit
-
-        destroy_gloo_group_at_exit()
-
-
-def _live_hf_model():
-    """The lm-eval HFLM instance of this process, if there is exactly one (lm-eval hands filters no model)."""
-    from lm_eval.models.huggingface import HFLM
-
-    found = [o for o in gc.get_objects() if isinstance(o, HFLM)]
-    return found[0] if len(found) == 1 else None

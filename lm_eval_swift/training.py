@@ -45,7 +45,7 @@ from lm_eval_swift.features import (
 )
 from lm_eval_swift.heads import SwiftHead, swift_reward
 from lm_eval_swift.metrics import auroc, within_question_auroc
-from lm_eval_swift.report import bon_table
+from lm_eval_swift.pipeline import bon_table
 from lm_eval_swift.responses import prompt_tokens, response_tokens_from_text
 from lm_eval_swift.rollouts import QuestionRollout, read_rollouts
 

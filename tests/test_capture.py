@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import make_heads, reference_rewards
 from transformers import AutoModelForCausalLM, Gemma2Config, GemmaConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig
 
 from lm_eval_swift import capture
@@ -13,37 +14,6 @@ from lm_eval_swift.rescoring import rescore
 
 torch.set_num_threads(1)
 ARCHS = ["llama", "mistral", "qwen2"]
-
-
-def reference_rewards(model, heads, prompts, responses) -> torch.Tensor:
-    """R [n, H]: one unbatched forward per sample with output_hidden_states=True, features concatenated."""
-    out = torch.zeros(len(prompts), len(heads))
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        with torch.no_grad():
-            o = model(torch.tensor([list(p) + list(r)], device=model.device), output_hidden_states=True)
-        at = slice(len(p), len(p) + len(r))  # positions where the response tokens are the input
-        for h, head in enumerate(heads):
-            if head.kind == "logits":
-                feats = o.logits[0, at]
-            else:
-                feats = torch.cat([o.hidden_states[e][0, at] for e in head.layers], dim=-1)
-            out[i, h] = head.reward(feats.float().cpu(), torch.ones(len(r)))
-    return out
-
-
-def make_heads(config, name_or_path, seed=0) -> list[SwiftHead]:
-    """All layers (gated), the last 4 entries (no gate), logits (gated); O(1) weights so rewards are not ~0."""
-    torch.manual_seed(seed)
-    L = config.num_hidden_layers
-    heads = [
-        SwiftHead.for_model(config, name_or_path, name="all"),
-        SwiftHead.for_model(config, name_or_path, layers=range(L - 3, L + 1), gate=False, name="last4"),
-        SwiftHead.for_model(config, name_or_path, kind="logits", name="logits"),
-    ]
-    for head in heads:
-        torch.nn.init.normal_(head.linear.weight, std=0.5)
-        torch.nn.init.normal_(head.linear.bias, std=0.5)
-    return heads
 
 
 @pytest.fixture(scope="module", params=ARCHS)

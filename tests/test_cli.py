@@ -1,5 +1,5 @@
-"""End to end through the real command lines: ``lm_eval --model hf`` with our task directory, and
-``lm-eval-swift eval --model hf-swift``, on a tiny random model with local data and --limit."""
+"""End to end through the real command lines: ``lm-eval-swift eval`` with lm-eval's ``hf`` and with ``hf-swift``, and
+``lm_eval`` with our task directory, on a tiny random model with local data and --limit."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from transformers import AutoTokenizer
 
 from lm_eval_swift.cli import tasks_dir
 from lm_eval_swift.heads import SwiftHead
@@ -34,6 +35,15 @@ def run(cmd: list[str], cwd: Path) -> str:
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc.stdout
+
+
+def run_failing(cmd: list[str], cwd: Path) -> str:
+    """stdout + stderr of a command that must fail before lm-eval runs any request."""
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert "Running generate_until requests" not in out, out[-3000:]
+    return out
 
 
 def common_flags(shared_data, out, metadata: dict) -> list[str]:
@@ -62,18 +72,51 @@ def check_rows_and_rollouts(acc, rollouts):
 
 
 def test_lm_eval_hf_rescores_with_a_head(model_and_head, shared_data, tmp_path):
-    """Plain ``lm_eval --model hf``: the swift rows come from rescoring with the in-process model."""
+    """lm-eval's plain ``hf`` model: the swift rows come from rescoring with the model of its model arguments, and
+    the rollouts carry each response's tokens (re-encoded from its text)."""
     model, head = model_and_head
     out = tmp_path / "out"
     run(
-        ["lm_eval", "--model", "hf", "--model_args", f"pretrained={model},dtype=float32",
-         "--include_path", str(tasks_dir()), *common_flags(shared_data, out, {"heads": str(head)})],
+        [sys.executable, "-m", "lm_eval_swift", "eval", "--model", "hf", "--model_args",
+         f"pretrained={model},dtype=float32", *common_flags(shared_data, out, {"heads": str(head)})],
         tmp_path,
     )
     acc, rollouts = results_and_rollouts(out)
     check_rows_and_rollouts(acc, rollouts)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    for r in rollouts:
+        for resp in r.responses:
+            assert resp.num_tokens == len(resp.token_ids) > 0
+            assert tokenizer.decode(resp.token_ids, skip_special_tokens=True) == resp.text
     report = run([sys.executable, "-m", "lm_eval_swift", "report", str(next(out.rglob("rollouts_*.jsonl")))], tmp_path)
     assert "| swift |" in report and "| maj |" in report
+
+
+def test_lm_eval_cli_hf_fails_before_sampling_on_a_misspelt_scorer(model_and_head, shared_data, tmp_path):
+    """The real ``lm_eval`` with our task directory: a misspelt reward-model name fails when the task is built."""
+    model, _ = model_and_head
+    out = run_failing(
+        ["lm_eval", "--model", "hf", "--model_args", f"pretrained={model},dtype=float32",
+         "--include_path", str(tasks_dir()), *common_flags(shared_data, tmp_path / "out", {"scorers": "skywrok"})],
+        tmp_path,
+    )
+    assert "unknown scorer 'skywrok'" in out
+
+
+def test_lm_eval_cli_hf_fails_before_sampling_on_a_head_for_another_model(model_and_head, tiny_model_factory,
+                                                                          shared_data, tmp_path):
+    """The real ``lm_eval`` with our task directory: a head made for another model fails when the task is built."""
+    from transformers import AutoConfig
+
+    model, _ = model_and_head
+    other = tiny_model_factory("llama", hidden_size=48)
+    head = SwiftHead.for_model(AutoConfig.from_pretrained(other), str(other)).save_pretrained(tmp_path / "head")
+    out = run_failing(
+        ["lm_eval", "--model", "hf", "--model_args", f"pretrained={model},dtype=float32",
+         "--include_path", str(tasks_dir()), *common_flags(shared_data, tmp_path / "out", {"heads": str(head)})],
+        tmp_path,
+    )
+    assert "does not fit model" in out and "hidden_size" in out
 
 
 def test_hf_swift_capture_equals_rescoring(model_and_head, shared_data, tmp_path):

@@ -12,13 +12,17 @@ from lm_eval_swift.demo.synthetic import (
     MAX_VALUE,
     MIN_STEPS,
     SPLITS,
-    extract_prediction,
     final_answer,
-    is_correct,
     make_problems,
     split_of,
     write_jsonl,
 )
+from lm_eval_swift.grading import extract_answer, grade
+
+
+def is_correct(response: str, answer: str) -> bool:
+    """The library's grading of ``response`` against the gold ``#### N`` of a synthetic answer."""
+    return grade(response, final_answer(answer), "gsm8k")
 
 STEP = re.compile(r"^([A-Z][a-z]+(?: [a-z]+)?): (\d+) ([-+*/]) (\d+) = (\d+)$")
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a / b}
@@ -90,9 +94,9 @@ def test_varied(problems):
     assert len({final_answer(p["answer"]) for p in ps}) > 50
 
 
-def test_local_check_and_jsonl(tmp_path):
+def test_library_grading_of_synthetic_answers_and_jsonl(tmp_path):
     gold = "Buying: 3 + 4 = 7\nSelling: 7 - 2 = 5\n#### 5"
-    assert extract_prediction(gold) == "5" and is_correct(gold, gold)
+    assert extract_answer(gold, "gsm8k") == "5" and is_correct(gold, gold)
     assert is_correct("so the answer is \\boxed{5}", gold)
     assert is_correct("7 - 2 = 5", gold)
     assert not is_correct("Selling: 7 - 2 = 6\n#### 6", gold)

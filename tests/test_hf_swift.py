@@ -7,10 +7,10 @@ import json
 
 import pytest
 import torch
+from helpers import make_heads, reference_rewards
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 from safetensors.torch import save_file
-from test_capture import make_heads, reference_rewards
 from transformers import AutoConfig
 
 from lm_eval_swift.heads import HeadError, HeadMismatchError, SwiftHead

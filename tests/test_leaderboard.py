@@ -248,7 +248,7 @@ def test_mixed_n_uses_each_questions_own_n_and_says_so(tmp_path, caplog):
     the other rows only at k every question has (never a silent cut of the longer question)."""
     short = question(1, [0, 0, 2], [1, 1, 0], swift=[0.0, 0.5, 1.0], rm=[0.1, 0.2, 0.3])
     rollouts = [MODEL_A[0], short]
-    caplog.set_level("WARNING", logger="lm_eval_swift.report")
+    caplog.set_level("WARNING", logger="lm_eval_swift.pipeline")
     table = bon_table(rollouts, ks=(1, 2, 4, 8))
     assert "N differs between questions (1 of 2 have fewer than 8 samples, the fewest 3)" in caplog.text
     assert table["mean"] == {8: pytest.approx((3 / 8 + 2 / 3) / 2)}
@@ -264,7 +264,7 @@ def test_mixed_n_uses_each_questions_own_n_and_says_so(tmp_path, caplog):
 
 
 def test_partly_scored_rollouts_warn(caplog):
-    caplog.set_level("WARNING", logger="lm_eval_swift.report")
+    caplog.set_level("WARNING", logger="lm_eval_swift.pipeline")
     bon_table([MODEL_A[0], question(1, [0, 1], [1, 0])], ks=(1, 2))
     assert "2 of 10 responses have no 'swift' score" in caplog.text
 

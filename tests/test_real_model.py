@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import make_heads, reference_rewards
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
-from test_capture import make_heads, reference_rewards
 
-from lm_eval_swift.cli import tasks_dir
 from lm_eval_swift.models import HFSwiftLM
 from lm_eval_swift.rescoring import rescore
 from lm_eval_swift.rollouts import read_rollouts
@@ -130,13 +129,15 @@ def rows_and_rollouts(out: Path):
 
 
 def test_cli_hf_from_gguf_and_hf_swift(smollm2, lm, shared_data, tmp_path):
-    """``lm_eval --model hf`` loading the GGUF itself (head given by --metadata), and ``lm-eval-swift eval --model
-    hf-swift`` on the converted directory: every row, the same prompts, and prompt ids equal to HFLM's."""
+    """``lm-eval-swift eval --model hf`` (lm-eval's own model) loading the GGUF itself (head given by --metadata),
+    and ``lm-eval-swift eval --model hf-swift`` on the converted directory: every row, the same prompts, and prompt
+    ids equal to HFLM's."""
     head = lm.heads["all"].save_pretrained(tmp_path / "head")
     gguf = smollm2_gguf()
     run(
-        ["lm_eval", "--model", "hf", "--model_args", f"pretrained={gguf.parent},gguf_file={gguf.name}",
-         "--include_path", str(tasks_dir()), *cli_flags(shared_data, tmp_path / "hf", {"heads": str(head)})],
+        [sys.executable, "-m", "lm_eval_swift", "eval", "--model", "hf",
+         "--model_args", f"pretrained={gguf.parent},gguf_file={gguf.name}",
+         *cli_flags(shared_data, tmp_path / "hf", {"heads": str(head)})],
         tmp_path,
     )  # fmt: skip
     run(

@@ -3,114 +3,43 @@ started again samples only what is missing and prints the table of an uninterrup
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
-from contextlib import closing, suppress
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import (
+    BATCH,
+    ENV,
+    LIMIT,
+    N,
+    acc_rows,
+    assert_same_rollouts,
+    cache_line,
+    count_rows,
+    eval_flags,
+    make_setup,
+    run,
+    table_rows,
+)
 from lm_eval.api.instance import Instance
-from transformers import AutoConfig
 
-from lm_eval_swift.heads import SwiftHead
 from lm_eval_swift.models import HFSwiftLM
 from lm_eval_swift.responses import ScoredText
-from lm_eval_swift.rollouts import read_rollouts
 from lm_eval_swift.sample_cache import SampleCache, question_key, resolve_path
 
 torch.set_num_threads(1)
-N, LIMIT, BATCH = 8, 6, 2  # 6 questions x 8 samples, decoded 2 rows at a time
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def make_setup(model: Path, root: Path) -> dict[str, Path]:
-    """The model, a head for it (O(1) weights, so rewards differ), and questions whose answers are one digit (so
-    that a random model gets some right)."""
-    head = SwiftHead.for_model(AutoConfig.from_pretrained(model), str(model))
-    torch.manual_seed(0)
-    torch.nn.init.normal_(head.linear.weight, std=0.5)
-    data = root / "questions.jsonl"
-    data.write_text(
-        "".join(json.dumps({"question": f"What is {i} + {i % 3}?", "answer": f"#### {(7 * i + 3) % 10}"}) + "\n"
-                for i in range(8))
-    )  # fmt: skip
-    return {"model": model, "head": head.save_pretrained(root / "head"), "data": data}
 
 
 @pytest.fixture(scope="module")
 def setup(tiny_model_factory, tmp_path_factory) -> dict[str, Path]:
     return make_setup(tiny_model_factory("llama"), tmp_path_factory.mktemp("resume"))
-
-
-def eval_flags(
-    setup, cache: Path, out: Path, n: int = N, limit: int = LIMIT, batch: int = BATCH, gen_toks: int = 12
-) -> list[str]:
-    """lm-eval flags of a gsm8k_bon_swift run of ``hf-swift`` with sample cache ``cache``."""
-    return [
-        "--model", "hf-swift",
-        "--model_args", f"pretrained={setup['model']},dtype=float32,heads={setup['head']},sample_cache={cache}",
-        "--tasks", "gsm8k_bon_swift", "--limit", str(limit), "--apply_chat_template", "--device", "cpu",
-        "--batch_size", str(batch), "--gen_kwargs", f"max_gen_toks={gen_toks}", "--output_path", str(out),
-        "--metadata", json.dumps({"n": n, "data_file": str(setup["data"])}),
-    ]  # fmt: skip
-
-
-def run(cmd: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=env or ENV, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
-
-
-def table_rows(stdout: str) -> list[str]:
-    rows = [line for line in stdout.splitlines() if line.startswith("|")]
-    assert rows, stdout[-3000:]
-    return rows
-
-
-def acc_rows(out: Path) -> dict[str, float]:
-    """The task's acc and acc_stderr entries of the results JSON."""
-    results = json.loads(next(out.rglob("results_*.json")).read_text())["results"]["gsm8k_bon_swift"]
-    return {key: value for key, value in results.items() if key.startswith("acc")}
-
-
-def rollouts_text(out: Path) -> str:
-    return next(out.rglob("rollouts_gsm8k_bon_swift_*.jsonl")).read_text()
-
-
-def assert_same_rollouts(a: Path, b: Path) -> None:
-    """The same rollouts: every field equal, the scores up to float32 rounding. A sample's scores are computed in a
-    decode batch shared with other rows, whose number and lengths change the last bits (a resumed packed run's
-    batches hold only the missing samples); its tokens do not depend on them."""
-    got, want = (list(read_rollouts(next(d.rglob("rollouts_gsm8k_bon_swift_*.jsonl")))) for d in (a, b))
-    assert len(got) == len(want)
-    for x, y in zip(got, want):
-        assert [(r.text, r.token_ids, r.finish, r.correct) for r in x.responses] == [
-            (r.text, r.token_ids, r.finish, r.correct) for r in y.responses
-        ]
-        assert (x.doc_id, x.prompt, x.gold, x.prompt_token_ids) == (y.doc_id, y.prompt, y.gold, y.prompt_token_ids)
-        for r, s in zip(x.responses, y.responses):
-            assert r.scores == pytest.approx(s.scores, rel=1e-5, abs=1e-6)
-
-
-def count_rows(db: Path) -> int | None:
-    """Samples in the cache, or None while it is not created yet."""
-    if not db.exists():
-        return None
-    try:
-        with closing(sqlite3.connect(db, timeout=30)) as conn:
-            return conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
-    except sqlite3.OperationalError:  # no table yet
-        return None
-
-
-def cache_line(stderr: str, cached: int, sampled: int, db: Path) -> bool:
-    return f"hf-swift sample cache {db}: {cached} samples cached, {sampled} sampled" in stderr
 
 
 # ---- the cache alone and in-process ---------------------------------------------------------------------------

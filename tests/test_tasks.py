@@ -13,7 +13,7 @@ from lm_eval_swift.errors import UsageError
 from lm_eval_swift.report import bon_table
 from lm_eval_swift.responses import ScoredText
 from lm_eval_swift.rollouts import read_rollouts
-from lm_eval_swift.tasks import load_source
+from lm_eval_swift.tasks import load_source, save_rollouts
 
 GOLDS = ["18", "3"]  # the first two GSM8K test answers
 
@@ -50,6 +50,7 @@ def run(model, tmp_path, shared_data, n=4, metadata=None, **kw):
         model=model, tasks=["gsm8k_bon_swift"], task_manager=tm, limit=2, evaluation_tracker=tracker, **kw
     )
     tracker.save_results_aggregated(results=results, samples=None)
+    save_rollouts(next(tmp_path.rglob("results_*.json")))
     return results["results"]["gsm8k_bon_swift"], tracker
 
 
@@ -181,6 +182,7 @@ def test_reward_model_rows(tmp_path, shared_data):
     results = simple_evaluate(model=ScriptedLM(SCRIPT), tasks=["gsm8k_bon_swift"], task_manager=tm, limit=2,
                               evaluation_tracker=tracker)
     tracker.save_results_aggregated(results=results, samples=None)
+    save_rollouts(next((tmp_path / "out").rglob("results_*.json")))
     acc = {key.split(",")[1]: v for key, v in results["results"]["gsm8k_bon_swift"].items() if key.startswith("acc,")}
     for row in ("seq-cls@4", "seq-cls_vote@4", "swift+seq-cls_scaling@4", "swift+seq-cls_ranking@1"):
         assert row in acc
@@ -215,3 +217,20 @@ def _leaves(obj):
             yield from _leaves(v)
     else:
         yield obj
+
+
+def test_task_rows_equal_report_rows(shared_data):
+    """lm-eval's filter pipelines of the task and the report's table come from one definition: the same rows and
+    k values, in the same order, for N=16 with SWIFT and a reward model."""
+    from lm_eval_swift.rollouts import QuestionRollout, Response
+
+    tm = TaskManager(include_path=str(tasks_dir()), include_defaults=False,
+                     metadata={"n": 16, "data_dir": str(shared_data), "scorers": "skywork"})  # fmt: skip
+    task = next(t for t in _leaves(tm.load(["gsm8k_bon_swift"])) if t.config.task == "gsm8k_bon_swift")
+    responses = [Response("1", "1", 1.0, 0, 1, scores={"swift": 0.5, "skywork": 0.1}) for _ in range(16)]
+    rollout = QuestionRollout("t", 0, "gsm8k", "q", "q", "1", responses, costs={"skywork": {"parameters": 1.0}})
+    table = bon_table([rollout])
+    report_rows = [row if row == "first" else f"{row}@{k}" for row, cols in table.items() for k in cols]
+    assert [f["name"] for f in task.config.filter_list] == report_rows
+    assert "maj@16" in report_rows and "maj@64" not in report_rows and "mean@16" in report_rows
+    assert "swift+skywork_ranking@4" in report_rows

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -214,30 +213,13 @@ def final_answer(answer: str) -> str:
     return answer.rsplit("####", 1)[-1].strip()
 
 
-_NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+def load_synthetic(split: str, questions: int, seed: int = 0, **_):
+    """lm-eval ``custom_dataset`` of the demo task: ``questions`` problems of ``split``, as the library's tasks
+    normalise GSM8K records."""
+    from lm_eval_swift.tasks import dataset_dict, normalise
 
-
-def extract_prediction(text: str) -> str | None:
-    """A quick local grader's reading of a response: the last ``\\boxed{..}``, else ``#### N``, else the last number."""
-    boxed = re.findall(r"\\boxed\{([^{}]*)\}", text)
-    if boxed:
-        return boxed[-1].strip()
-    m = re.search(r"####\s*(-?[\d,.]+)", text)
-    if m:
-        return m.group(1)
-    nums = _NUM.findall(text)
-    return nums[-1] if nums else None
-
-
-def is_correct(response: str, answer: str) -> bool:
-    """Whether ``response``'s final number equals the gold ``#### N`` of ``answer`` (numerically)."""
-    pred = extract_prediction(response)
-    if pred is None:
-        return False
-    try:
-        return float(pred.replace(",", "").rstrip(".")) == float(final_answer(answer).replace(",", ""))
-    except ValueError:
-        return False
+    problems = make_problems(split, int(questions), int(seed))
+    return dataset_dict([normalise(r, "gsm8k", i) for i, r in enumerate(problems)])
 
 
 def write_jsonl(records: Iterable[dict], path: str | Path) -> Path:

@@ -34,13 +34,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
-from lm_eval_swift.demo.synthetic import extract_prediction, is_correct, make_problems
+from lm_eval_swift.demo.synthetic import final_answer, make_problems
+from lm_eval_swift.grading import extract_answer, is_equivalent
+from lm_eval_swift.tasks import PROMPT as INSTRUCTION
 from lm_eval_swift.toy_models import char_tokenizer, random_model
-
-INSTRUCTION = (
-    "Solve the following math problem step-by-step.\n"
-    "Simplify your answer as much as possible. Present your final answer as \\boxed{Your Answer}.\n"
-)
 
 DEFAULTS = dict(
     layers=4, hidden=128, intermediate=512, heads=4, max_positions=1024,
@@ -204,18 +201,20 @@ def sample(model, tokenizer, question: str, n: int, max_new_tokens: int = 160) -
 
 
 def evaluate(model, tokenizer, problems: list[dict], k: int = 8, seed: int = 0, show: int = 0) -> dict:
-    """Per-sample accuracy, pass@k and maj@k (majority vote over extracted answers) with a quick local check."""
+    """Per-sample accuracy, pass@k and maj@k (majority vote over extracted answers), graded by
+    :mod:`lm_eval_swift.grading`."""
     torch.manual_seed(seed)
     per_sample, passk, majk, lengths = [], [], [], []
     t0 = time.time()
     for i, p in enumerate(tqdm(problems, desc=f"sample x{k}", mininterval=2.0)):
         texts, _ = sample(model, tokenizer, p["question"], k)
-        ok = [is_correct(t, p["answer"]) for t in texts]
+        gold = final_answer(p["answer"])
+        preds = [extract_answer(t, "gsm8k") for t in texts]
+        ok = [x is not None and is_equivalent(x, gold, "gsm8k") for x in preds]
         per_sample += ok
         passk.append(any(ok))
-        preds = [extract_prediction(t) for t in texts]
         votes = Counter(x for x in preds if x is not None)
-        majk.append(bool(votes) and is_correct(votes.most_common(1)[0][0], p["answer"]))
+        majk.append(bool(votes) and is_equivalent(votes.most_common(1)[0][0], gold, "gsm8k"))
         lengths += [len(t) for t in texts]
         if i < show:
             print(f"--- Q: {p['question']}\n--- gold: {p['answer']!r}")

@@ -1,0 +1,173 @@
+"""The best-of-N pipeline, one direction: samples -> graded responses -> scores -> selection -> rows.
+
+The task (:class:`~lm_eval_swift.tasks.BestOfNTask`, inside lm-eval), ``lm-eval-swift report`` and
+``lm-eval-swift rescore`` all call it. It also holds the one definition of the result rows and their k values:
+lm-eval's filter pipelines (:func:`filter_list`) and the report's table (:func:`bon_table`) are both made from
+:func:`rows` and :data:`BON_KS`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
+
+from tqdm import tqdm
+
+from lm_eval_swift.errors import UsageError
+from lm_eval_swift.rollouts import QuestionRollout, build_rollout
+from lm_eval_swift.selectors import FILTER_NAMES, SELECTORS
+
+log = logging.getLogger(__name__)
+
+Row = tuple[str, dict]  # (selector name, selector kwargs)
+
+BON_KS = (1, 4, 16, 64)
+"""The k values of every row (the first k of a question's N samples; k > N is left out)."""
+
+CLASSIC_ROWS: dict[str, Row] = {
+    "first": ("first", {}),  # k = 1 only
+    "mean": ("mean", {}),  # k = N only: not a selection, the mean correctness of all N samples
+    "maj": ("maj", {}),
+    "oracle": ("oracle", {}),
+}
+
+
+def score_rows(name: str, reward_model: bool) -> dict[str, Row]:
+    """The rows a score adds: argmax ``<name>``, weighted vote ``<name>_vote`` (sigmoid weights for a SWIFT
+    reward, min-max for a reward model), and for a reward model its combinations with SWIFT."""
+    rows: dict[str, Row] = {
+        name: ("argmax", {"score": name}),
+        f"{name}_vote": ("vote", {"score": name, "weight": "minmax" if reward_model else "sigmoid"}),
+    }
+    if reward_model:
+        for method in ("scaling", "ranking"):
+            rows[f"swift+{name}_{method}"] = ("combined", {"scores": ["swift", name], "method": method})
+    return rows
+
+
+def rows(score_names: Collection[str], reward_models: Collection[str] = ()) -> dict[str, Row]:
+    """Row name -> (selector name, selector kwargs): the classic rows, then the rows of each score (SWIFT heads
+    first, then reward models, which also combine with ``swift`` when it is present)."""
+    out = dict(CLASSIC_ROWS)
+    for name in sorted(score_names, key=lambda s: (s in reward_models, s != "swift", s)):
+        rm = name in reward_models
+        out.update(
+            {
+                row: spec
+                for row, spec in score_rows(name, rm).items()
+                if not (rm and spec[0] == "combined" and "swift" not in score_names)
+            }
+        )
+    return out
+
+
+def row_ks(row: str, n: int, ks: Sequence[int] = BON_KS) -> list[int]:
+    """The k values of ``row`` for N = ``n`` samples: ``first`` at 1, ``mean`` at N, every other row at each
+    k <= N."""
+    return {"first": [1], "mean": [n]}.get(row) or [k for k in ks if k <= n]
+
+
+def needed_scores(row: Row) -> set[str]:
+    """The scores a row's selector reads."""
+    kwargs = row[1]
+    return {kwargs["score"]} if "score" in kwargs else set(kwargs.get("scores", ()))
+
+
+def filter_list(table_rows: Mapping[str, Row], n: int, ks: Sequence[int] = BON_KS) -> list[dict[str, Any]]:
+    """lm-eval's ``filter_list``: one filter pipeline per row and k, named ``<row>@<k>`` (``first`` alone), each
+    applying the row's selector to the first k of the N responses."""
+    out = []
+    for row, (selector, kwargs) in table_rows.items():
+        for k in row_ks(row, n, ks):
+            step = {"function": FILTER_NAMES[selector], **kwargs}
+            if row not in ("first", "mean"):
+                step["k"] = k
+            out.append({"name": row if row == "first" else f"{row}@{k}", "filter": [step]})
+    return out
+
+
+def grade(
+    task: str,
+    docs: Sequence[tuple[int, dict, str]],
+    samples: Sequence[Sequence[str]],
+    tokenizer=None,
+    max_gen_toks: int | None = None,
+    grading: str = "default",
+) -> list[QuestionRollout]:
+    """Grade each question's samples under grading mode ``grading``: ``docs`` holds (doc id, doc, prompt) per
+    question, a doc carrying ``kind``, ``problem`` and ``answer``. ``tokenizer`` (with ``max_gen_toks``) gives token
+    ids to samples that come as plain text."""
+    return [
+        build_rollout(
+            task, doc_id, doc["kind"], doc["problem"], prompt, doc["answer"], resps, tokenizer, max_gen_toks, grading
+        )
+        for (doc_id, doc, prompt), resps in tqdm(
+            zip(docs, samples, strict=True), total=len(docs), desc=f"Grading {task}", unit="q"
+        )
+    ]
+
+
+HeadScoring = Callable[[Sequence[QuestionRollout]], None]
+"""Adds SWIFT-head rewards to every response of the rollouts it is given (see
+:func:`~lm_eval_swift.scoring.add_head_scores`)."""
+
+
+def score(
+    rollouts: Sequence[QuestionRollout],
+    heads: HeadScoring | None = None,
+    scorers: Mapping[str, Mapping[str, Any]] | None = None,
+) -> None:
+    """Add scores in place: SWIFT heads (``heads``), then each reward-model scorer (name -> load options), one
+    loaded at a time."""
+    from lm_eval_swift.scoring import add_scorer_scores
+
+    if heads is not None:
+        heads(rollouts)
+    if scorers:
+        add_scorer_scores(rollouts, scorers)
+
+
+def score_names(rollouts: Sequence[QuestionRollout]) -> tuple[list[str], set[str]]:
+    """(every score some response carries, sorted; those of reward models, which record a cost)."""
+    names = sorted({s for r in rollouts for resp in r.responses for s in resp.scores})
+    return names, {s for r in rollouts for s in r.costs}
+
+
+def sample_counts(rollouts: Sequence[QuestionRollout]) -> tuple[int, int]:
+    """(smallest, largest) N over the questions."""
+    sizes = [len(r.responses) for r in rollouts]
+    return min(sizes), max(sizes)
+
+
+def bon_table(
+    rollouts: Sequence[QuestionRollout], ks: Sequence[int] = BON_KS, *, warn: bool = True
+) -> dict[str, dict[int, float]]:
+    """Accuracy of each row at each k (first k of the N samples); ``first`` at k=1 and ``mean`` at k=N only.
+
+    When the questions' N differ, each question's own N is used: ``mean`` averages all of a question's samples
+    (its column is the largest N), and the other rows keep only the k every question has. With ``warn``, that and
+    responses lacking a score that others carry are logged as warnings.
+    """
+    if not rollouts:
+        raise UsageError("no rollouts to report on")
+    n_min, n = sample_counts(rollouts)
+    task = rollouts[0].task
+    if warn and n_min != n:
+        short = sum(len(r.responses) < n for r in rollouts)
+        log.warning(
+            "%s: N differs between questions (%d of %d have fewer than %d samples, the fewest %d): mean@N uses each "
+            "question's own N; the other rows keep only k <= %d", task, short, len(rollouts), n, n_min, n_min,
+        )  # fmt: skip
+    names, reward_models = score_names(rollouts)
+    total = sum(len(r.responses) for r in rollouts)
+    for name in names if warn else ():
+        if missing := sum(name not in resp.scores for r in rollouts for resp in r.responses):
+            log.warning("%s: %d of %d responses have no %r score; they rank below every scored response in its rows",
+                        task, missing, total, name)  # fmt: skip
+    table: dict[str, dict[int, float]] = {}
+    for row, (selector, kwargs) in rows(names, reward_models).items():
+        fn = SELECTORS[selector]
+        ks_of_row = [n] if row == "mean" else row_ks(row, n_min, ks)
+        table[row] = {k: sum(fn(r.responses[:k], **kwargs).correct for r in rollouts) / len(rollouts) for k in ks_of_row}
+    return table

@@ -1,0 +1,133 @@
+"""Helpers shared by several test modules (test modules do not import each other)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoConfig
+
+from lm_eval_swift.heads import SwiftHead
+from lm_eval_swift.rollouts import read_rollouts
+
+# ---- SWIFT rewards by a reference computation ------------------------------------------------------------------
+
+
+def reference_rewards(model, heads, prompts, responses) -> torch.Tensor:
+    """R [n, H]: one unbatched forward per sample with output_hidden_states=True, features concatenated."""
+    out = torch.zeros(len(prompts), len(heads))
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        with torch.no_grad():
+            o = model(torch.tensor([list(p) + list(r)], device=model.device), output_hidden_states=True)
+        at = slice(len(p), len(p) + len(r))  # positions where the response tokens are the input
+        for h, head in enumerate(heads):
+            if head.kind == "logits":
+                feats = o.logits[0, at]
+            else:
+                feats = torch.cat([o.hidden_states[e][0, at] for e in head.layers], dim=-1)
+            out[i, h] = head.reward(feats.float().cpu(), torch.ones(len(r)))
+    return out
+
+
+def make_heads(config, name_or_path, seed=0) -> list[SwiftHead]:
+    """All layers (gated), the last 4 entries (no gate), logits (gated); O(1) weights so rewards are not ~0."""
+    torch.manual_seed(seed)
+    L = config.num_hidden_layers
+    heads = [
+        SwiftHead.for_model(config, name_or_path, name="all"),
+        SwiftHead.for_model(config, name_or_path, layers=range(L - 3, L + 1), gate=False, name="last4"),
+        SwiftHead.for_model(config, name_or_path, kind="logits", name="logits"),
+    ]
+    for head in heads:
+        torch.nn.init.normal_(head.linear.weight, std=0.5)
+        torch.nn.init.normal_(head.linear.bias, std=0.5)
+    return heads
+
+
+# ---- command-line runs of hf-swift with a sample cache -----------------------------------------------------------
+
+N, LIMIT, BATCH = 8, 6, 2  # 6 questions x 8 samples, decoded 2 rows at a time
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def make_setup(model: Path, root: Path) -> dict[str, Path]:
+    """The model, a head for it (O(1) weights, so rewards differ), and questions whose answers are one digit (so
+    that a random model gets some right)."""
+    head = SwiftHead.for_model(AutoConfig.from_pretrained(model), str(model))
+    torch.manual_seed(0)
+    torch.nn.init.normal_(head.linear.weight, std=0.5)
+    data = root / "questions.jsonl"
+    data.write_text(
+        "".join(json.dumps({"question": f"What is {i} + {i % 3}?", "answer": f"#### {(7 * i + 3) % 10}"}) + "\n"
+                for i in range(8))
+    )  # fmt: skip
+    return {"model": model, "head": head.save_pretrained(root / "head"), "data": data}
+def eval_flags(
+    setup, cache: Path, out: Path, n: int = N, limit: int = LIMIT, batch: int = BATCH, gen_toks: int = 12
+) -> list[str]:
+    """lm-eval flags of a gsm8k_bon_swift run of ``hf-swift`` with sample cache ``cache``."""
+    return [
+        "--model", "hf-swift",
+        "--model_args", f"pretrained={setup['model']},dtype=float32,heads={setup['head']},sample_cache={cache}",
+        "--tasks", "gsm8k_bon_swift", "--limit", str(limit), "--apply_chat_template", "--device", "cpu",
+        "--batch_size", str(batch), "--gen_kwargs", f"max_gen_toks={gen_toks}", "--output_path", str(out),
+        "--metadata", json.dumps({"n": n, "data_file": str(setup["data"])}),
+    ]  # fmt: skip
+
+
+def run(cmd: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=env or ENV, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def table_rows(stdout: str) -> list[str]:
+    rows = [line for line in stdout.splitlines() if line.startswith("|")]
+    assert rows, stdout[-3000:]
+    return rows
+
+
+def acc_rows(out: Path) -> dict[str, float]:
+    """The task's acc and acc_stderr entries of the results JSON."""
+    results = json.loads(next(out.rglob("results_*.json")).read_text())["results"]["gsm8k_bon_swift"]
+    return {key: value for key, value in results.items() if key.startswith("acc")}
+
+
+def rollouts_text(out: Path) -> str:
+    return next(out.rglob("rollouts_gsm8k_bon_swift_*.jsonl")).read_text()
+
+
+def assert_same_rollouts(a: Path, b: Path) -> None:
+    """The same rollouts: every field equal, the scores up to float32 rounding. A sample's scores are computed in a
+    decode batch shared with other rows, whose number and lengths change the last bits (a resumed packed run's
+    batches hold only the missing samples); its tokens do not depend on them."""
+    got, want = (list(read_rollouts(next(d.rglob("rollouts_gsm8k_bon_swift_*.jsonl")))) for d in (a, b))
+    assert len(got) == len(want)
+    for x, y in zip(got, want):
+        assert [(r.text, r.token_ids, r.finish, r.correct) for r in x.responses] == [
+            (r.text, r.token_ids, r.finish, r.correct) for r in y.responses
+        ]
+        assert (x.doc_id, x.prompt, x.gold, x.prompt_token_ids) == (y.doc_id, y.prompt, y.gold, y.prompt_token_ids)
+        for r, s in zip(x.responses, y.responses):
+            assert r.scores == pytest.approx(s.scores, rel=1e-5, abs=1e-6)
+
+
+def count_rows(db: Path) -> int | None:
+    """Samples in the cache, or None while it is not created yet."""
+    if not db.exists():
+        return None
+    try:
+        with closing(sqlite3.connect(db, timeout=30)) as conn:
+            return conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+    except sqlite3.OperationalError:  # no table yet
+        return None
+
+
+def cache_line(stderr: str, cached: int, sampled: int, db: Path) -> bool:
+    return f"hf-swift sample cache {db}: {cached} samples cached, {sampled} sampled" in stderr

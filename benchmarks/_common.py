@@ -35,9 +35,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
 
 from lm_eval_swift.capture import HeadProjector  # noqa: E402
-from lm_eval_swift.toy_models import char_tokenizer, random_causal_lm  # noqa: E402
+from lm_eval_swift.toy_models import random_causal_lm  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -311,14 +312,15 @@ def model_label(args, params: int) -> str:
 
 def never_eos_copy(path: Path, workdir: str | Path) -> Path:
     """A view of the checkpoint at ``path`` whose EOS token lies outside the model's vocabulary, so the model can
-    never emit it: every sample runs to max_gen_toks, whoever samples (the weights are linked, not copied)."""
+    never emit it: every sample runs to max_gen_toks, whoever samples (the weights are linked, not copied). Works
+    for a real checkpoint too (its tokenizer, chat template included, gains the new EOS token)."""
     target = Path(workdir) / (path.name + "-never-eos")
     target.mkdir(parents=True, exist_ok=True)
     for f in path.iterdir():
         if f.name.endswith(".safetensors") or f.name.endswith(".index.json"):
             (target / f.name).unlink(missing_ok=True)
             (target / f.name).symlink_to(f.resolve())
-    tokenizer = char_tokenizer()
+    tokenizer = AutoTokenizer.from_pretrained(path)  # the random models' character tokenizer, or a real one
     tokenizer.add_special_tokens({"eos_token": NEVER_EOS})
     eos = tokenizer.convert_tokens_to_ids(NEVER_EOS)
     vocab = json.loads((path / "config.json").read_text())["vocab_size"]

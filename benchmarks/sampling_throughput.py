@@ -131,7 +131,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8, help="samples per prompt (= repeats)")
     parser.add_argument("--batch-size", type=int, help="batch size of all (default: N; 64 with --questions)")
     parser.add_argument("--questions", type=int, default=0, help="multi-question mode: Q questions x N samples")
-    parser.add_argument("--pretrained", help="a Hugging Face checkpoint directory instead of a random Llama")
+    parser.add_argument("--chat", action="store_true", help="prompts in one user turn of the model's chat template")
     parser.add_argument("--max-gen-toks", type=int, default=128)
     parser.add_argument("--shots", type=int, default=8, help="worked examples in the few-shot prompt (at most 8)")
     parser.add_argument("--pairs", type=int, default=3, help="repeats (pairs of runs) per prompt")
@@ -149,7 +149,7 @@ def main() -> None:
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(args.pretrained) if args.pretrained else c.never_eos_copy(c.build_model(args, dtype, tmp), tmp)
+        path = c.never_eos_copy(c.build_model(args, dtype, tmp), tmp)
         config = AutoConfig.from_pretrained(path)
         spec = "none"
         if args.heads == "swift":
@@ -166,7 +166,7 @@ def main() -> None:
             common_swift = common
         swift = HFSwiftLM(heads=spec, **common_swift)
         params = c.n_params(hf.model)
-        model_name = f"{path.name} ({params / 1e6:.0f}M)" if args.pretrained else f"{params / 1e6:.0f}M Llama"
+        model_name = c.model_label(args, params) + (", chat template" if args.chat else "")
         if args.questions:
             r = multi_question(args, hf, swift, device, batch_size)
             report_multi(args, r, device, model_name, dtype, batch_size)
@@ -176,6 +176,8 @@ def main() -> None:
             "zero-shot": f"Q: {c.ZERO_SHOT_QUESTION}\nA:",
             "few-shot": c.gsm8k_cot_prompt(args.shots, c.ZERO_SHOT_QUESTION),
         }
+        if args.chat:  # one user turn through the model's chat template, as --apply_chat_template builds it
+            prompts = {k: hf.apply_chat_template([{"role": "user", "content": v}]) for k, v in prompts.items()}
         results = {}
         for name in args.prompts.split(","):
             context = prompts[name]

@@ -37,7 +37,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-from lm_eval_swift.capture import HeadProjector  # noqa: E402
+from lm_eval_swift.swift.capture import HeadProjector  # noqa: E402
 from lm_eval_swift.toy_models import random_causal_lm  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent

@@ -27,9 +27,9 @@ import torch
 from _common import TimedProjector, paired, ratios
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from lm_eval_swift.capture import HeadProjector
-from lm_eval_swift.heads import SwiftHead
-from lm_eval_swift.models import Sampling, sample_continuations
+from lm_eval_swift.swift.capture import HeadProjector
+from lm_eval_swift.swift.heads import SwiftHead
+from lm_eval_swift.harness.models import Sampling, sample_continuations
 
 PROMPT = "Question: what is the sum of the first twenty odd numbers? Think step by step. Answer:"
 COLUMNS = [

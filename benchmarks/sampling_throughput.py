@@ -42,8 +42,8 @@ from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 from transformers import AutoConfig
 
-from lm_eval_swift.heads import SwiftHead
-from lm_eval_swift.models import HFSwiftLM
+from lm_eval_swift.swift.heads import SwiftHead
+from lm_eval_swift.harness.models import HFSwiftLM
 
 STOP = "\n\nQ:"  # where a real model would stop (the next question); random text never writes it
 

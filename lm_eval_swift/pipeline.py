@@ -1,6 +1,6 @@
 """The best-of-N pipeline, one direction: samples -> graded responses -> scores -> selection -> rows.
 
-The task (:class:`~lm_eval_swift.tasks.BestOfNTask`, inside lm-eval), ``lm-eval-swift report`` and
+The task (:class:`~lm_eval_swift.harness.tasks.BestOfNTask`, inside lm-eval), ``lm-eval-swift report`` and
 ``lm-eval-swift rescore`` all call it. It also holds the one definition of the result rows and their k values:
 lm-eval's filter pipelines (:func:`filter_list`) and the report's table (:func:`bon_table`) are both made from
 :func:`rows` and :data:`BON_KS`.
@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from lm_eval_swift.errors import UsageError
 from lm_eval_swift.rollouts import QuestionRollout, build_rollout
-from lm_eval_swift.selectors import FILTER_NAMES, SELECTORS
+from lm_eval_swift.harness.selectors import FILTER_NAMES, SELECTORS
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from lm_eval_swift.errors import UsageError
-from lm_eval_swift.heads import SwiftHead, resolve_heads
-from lm_eval_swift.rescoring import rescore
+from lm_eval_swift.swift.heads import SwiftHead, resolve_heads
+from lm_eval_swift.swift.rescoring import rescore
 from lm_eval_swift.responses import prompt_tokens, response_tokens_from_text
 from lm_eval_swift.rollouts import QuestionRollout
 from lm_eval_swift.scorers import PROTOCOLS, check_protocol, get_scorer, load_scorer
@@ -111,8 +111,8 @@ def add_rescore_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_rescore(args: argparse.Namespace) -> None:
     """``lm-eval-swift rescore``: add head and scorer scores to rollouts files, rewriting each atomically."""
-    from lm_eval_swift.features import load_base_model
-    from lm_eval_swift.heads import find_head, head_refs
+    from lm_eval_swift.swift.features import load_base_model
+    from lm_eval_swift.swift.heads import find_head, head_refs
     from lm_eval_swift.pipeline import score
     from lm_eval_swift.rollouts import read_rollouts, write_rollouts
 

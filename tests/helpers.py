@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoConfig
 
-from lm_eval_swift.heads import SwiftHead
+from lm_eval_swift.swift.heads import SwiftHead
 from lm_eval_swift.rollouts import read_rollouts
 
 # ---- SWIFT rewards by a reference computation ------------------------------------------------------------------

@@ -7,10 +7,10 @@ import torch
 from helpers import make_heads, reference_rewards
 from transformers import AutoModelForCausalLM, Gemma2Config, GemmaConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig
 
-from lm_eval_swift import capture
-from lm_eval_swift.capture import CaptureLayoutError, HeadProjector
-from lm_eval_swift.heads import SwiftHead
-from lm_eval_swift.rescoring import rescore
+from lm_eval_swift.swift import capture
+from lm_eval_swift.swift.capture import CaptureLayoutError, HeadProjector
+from lm_eval_swift.swift.heads import SwiftHead
+from lm_eval_swift.swift.rescoring import rescore
 
 torch.set_num_threads(1)
 ARCHS = ["llama", "mistral", "qwen2"]

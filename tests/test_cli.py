@@ -15,7 +15,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from lm_eval_swift.cli import tasks_dir
-from lm_eval_swift.heads import SwiftHead
+from lm_eval_swift.swift.heads import SwiftHead
 from lm_eval_swift.rollouts import read_rollouts
 
 N, LIMIT = 4, 2

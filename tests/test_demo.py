@@ -13,7 +13,7 @@ import pytest
 from lm_eval_swift.demo.build import LM_TRAINING
 from lm_eval_swift.demo.run import HEAD_DIR, MODEL_DIR
 from lm_eval_swift.demo.train_lm import RUN_RECORD, hparams, parse_args
-from lm_eval_swift.heads import SwiftHead
+from lm_eval_swift.swift.heads import SwiftHead
 
 
 def test_shipped_demo_model_and_head_fit_together():

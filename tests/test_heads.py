@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
-from lm_eval_swift.heads import (
+from lm_eval_swift.swift.heads import (
     HeadError,
     HeadMismatchError,
     SwiftHead,
@@ -161,7 +161,7 @@ def test_resolve_explicit_paths_names_and_aliases(tmp_path, heads_env):
 
 
 def test_resolve_auto(tmp_path, heads_env, caplog):
-    caplog.set_level("INFO", logger="lm_eval_swift.heads")
+    caplog.set_level("INFO", logger="lm_eval_swift.swift.heads")
     assert resolve_heads("auto", MODEL, CONFIG) == {}
     assert "heads=auto: no SWIFT head for model 'tiny-llama'" in caplog.text  # says that it found none
     caplog.clear()

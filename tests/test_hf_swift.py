@@ -13,9 +13,9 @@ from lm_eval.models.huggingface import HFLM
 from safetensors.torch import save_file
 from transformers import AutoConfig
 
-from lm_eval_swift.heads import HeadError, HeadMismatchError, SwiftHead
-from lm_eval_swift.models import HFSwiftLM, Sampling, encode_prompt
-from lm_eval_swift.rescoring import rescore
+from lm_eval_swift.swift.heads import HeadError, HeadMismatchError, SwiftHead
+from lm_eval_swift.harness.models import HFSwiftLM, Sampling, encode_prompt
+from lm_eval_swift.swift.rescoring import rescore
 
 torch.set_num_threads(1)
 CONTEXTS = ["Hello", "World! ", "2+2="]
@@ -151,7 +151,7 @@ def _broken_heads(path, tmp_path):
 def test_wrong_heads_fail_in_init(tiny_model_factory, tmp_path, monkeypatch):
     path = tiny_model_factory("llama")
     sampled = []
-    monkeypatch.setattr("lm_eval_swift.models.decode", lambda *a, **k: sampled.append(a))
+    monkeypatch.setattr("lm_eval_swift.harness.models.decode", lambda *a, **k: sampled.append(a))
     for head_dir, error, message in _broken_heads(path, tmp_path):
         with pytest.raises(error, match=message):
             HFSwiftLM(pretrained=str(path), device="cpu", heads=f"{head_dir}")
@@ -185,7 +185,7 @@ def test_packed_cache_decodes_like_hf_dynamic_cache(tiny_model_factory, arch, wi
     additive ones). Too many rows is an error; so is an attention that takes no per-row mask."""
     from transformers import AutoModelForCausalLM, DynamicCache
 
-    from lm_eval_swift.models import PackedCache
+    from lm_eval_swift.harness.models import PackedCache
 
     kw = {} if window is None else {"sliding_window": window}
     path = tiny_model_factory(arch, num_hidden_layers=4, **kw)

@@ -15,16 +15,16 @@ import sys
 import pytest
 
 from lm_eval_swift.errors import UsageError
-from lm_eval_swift.leaderboard import (
+from lm_eval_swift.reports.leaderboard import (
     add_leaderboard_arguments,
     bon_estimates,
     cmd_leaderboard,
     leaderboard,
     parse_head_parameters,
 )
-from lm_eval_swift.metrics import auroc
-from lm_eval_swift.plot import add_plot_arguments, cmd_plot, plot_bon_curves
-from lm_eval_swift.report import bon_table
+from lm_eval_swift.reports.metrics import auroc
+from lm_eval_swift.reports.plot import add_plot_arguments, cmd_plot, plot_bon_curves
+from lm_eval_swift.reports.report import bon_table
 from lm_eval_swift.rollouts import QuestionRollout, Response, read_rollouts, write_rollouts
 
 TASK = "gsm8k_bon_swift"

@@ -7,15 +7,15 @@ import argparse
 import pytest
 import torch
 
-from lm_eval_swift.features import FeatureExtractor, load_base_model
-from lm_eval_swift.heads import SwiftHead
-from lm_eval_swift.official import (
+from lm_eval_swift.swift.features import FeatureExtractor, load_base_model
+from lm_eval_swift.swift.heads import SwiftHead
+from lm_eval_swift.swift.official import (
     OfficialCheckpointError,
     add_import_arguments,
     cmd_import,
     import_official,
 )
-from lm_eval_swift.rescoring import rescore
+from lm_eval_swift.swift.rescoring import rescore
 
 PAIRS = [("<s><|user|>1+1?</s><|assistant|>", "2, since one and one make two."), ("<s><|user|>hi</s><|assistant|>", "hello"), ("<s>x", "y z")]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lm_eval_swift.heads import SwiftHead
+from lm_eval_swift.swift.heads import SwiftHead
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE_IGNORE = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "out")
@@ -60,7 +60,7 @@ def test_installed_wheel_runs_the_demo_from_any_directory(wheel, tmp_path):
     elsewhere.mkdir()
 
     where = subprocess.run(
-        [str(python), "-c", "import lm_eval_swift.heads as h; print(h.__file__); print(sorted(h.available_heads()))"],
+        [str(python), "-c", "import lm_eval_swift.swift.heads as h; print(h.__file__); print(sorted(h.available_heads()))"],
         cwd=elsewhere, env=env, capture_output=True, text=True, check=True,
     ).stdout.splitlines()
     assert where[0].startswith(str(venv)) and "tiny-head" in where[1]

@@ -11,14 +11,14 @@ import torch
 from lm_eval.api.instance import Instance
 from transformers import AutoModelForCausalLM
 
-from lm_eval_swift.heads import SwiftHead
-from lm_eval_swift.metrics import within_question_auroc
-from lm_eval_swift.models import HFSwiftLM
-from lm_eval_swift.report import bon_table
+from lm_eval_swift.swift.heads import SwiftHead
+from lm_eval_swift.reports.metrics import within_question_auroc
+from lm_eval_swift.harness.models import HFSwiftLM
+from lm_eval_swift.reports.report import bon_table
 from lm_eval_swift.rollouts import build_rollout, write_rollouts
 from lm_eval_swift.scoring import add_head_scores
 from lm_eval_swift.toy_models import char_tokenizer, random_causal_lm
-from lm_eval_swift.training import train_head
+from lm_eval_swift.swift.training import train_head
 
 RIGHT, WRONG = " \\boxed{7}!", " \\boxed{8}!"  # one token each; the stop string "!" ends generation inside them
 GOLD, N = "7", 8

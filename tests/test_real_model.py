@@ -16,11 +16,11 @@ from helpers import make_heads, reference_rewards
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
-from lm_eval_swift.models import HFSwiftLM
-from lm_eval_swift.rescoring import rescore
+from lm_eval_swift.harness.models import HFSwiftLM
+from lm_eval_swift.swift.rescoring import rescore
 from lm_eval_swift.rollouts import read_rollouts
 from lm_eval_swift.smollm2 import GGUF_NAME, MODEL_NAME, smollm2_dir, smollm2_gguf
-from lm_eval_swift.tasks import PROMPT
+from lm_eval_swift.harness.tasks import PROMPT
 
 QUESTION = "Tom has 3 boxes with 12 pencils each. He gives away 7 pencils. How many pencils does he have left?"
 SAMPLE = {"until": [], "do_sample": True, "temperature": 1.0, "top_p": 0.9, "max_gen_toks": 24}

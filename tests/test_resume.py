@@ -30,9 +30,9 @@ from helpers import (
 )
 from lm_eval.api.instance import Instance
 
-from lm_eval_swift.models import HFSwiftLM
+from lm_eval_swift.harness.models import HFSwiftLM
 from lm_eval_swift.responses import ScoredText
-from lm_eval_swift.sample_cache import SampleCache, question_key, resolve_path
+from lm_eval_swift.harness.sample_cache import SampleCache, question_key, resolve_path
 
 torch.set_num_threads(1)
 

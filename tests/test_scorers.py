@@ -560,7 +560,7 @@ def test_paper_protocol_matches_the_papers_script(name, ckpts):
 
 
 def test_paper_protocol_options(ckpts):
-    from lm_eval_swift.tasks import PROMPT
+    from lm_eval_swift.harness.tasks import PROMPT
 
     assert PAPER_INSTRUCTION == INSTRUCTION == PROMPT
     c = ckpts["shepherd"]

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from lm_eval_swift.rollouts import Response
-from lm_eval_swift.selectors import (
+from lm_eval_swift.harness.selectors import (
     ArgmaxFilter,
     MajorityFilter,
     MeanFilter,

@@ -10,10 +10,10 @@ from lm_eval.tasks import TaskManager
 
 from lm_eval_swift.cli import tasks_dir
 from lm_eval_swift.errors import UsageError
-from lm_eval_swift.report import bon_table
+from lm_eval_swift.reports.report import bon_table
 from lm_eval_swift.responses import ScoredText
 from lm_eval_swift.rollouts import read_rollouts
-from lm_eval_swift.tasks import load_source, save_rollouts
+from lm_eval_swift.harness.tasks import load_source, save_rollouts
 
 GOLDS = ["18", "3"]  # the first two GSM8K test answers
 
@@ -122,7 +122,7 @@ def test_rows_without_scores_are_left_out(tmp_path, shared_data, caplog):
         def generate_until(self, requests, disable_tqdm=False):
             return [str(s) for s in super().generate_until(requests)]
 
-    caplog.set_level("INFO", logger="lm_eval_swift.tasks")
+    caplog.set_level("INFO", logger="lm_eval_swift.harness.tasks")
     res, _ = run(Plain(SCRIPT), tmp_path, shared_data)
     filters = {key.split(",")[1] for key in res if key.startswith("acc,")}
     assert not any(f.startswith("swift") for f in filters)
@@ -152,7 +152,7 @@ def test_local_sources(shared_data, source, count):
 
 def test_task_yaml_is_lm_eval_style():
     base = (tasks_dir() / "_bon_template_yaml").read_text()
-    assert "class: !function lm_eval_swift.tasks.BestOfNTask" in base
+    assert "class: !function lm_eval_swift.harness.tasks.BestOfNTask" in base
     for name in ("gsm8k_bon_swift", "math_bon_swift", "math_full_bon_swift"):
         assert (tasks_dir() / f"{name}.yaml").read_text().startswith("include: _bon_template_yaml")
 

@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from lm_eval_swift.features import (
+from lm_eval_swift.swift.features import (
     FeatureCache,
     FeatureExtractor,
     feature_source,
     load_base_model,
 )
-from lm_eval_swift.heads import SwiftHead
-from lm_eval_swift.metrics import auroc
+from lm_eval_swift.swift.heads import SwiftHead
+from lm_eval_swift.reports.metrics import auroc
 from lm_eval_swift.rollouts import (
     QuestionRollout,
     Response,
@@ -32,7 +32,7 @@ from lm_eval_swift.rollouts import (
     write_rollouts,
 )
 from lm_eval_swift.toy_models import char_tokenizer
-from lm_eval_swift.training import (
+from lm_eval_swift.swift.training import (
     CHECKPOINT,
     ThroughOutputEmbedding,
     TrainingData,
@@ -190,7 +190,7 @@ def slow_step(self, *args, **kwargs):  # slow enough to be killed mid-epoch
     time.sleep(0.05)
     return step(self, *args, **kwargs)
 torch.optim.AdamW.step = slow_step
-from lm_eval_swift.training import train_head
+from lm_eval_swift.swift.training import train_head
 train_head([sys.argv[1]], sys.argv[2], sys.argv[3], epochs=5, patience=5, lr=1e-2, batch_size=16, device="cpu", progress=False)
 """
 

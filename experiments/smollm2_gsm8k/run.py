@@ -143,7 +143,7 @@ def write_settings() -> None:
         "generation": GENERATION,
         "splits": SPLITS,
         "shard_questions": SHARD,
-        "prompt": "lm_eval_swift.tasks.PROMPT + problem, one user turn, the model's chat template",
+        "prompt": "lm_eval_swift.harness.tasks.PROMPT + problem, one user turn, the model's chat template",
         "machine": "CPU, 1 torch thread per process",
     }
     path = ROLLOUTS / "settings.json"
@@ -203,7 +203,7 @@ KS = (1, 2, 4, 8, 16)
 def outcomes(rollouts, ks=KS) -> dict[str, dict[int, list[float]]]:
     """{row: {k: per-question value}} of every row of ``lm-eval-swift report`` (each question scored alone by
     ``report.bon_table``, so the means are exactly the report's table)."""
-    from lm_eval_swift.report import bon_table
+    from lm_eval_swift.reports.report import bon_table
 
     table: dict[str, dict[int, list[float]]] = {}
     for q in rollouts:
@@ -246,8 +246,8 @@ def best_swift_row() -> tuple[str, float]:
 def cmd_report(args: argparse.Namespace) -> None:
     """results.md: the test table with standard errors, each head's AUROCs (validation and test), and the paired
     bootstrap comparison of the best SWIFT row (chosen on validation) with majority voting."""
-    from lm_eval_swift.metrics import auroc, within_question_auroc
-    from lm_eval_swift.report import format_table
+    from lm_eval_swift.reports.metrics import auroc, within_question_auroc
+    from lm_eval_swift.reports.report import format_table
 
     rollouts = [r for path in split_files("test") for r in read_rollouts(path)]
     table = outcomes(rollouts)

@@ -47,7 +47,7 @@ def main() -> None:
     rollouts = args.rollouts.resolve() if args.rollouts else sample_rollouts(args.questions, work)
     import torch
 
-    from lm_eval_swift.training import train_head
+    from lm_eval_swift.swift.training import train_head
 
     torch.set_num_threads(1)
     os.chdir(DEMO_DIR)  # so the head records its base model as "swift-demo-llama", not a local absolute path

@@ -46,7 +46,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     import torch
 
     from lm_eval_swift.cli import run_lm_eval
-    from lm_eval_swift.report import bon_table, format_table
+    from lm_eval_swift.reports.report import bon_table, format_table
     from lm_eval_swift.rollouts import read_rollouts
 
     torch.set_num_threads(max(1, min(args.threads, os.cpu_count() or 1)))

@@ -216,7 +216,7 @@ def final_answer(answer: str) -> str:
 def load_synthetic(split: str, questions: int, seed: int = 0, **_):
     """lm-eval ``custom_dataset`` of the demo task: ``questions`` problems of ``split``, as the library's tasks
     normalise GSM8K records."""
-    from lm_eval_swift.tasks import dataset_dict, normalise
+    from lm_eval_swift.harness.tasks import dataset_dict, normalise
 
     problems = make_problems(split, int(questions), int(seed))
     return dataset_dict([normalise(r, "gsm8k", i) for i, r in enumerate(problems)])

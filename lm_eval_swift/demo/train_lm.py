@@ -36,7 +36,7 @@ from transformers import PreTrainedTokenizerFast
 
 from lm_eval_swift.demo.synthetic import final_answer, make_problems
 from lm_eval_swift.grading import extract_answer, is_equivalent
-from lm_eval_swift.tasks import PROMPT as INSTRUCTION
+from lm_eval_swift.harness.tasks import PROMPT as INSTRUCTION
 from lm_eval_swift.toy_models import char_tokenizer, random_model
 
 DEFAULTS = dict(

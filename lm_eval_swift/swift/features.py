@@ -27,7 +27,7 @@ from torch import nn
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from lm_eval_swift.heads import Entry
+from lm_eval_swift.swift.heads import Entry
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """SWIFT rewards of finished (prompt, response) token sequences by one teacher-forced pass, with the same capture
-as generation (:class:`~lm_eval_swift.capture.HeadProjector`)."""
+as generation (:class:`~lm_eval_swift.swift.capture.HeadProjector`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from lm_eval_swift.capture import HeadProjector
-from lm_eval_swift.heads import SwiftHead, swift_reward
+from lm_eval_swift.swift.capture import HeadProjector
+from lm_eval_swift.swift.heads import SwiftHead, swift_reward
 
 
 @torch.no_grad()

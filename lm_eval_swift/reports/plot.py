@@ -12,7 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lm_eval_swift.leaderboard import add_source_arguments, leaderboard
+from lm_eval_swift.reports.leaderboard import add_source_arguments, leaderboard
 
 POWERS_OF_TWO = tuple(2**i for i in range(13))  # k = 1 .. 4096; the files' N bounds what is drawn
 TITLE_WIDTH = 44  # characters per title line over a 5.5-inch panel

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lm_eval_swift.heads import Entry, SwiftHead
+from lm_eval_swift.swift.heads import Entry, SwiftHead
 
 
 class CaptureLayoutError(RuntimeError):

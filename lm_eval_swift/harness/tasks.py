@@ -18,13 +18,14 @@ from pathlib import Path
 import datasets
 from lm_eval.api.task import ConfigurableTask
 
-import lm_eval_swift.selectors  # noqa: F401  (registers the filters the rows name)
-from lm_eval_swift import distributed, pipeline
+import lm_eval_swift.harness.selectors  # noqa: F401  (registers the filters the rows name)
+from lm_eval_swift import pipeline
+from lm_eval_swift.harness import distributed
 from lm_eval_swift.errors import UsageError
-from lm_eval_swift.generator import GeneratorModel
+from lm_eval_swift.harness.generator import GeneratorModel
 from lm_eval_swift.grading import MODES as GRADING_MODES
 from lm_eval_swift.grading import extract_answer
-from lm_eval_swift.heads import heads_disabled
+from lm_eval_swift.swift.heads import heads_disabled
 from lm_eval_swift.rollouts import QuestionRollout, write_rollouts
 from lm_eval_swift.scoring import parse_scorer_specs
 
@@ -171,7 +172,7 @@ class BestOfNTask(ConfigurableTask):
     N). Reward-model rows are added for the scorers named in ``--metadata '{"scorers": "skywork,eurus"}'``.
 
     Built before any sampling, it checks the scorer names and resolves the SWIFT heads (``heads`` in the model
-    arguments or metadata) against the generating model (see :class:`~lm_eval_swift.generator.GeneratorModel`).
+    arguments or metadata) against the generating model (see :class:`~lm_eval_swift.harness.generator.GeneratorModel`).
     Before lm-eval's filters run, it runs the best-of-N pipeline on its responses (grade, then score: missing SWIFT
     scores by rescoring, then the scorers) and keeps the rollouts for :func:`save_rollouts`. Rows whose scores no
     response carries are left out, with a warning.

@@ -23,8 +23,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lm_eval_swift.errors import UsageError
-from lm_eval_swift.heads import model_basename
-from lm_eval_swift.metrics import auroc, within_question_auroc
+from lm_eval_swift.swift.heads import model_basename
+from lm_eval_swift.reports.metrics import auroc, within_question_auroc
 from lm_eval_swift.pipeline import BON_KS as DEFAULT_KS
 from lm_eval_swift.pipeline import bon_table, sample_counts
 from lm_eval_swift.rollouts import QuestionRollout, read_rollouts

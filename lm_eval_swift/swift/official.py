@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig
 
-from lm_eval_swift.heads import HeadError, SwiftHead
+from lm_eval_swift.swift.heads import HeadError, SwiftHead
 
 GATED = ("fused_layer.weight", "fused_layer.bias")
 GATELESS = ("reward_layer.weight", "reward_layer.bias")

@@ -15,9 +15,9 @@ rows still refill the batch when N > B). The KV cache holds at most B rows of th
 Sample i of a question draws its uniforms from its own seed (``sample_seed``), so samples do not depend on the
 batch size or on which rows share a batch (up to the last bits of floating point, which can flip a token only when
 a uniform falls within about 1e-7 of a CDF boundary). The heads' outputs of each fed token are captured by a
-:class:`~lm_eval_swift.capture.HeadProjector`; the last sampled token of a row is fed once more to be captured.
+:class:`~lm_eval_swift.swift.capture.HeadProjector`; the last sampled token of a row is fed once more to be captured.
 
-Finished samples are kept in a :class:`~lm_eval_swift.sample_cache.SampleCache` (one commit per question after
+Finished samples are kept in a :class:`~lm_eval_swift.harness.sample_cache.SampleCache` (one commit per question after
 each decode step in which some of its samples finished), so a run started again after a kill samples only what
 was not finished.
 """
@@ -51,11 +51,11 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from lm_eval_swift.capture import HeadProjector
-from lm_eval_swift.distributed import destroy_gloo_group_at_exit, padding_copies, process_share, use_cpu_process_group
-from lm_eval_swift.heads import resolve_heads, swift_reward
+from lm_eval_swift.swift.capture import HeadProjector
+from lm_eval_swift.harness.distributed import destroy_gloo_group_at_exit, padding_copies, process_share, use_cpu_process_group
+from lm_eval_swift.swift.heads import resolve_heads, swift_reward
 from lm_eval_swift.responses import ScoredText, response_tokens
-from lm_eval_swift.sample_cache import (
+from lm_eval_swift.harness.sample_cache import (
     SampleCache,
     head_fingerprint,
     model_fingerprint,
@@ -497,9 +497,9 @@ class _Question:
 class HFSwiftLM(HFLM):
     """HFLM plus best-of-N sampling with SWIFT rewards: ``generate_until`` returns :class:`ScoredText` responses.
 
-    ``heads``: head spec as in :func:`~lm_eval_swift.heads.resolve_heads` (default "auto"; None, "none", "off" or ""
+    ``heads``: head spec as in :func:`~lm_eval_swift.swift.heads.resolve_heads` (default "auto"; None, "none", "off" or ""
     mean no heads: plain sampling). ``seed``: sampling seed. ``sample_cache``: where finished samples are kept so
-    that a run started again samples only what is missing (see :mod:`~lm_eval_swift.sample_cache`): a SQLite
+    that a run started again samples only what is missing (see :mod:`~lm_eval_swift.harness.sample_cache`): a SQLite
     file or a directory for one; "auto" (default): ``hf-swift-samples.sqlite`` in the user's cache folder
     (``$XDG_CACHE_HOME/lm-eval-swift/``, default ``~/.cache/lm-eval-swift/``); None or "none": no cache.
     ``packing`` (default true): the samples of all the questions of a call share the decode batches
@@ -544,7 +544,7 @@ class HFSwiftLM(HFLM):
     @property
     def rank(self) -> int:
         """Index of this process: every process of a launch takes a share of the documents, on CPU too (sampling
-        here needs no collective op; see :func:`~lm_eval_swift.distributed.process_share`)."""
+        here needs no collective op; see :func:`~lm_eval_swift.harness.distributed.process_share`)."""
         return process_share(super().rank, super().world_size, getattr(self, "accelerator", None))[0]
 
     @property

@@ -1,6 +1,6 @@
 """Grading worker: runs Math-Verify's ``parse``/``verify`` in its own process.
 
-``lm_eval_swift.grading`` starts ``python -m lm_eval_swift._grading_worker`` and talks to it over pipes: the
+``lm_eval_swift.grading`` starts ``python -m lm_eval_swift.grading.worker`` and talks to it over pipes: the
 worker prints ``ready``, then answers each JSON request line (the keyword arguments of :func:`verify_now`) with
 ``1`` or ``0``. Math-Verify's own SIGALRM timeouts are switched off here; the parent enforces the time limit: it
 sends SIGUSR1 (the comparison is abandoned and answered ``0``), and kills this process when no answer follows.

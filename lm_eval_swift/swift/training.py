@@ -3,7 +3,7 @@
     lm-eval-swift train rollouts_gsm8k.jsonl --base-model Qwen/Qwen2.5-1.5B-Instruct --out heads/qwen-gsm8k
 
 Every response of the rollouts files is an example, labelled by the grade it carries (``Response.correct``, the
-grader of the evaluation). Its features are those of its response tokens (:mod:`lm_eval_swift.features`), taken
+grader of the evaluation). Its features are those of its response tokens (:mod:`lm_eval_swift.swift.features`), taken
 from the rollout's token ids or, when absent, by the response-token rule from its text. A seeded 20% of the
 QUESTIONS is held out for validation (a question never has responses on both sides).
 
@@ -36,15 +36,15 @@ from torch import nn
 from tqdm import tqdm
 
 from lm_eval_swift.errors import UsageError
-from lm_eval_swift.features import (
+from lm_eval_swift.swift.features import (
     FeatureCache,
     FeatureExtractor,
     FeatureSource,
     feature_source,
     load_base_model,
 )
-from lm_eval_swift.heads import SwiftHead, swift_reward
-from lm_eval_swift.metrics import auroc, within_question_auroc
+from lm_eval_swift.swift.heads import SwiftHead, swift_reward
+from lm_eval_swift.reports.metrics import auroc, within_question_auroc
 from lm_eval_swift.pipeline import bon_table
 from lm_eval_swift.responses import prompt_tokens, response_tokens_from_text
 from lm_eval_swift.rollouts import QuestionRollout, read_rollouts

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from lm_eval_swift.heads import SwiftHead, resolve_heads
+from lm_eval_swift.swift.heads import SwiftHead, resolve_heads
 from lm_eval_swift.rollouts import QuestionRollout
 
 RESCORING_BATCH_SIZE = 8  # lm-eval's --batch_size is not among the model arguments a task sees
@@ -39,7 +39,7 @@ class GeneratorModel:
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> GeneratorModel | None:
         """The model of a task's metadata (None without a ``pretrained`` path or Hub id, e.g. when the caller
-        passed a model object). ``heads`` (as in :func:`~lm_eval_swift.heads.resolve_heads`) are loaded and
+        passed a model object). ``heads`` (as in :func:`~lm_eval_swift.swift.heads.resolve_heads`) are loaded and
         checked against the model's config now: a wrong or misspelt head fails before any sampling."""
         from transformers import AutoConfig
 
@@ -83,7 +83,7 @@ class GeneratorModel:
         import torch
         from lm_eval.models.huggingface import HFLM
 
-        from lm_eval_swift.models import encode_prompt
+        from lm_eval_swift.harness.models import encode_prompt
         from lm_eval_swift.scoring import add_head_scores
 
         if not self.heads:

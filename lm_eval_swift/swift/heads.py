@@ -321,8 +321,9 @@ def _download(hub_id: str) -> Path:
 
 def registry_dir() -> Path:
     """The heads registry: ``heads/`` of the repository, shipped in the wheel as ``lm_eval_swift/head_registry``."""
-    shipped = Path(__file__).parent / "head_registry"
-    return shipped if shipped.is_dir() else Path(__file__).resolve().parents[1] / "heads"
+    package = Path(__file__).resolve().parents[1]  # lm_eval_swift/
+    shipped = package / "head_registry"
+    return shipped if shipped.is_dir() else package.parent / "heads"
 
 
 def heads_dirs() -> list[Path]:

@@ -4,8 +4,8 @@
 ``#### N`` / ``The answer is N`` / ``Final Answer: ...``; for GSM8K, a number, falling back to the last number).
 ``is_equivalent`` compares two answers: first in-process, on canonical spellings (stray characters, braces,
 units, mixed numbers, times of day, labelled equations, vectors as lists) and exact arithmetic
-(``lm_eval_swift._numeric``), which settle most comparisons; everything else with Math-Verify in a persistent
-worker process (``lm_eval_swift._grading_worker``). A comparison past its time limit is abandoned (SIGUSR1), and
+(``lm_eval_swift.grading.numeric``), which settle most comparisons; everything else with Math-Verify in a persistent
+worker process (``lm_eval_swift.grading.worker``). A comparison past its time limit is abandoned (SIGUSR1), and
 its worker killed and lazily restarted when it does not give up. That works off the main thread and inside
 daemonic ``multiprocessing`` workers, where Math-Verify's own SIGALRM timeouts cannot. ``grade`` is extraction
 followed by comparison; ``grade_all`` grades a batch with all workers busy. Results are cached per pair of
@@ -40,7 +40,7 @@ from functools import lru_cache
 from itertools import chain
 from pathlib import Path
 
-from lm_eval_swift._numeric import Value, evaluate
+from lm_eval_swift.grading.numeric import Value, evaluate
 
 __all__ = ["extract_answer", "grade", "grade_all", "is_equivalent", "verify_strings"]
 
@@ -583,13 +583,13 @@ class _GradingFailed(Exception):
 
 
 class _Worker:
-    """One ``python -m lm_eval_swift._grading_worker`` process: a JSON line in, ``1``/``0`` out."""
+    """One ``python -m lm_eval_swift.grading.worker`` process: a JSON line in, ``1``/``0`` out."""
 
     def __init__(self) -> None:
-        package_root = str(Path(__file__).resolve().parents[1])
+        package_root = str(Path(__file__).resolve().parents[2])  # the folder holding lm_eval_swift/
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "lm_eval_swift._grading_worker"],
+            [sys.executable, "-m", "lm_eval_swift.grading.worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,

@@ -122,8 +122,10 @@ def run_lm_eval(argv: Sequence[str]) -> None:
 def _unknown_tasks(names: Sequence[str]) -> str:
     """The message for task names lm-eval did not find, with the nearest of our task names."""
     ours = sorted(p.stem for p in tasks_dir().glob("*.yaml"))
-    close = sorted(
-        {c for name in names for c in difflib.get_close_matches(name, ours, n=3)}
+    close = list(
+        dict.fromkeys(
+            c for name in names for c in difflib.get_close_matches(name, ours, n=3)
+        )
     )
     hint = (
         f"; did you mean {', '.join(close)}?"

@@ -733,28 +733,27 @@ class HFSwiftLM(HFLM):
             self._plan(*requests[idxs[0]].args, idxs, samplers)
             for idxs in grouped.values()
         ]
-        bar = tqdm(
-            total=len(questions),
-            desc="hf-swift: sampling questions",
-            disable=disable_tqdm or self.rank != 0,
-        )
-        bar.update(sum(not q.job.seeds for q in questions))
         autocast = torch.autocast(
             self.device.type,
             self.mixed_precision_dtype,
             enabled=self.mixed_precision_dtype is not None,
         )
-        with autocast:
+        bar = tqdm(
+            total=len(questions),
+            desc="hf-swift: sampling questions",
+            disable=disable_tqdm or self.rank != 0,
+        )
+        # the bar closes before an error or Ctrl-C propagates, so nothing is printed after its message
+        with bar, autocast:
+            bar.update(sum(not q.job.seeds for q in questions))
             for group in [questions] if self.packing else [[q] for q in questions]:
                 decoded = decode(
                     self.model, [q.job for q in group], batch_size, self.projector
                 )
-                with closing(
-                    decoded
-                ):  # leaves the projector's hooks now, not when the generator is collected
+                # closing: leaves the projector's hooks now, not when the generator is collected
+                with closing(decoded):
                     for finished in decoded:
                         self._store(group, finished, bar)
-        bar.close()
         results: list[ScoredText | None] = [None] * len(requests)
         for q in questions:
             ordered = [q.responses[i] for i in range(q.count)]

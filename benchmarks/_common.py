@@ -30,15 +30,19 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no tokenizer threads competing with the measured ones
+
+os.environ.setdefault(
+    "TOKENIZERS_PARALLELISM", "false"
+)  # no tokenizer threads competing with the measured ones
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-from lm_eval_swift.capture import HeadProjector  # noqa: E402
+from lm_eval_swift.swift.capture import HeadProjector  # noqa: E402
 from lm_eval_swift.toy_models import random_causal_lm  # noqa: E402
+
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -49,13 +53,33 @@ CACHE_ENV = "LM_EVAL_SWIFT_BENCH_CACHE"
 # Llama shapes. "50m" is the CPU default (~51M parameters with the character vocabulary); "1b" is TinyLlama's body
 # (22 layers, 2048 wide, grouped-query attention), ~0.97B parameters; "tiny" is for --quick runs of costly scripts.
 SIZES = {
-    "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, intermediate_size=688),
-    "50m": dict(hidden_size=512, num_hidden_layers=16, num_attention_heads=8, num_key_value_heads=8, intermediate_size=1376),
+    "tiny": dict(
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=688,
+    ),
+    "50m": dict(
+        hidden_size=512,
+        num_hidden_layers=16,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        intermediate_size=1376,
+    ),
     "1b": dict(
-        hidden_size=2048, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4, intermediate_size=5632
+        hidden_size=2048,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        intermediate_size=5632,
     ),
 }
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 NEVER_EOS = "<|never|>"
 
 
@@ -63,24 +87,42 @@ NEVER_EOS = "<|never|>"
 
 
 def base_parser(doc: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="model dtype (default: float32 on CPU, bfloat16 on CUDA)")
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        help="model dtype (default: float32 on CPU, bfloat16 on CUDA)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
-    parser.add_argument("--no-results", action="store_true", help="print only; do not append to RESULTS.md")
+    parser.add_argument(
+        "--no-results",
+        action="store_true",
+        help="print only; do not append to RESULTS.md",
+    )
     return parser
 
 
 def add_model_args(parser: argparse.ArgumentParser, size: str = "50m") -> None:
-    parser.add_argument("--size", choices=sorted(SIZES), default=size, help="model shape preset")
+    parser.add_argument(
+        "--size", choices=sorted(SIZES), default=size, help="model shape preset"
+    )
     parser.add_argument("--hidden-size", type=int)
     parser.add_argument("--layers", type=int, help="number of decoder layers")
     parser.add_argument("--attention-heads", type=int)
     parser.add_argument("--kv-heads", type=int)
     parser.add_argument("--intermediate-size", type=int)
-    parser.add_argument("--max-positions", type=int, default=4096, help="max_position_embeddings")
     parser.add_argument(
-        "--model-cache", default=os.environ.get(CACHE_ENV), help=f"keep built models here (env {CACHE_ENV})"
+        "--max-positions", type=int, default=4096, help="max_position_embeddings"
+    )
+    parser.add_argument(
+        "--model-cache",
+        default=os.environ.get(CACHE_ENV),
+        help=f"keep built models here (env {CACHE_ENV})",
     )
     parser.add_argument(
         "--pretrained",
@@ -94,7 +136,11 @@ def setup(args) -> tuple[torch.device, torch.dtype]:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda, but torch sees no CUDA device")
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = (
+        DTYPES[args.dtype]
+        if args.dtype
+        else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    )
     return device, dtype
 
 
@@ -122,7 +168,11 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def proc_field(path: str, field: str) -> str:
     """The value of ``field: value`` in a /proc file."""
-    return next(line.split(":", 1)[1].strip() for line in Path(path).read_text().splitlines() if line.startswith(field))
+    return next(
+        line.split(":", 1)[1].strip()
+        for line in Path(path).read_text().splitlines()
+        if line.startswith(field)
+    )
 
 
 def status_kb(field: str) -> int:
@@ -156,7 +206,11 @@ def describe(device: torch.device, torch_threads: bool = True) -> str:
     parts = [f"machine: {machine(device) if torch_threads else cpu_model()}"]
     if device.type == "cuda":
         parts.append(f"host CPU {cpu_model()} x{os.cpu_count()}")
-    parts += [f"torch {torch.__version__}", f"transformers {transformers.__version__}", load_note()]
+    parts += [
+        f"torch {torch.__version__}",
+        f"transformers {transformers.__version__}",
+        load_note(),
+    ]
     return "; ".join(parts)
 
 
@@ -185,7 +239,9 @@ class Measure:
             self.start_mem = torch.cuda.memory_allocated()
         else:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
-            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+            Path("/proc/self/clear_refs").write_text(
+                "5"
+            )  # reset VmHWM to the current RSS
             self.start_mem = status_kb("VmRSS") * 1024
         self.start_wall, self.start_cpu = time.perf_counter(), time.process_time()
         return self
@@ -196,7 +252,10 @@ class Measure:
             self.peak = torch.cuda.max_memory_allocated() - self.start_mem
         else:
             self.peak = status_kb("VmHWM") * 1024 - self.start_mem
-        self.wall, self.cpu = time.perf_counter() - self.start_wall, time.process_time() - self.start_cpu
+        self.wall, self.cpu = (
+            time.perf_counter() - self.start_wall,
+            time.process_time() - self.start_cpu,
+        )
         self.time = self.wall if self.device.type == "cuda" else self.cpu
 
 
@@ -204,7 +263,9 @@ def clock_name(device: torch.device) -> str:
     return "wall" if device.type == "cuda" else "CPU"
 
 
-def interleaved(fns: Sequence[Callable[[], object]], repeats: int, device) -> list[list[Measure]]:
+def interleaved(
+    fns: Sequence[Callable[[], object]], repeats: int, device
+) -> list[list[Measure]]:
     """Run each of ``fns`` once per repeat, in an order that rotates (and reverses every other cycle) from repeat
     to repeat, so each takes every place equally often -> per repeat, [measure of fns[0], measure of fns[1], ...].
     With two functions the orders are a b, b a, a b, ..."""
@@ -251,12 +312,20 @@ class TimedProjector(HeadProjector):
     the CPU: time the whole run with an untimed projector).
     """
 
-    def __init__(self, model, heads, clock: Callable[[], float] = time.perf_counter, sync: bool = False):
+    def __init__(
+        self,
+        model,
+        heads,
+        clock: Callable[[], float] = time.perf_counter,
+        sync: bool = False,
+    ):
         super().__init__(model, heads)
         self.clock, self.sync, self.seconds, self._depth = clock, sync, 0.0, 0
 
     def _timed(self, fn, *args):
-        if self._depth:  # HeadProjector._add re-enters itself once under autocast: count it once
+        if (
+            self._depth
+        ):  # HeadProjector._add re-enters itself once under autocast: count it once
             return fn(*args)
         self._depth += 1
         if self.sync:
@@ -286,7 +355,9 @@ def build_model(args, dtype: torch.dtype, workdir: str | Path) -> Path:
     if getattr(args, "pretrained", None):
         return Path(args.pretrained)
     shape = model_shape(args)
-    key = hashlib.sha256(json.dumps([shape, dtype_name(dtype)], sort_keys=True).encode()).hexdigest()[:12]
+    key = hashlib.sha256(
+        json.dumps([shape, dtype_name(dtype)], sort_keys=True).encode()
+    ).hexdigest()[:12]
     if args.model_cache:
         cached = Path(args.model_cache) / f"llama-{key}"
         if (cached / "config.json").is_file():
@@ -294,7 +365,10 @@ def build_model(args, dtype: torch.dtype, workdir: str | Path) -> Path:
     target = Path(workdir) / f"llama-{key}"
     start = time.perf_counter()
     random_causal_lm(target, "llama", dtype=dtype, **shape)
-    print(f"(built a random Llama {shape} in {dtype_name(dtype)} in {time.perf_counter() - start:.0f} s)", flush=True)
+    print(
+        f"(built a random Llama {shape} in {dtype_name(dtype)} in {time.perf_counter() - start:.0f} s)",
+        flush=True,
+    )
     if args.model_cache:
         Path(args.model_cache).mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=args.model_cache))
@@ -307,7 +381,11 @@ def build_model(args, dtype: torch.dtype, workdir: str | Path) -> Path:
 
 def model_label(args, params: int) -> str:
     """How RESULTS.md names the model: ``SmolLM2-135M-Instruct (135M)`` for ``--pretrained``, else ``51M Llama``."""
-    return f"{Path(args.pretrained).name} ({params / 1e6:.0f}M)" if args.pretrained else f"{params / 1e6:.0f}M Llama"
+    return (
+        f"{Path(args.pretrained).name} ({params / 1e6:.0f}M)"
+        if args.pretrained
+        else f"{params / 1e6:.0f}M Llama"
+    )
 
 
 def never_eos_copy(path: Path, workdir: str | Path) -> Path:
@@ -320,12 +398,16 @@ def never_eos_copy(path: Path, workdir: str | Path) -> Path:
         if f.name.endswith(".safetensors") or f.name.endswith(".index.json"):
             (target / f.name).unlink(missing_ok=True)
             (target / f.name).symlink_to(f.resolve())
-    tokenizer = AutoTokenizer.from_pretrained(path)  # the random models' character tokenizer, or a real one
+    tokenizer = AutoTokenizer.from_pretrained(
+        path
+    )  # the random models' character tokenizer, or a real one
     tokenizer.add_special_tokens({"eos_token": NEVER_EOS})
     eos = tokenizer.convert_tokens_to_ids(NEVER_EOS)
     vocab = json.loads((path / "config.json").read_text())["vocab_size"]
     if eos < vocab:
-        raise RuntimeError(f"{NEVER_EOS} got id {eos}, inside the model's vocabulary of {vocab}")
+        raise RuntimeError(
+            f"{NEVER_EOS} got id {eos}, inside the model's vocabulary of {vocab}"
+        )
     tokenizer.save_pretrained(target)
     for name in ("config.json", "generation_config.json"):
         config = json.loads((path / name).read_text())
@@ -343,7 +425,12 @@ def n_params(model) -> int:
 
 def data_dir(explicit: str | None = None) -> Path | None:
     """The shared data directory: --data-dir, $LM_EVAL_SWIFT_DATA, ./shared/data in the repo, ../shared/data."""
-    for candidate in (explicit, os.environ.get(DATA_ENV), REPO / "shared" / "data", REPO.parent / "shared" / "data"):
+    for candidate in (
+        explicit,
+        os.environ.get(DATA_ENV),
+        REPO / "shared" / "data",
+        REPO.parent / "shared" / "data",
+    ):
         if candidate and (Path(candidate) / "math_test.jsonl").is_file():
             return Path(candidate)
     return None
@@ -358,7 +445,9 @@ def gsm8k_cot_prompt(shots: int, question: str) -> str:
     path = Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k-cot.yaml"
     samples = yaml.safe_load(path.read_text())["fewshot_config"]["samples"][:shots]
     if len(samples) < shots:
-        raise ValueError(f"gsm8k-cot has {len(samples)} worked examples, asked for {shots}")
+        raise ValueError(
+            f"gsm8k-cot has {len(samples)} worked examples, asked for {shots}"
+        )
     blocks = [f"Q: {s['question']}\nA: {s['target']}" for s in samples]
     return "\n\n".join([*blocks, f"Q: {question}\nA:"])
 
@@ -373,7 +462,9 @@ ZERO_SHOT_QUESTION = (
 # ---- results ---------------------------------------------------------------------------------------------------
 
 
-def append_result(script: str, columns: Sequence[str], cells: Sequence[object], path: Path = RESULTS) -> None:
+def append_result(
+    script: str, columns: Sequence[str], cells: Sequence[object], path: Path = RESULTS
+) -> None:
     """Add a dated row to the table of ``script``'s section of RESULTS.md (made if missing); other lines are kept."""
     row = "| " + " | ".join([str(datetime.date.today()), *map(str, cells)]) + " |"
     header = "| " + " | ".join(["date", *columns]) + " |"
@@ -383,7 +474,9 @@ def append_result(script: str, columns: Sequence[str], cells: Sequence[object], 
         end = lines.index(title) + 1
         while end < len(lines) and not lines[end].startswith("## "):
             end += 1
-        while end > 0 and not lines[end - 1].startswith("|"):  # after the section's last table row
+        while end > 0 and not lines[end - 1].startswith(
+            "|"
+        ):  # after the section's last table row
             end -= 1
         if not lines[end - 1].startswith("|"):
             raise RuntimeError(f"{path}: section {title!r} has no table")
@@ -391,7 +484,14 @@ def append_result(script: str, columns: Sequence[str], cells: Sequence[object], 
     else:
         while lines and not lines[-1].strip():
             lines.pop()
-        lines += ["", title, "", header, "| " + " | ".join(["---"] * (len(columns) + 1)) + " |", row]
+        lines += [
+            "",
+            title,
+            "",
+            header,
+            "| " + " | ".join(["---"] * (len(columns) + 1)) + " |",
+            row,
+        ]
     path.write_text("\n".join(lines) + "\n")
     print(f"appended to {path}")
 

@@ -27,9 +27,10 @@ import torch
 from _common import TimedProjector, paired, ratios
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from lm_eval_swift.capture import HeadProjector
-from lm_eval_swift.heads import SwiftHead
-from lm_eval_swift.models import Sampling, sample_continuations
+from lm_eval_swift.harness.models import Sampling, sample_continuations
+from lm_eval_swift.swift.capture import HeadProjector
+from lm_eval_swift.swift.heads import SwiftHead
+
 
 PROMPT = "Question: what is the sum of the first twenty odd numbers? Think step by step. Answer:"
 COLUMNS = [
@@ -46,11 +47,18 @@ COLUMNS = [
 
 
 @torch.no_grad()
-def step_ratio(model, projector: HeadProjector, prompt: list[int], rows: int, pairs: int, device) -> float:
+def step_ratio(
+    model, projector: HeadProjector, prompt: list[int], rows: int, pairs: int, device
+) -> float:
     """Median per-pair ratio of one decode step's time (CPU time on CPU) with capture over without, the two
     alternating step by step; the KV cache is cropped back after each step so all steps see the same length."""
     cache = DynamicCache(config=model.config)
-    model(input_ids=torch.tensor([prompt] * rows, device=device), cache=cache, use_cache=True, logits_to_keep=1)
+    model(
+        input_ids=torch.tensor([prompt] * rows, device=device),
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
     tokens = torch.zeros(rows, 1, dtype=torch.long, device=device)
     clock = time.perf_counter if device.type == "cuda" else time.process_time
     times: dict[bool, list[float]] = {False: [], True: []}
@@ -71,11 +79,20 @@ def step_ratio(model, projector: HeadProjector, prompt: list[int], rows: int, pa
 def main() -> None:
     parser = c.base_parser(__doc__)
     c.add_model_args(parser, "50m")
-    parser.add_argument("--quick", action="store_true", help="64 new tokens, 2 run pairs, 60 step pairs")
+    parser.add_argument(
+        "--quick", action="store_true", help="64 new tokens, 2 run pairs, 60 step pairs"
+    )
     parser.add_argument("--n", type=int, default=8, help="samples per prompt")
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--pairs", type=int, default=6, help="pairs of whole runs (half as many for HF generate)")
-    parser.add_argument("--step-pairs", type=int, default=300, help="pairs of single decode steps")
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=6,
+        help="pairs of whole runs (half as many for HF generate)",
+    )
+    parser.add_argument(
+        "--step-pairs", type=int, default=300, help="pairs of single decode steps"
+    )
     args = parser.parse_args()
     if args.quick:
         args.new_tokens, args.pairs, args.step_pairs = 64, 2, 60
@@ -83,7 +100,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = c.build_model(args, dtype, tmp)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        model = (
+            AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        )
         tokenizer = AutoTokenizer.from_pretrained(path)
     n_params = c.n_params(model)
     heads = [
@@ -93,16 +112,34 @@ def main() -> None:
     projector = TimedProjector(model, heads)
     prompt = tokenizer.encode(PROMPT)
     ids = torch.tensor([prompt] * args.n, device=device)
-    seeds, sampling, never = list(range(args.n)), Sampling(do_sample=True), (lambda ids: False)
+    seeds, sampling, never = (
+        list(range(args.n)),
+        Sampling(do_sample=True),
+        (lambda ids: False),
+    )
 
     def ours(proj, tokens=args.new_tokens):
-        return lambda: sample_continuations(model, prompt, seeds, sampling, tokens, never, proj, batch_size=args.n)
+        return lambda: sample_continuations(
+            model, prompt, seeds, sampling, tokens, never, proj, batch_size=args.n
+        )
 
     def hf(hidden: bool, tokens=args.new_tokens):
-        kw = dict(do_sample=True, max_new_tokens=tokens, min_new_tokens=tokens, pad_token_id=tokenizer.pad_token_id)
-        return lambda: model.generate(ids, output_hidden_states=hidden, return_dict_in_generate=True, **kw)
+        kw = dict(
+            do_sample=True,
+            max_new_tokens=tokens,
+            min_new_tokens=tokens,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        return lambda: model.generate(
+            ids, output_hidden_states=hidden, return_dict_in_generate=True, **kw
+        )
 
-    for warm_up in (ours(None, 4), ours(projector, 4), hf(False, 4), hf(True, 4)):  # also runs capture's self-check
+    for warm_up in (
+        ours(None, 4),
+        ours(projector, 4),
+        hf(False, 4),
+        hf(True, 4),
+    ):  # also runs capture's self-check
         warm_up()
     projector.seconds = 0.0
     runs = paired(ours(None), ours(projector), args.pairs, device)
@@ -114,12 +151,20 @@ def main() -> None:
 
     where, clock = c.machine(device), c.clock_name(device)
     layers = model.config.num_hidden_layers
-    plain, hf_plain = (statistics.median(ma.time for ma, _ in r) for r in (runs, hf_runs))
+    plain, hf_plain = (
+        statistics.median(ma.time for ma, _ in r) for r in (runs, hf_runs)
+    )
     plain_mib = statistics.median(ma.peak for ma, _ in runs) / 2**20
-    print(f"machine: {where}; torch {torch.__version__}; model {n_params / 1e6:.1f}M params, {layers} layers")
+    print(
+        f"machine: {where}; torch {torch.__version__}; model {n_params / 1e6:.1f}M params, {layers} layers"
+    )
     print(f"{c.load_note()}; {c.dtype_name(dtype)} weights")
-    print(f"N={args.n} samples x {args.new_tokens} new tokens, prompt {len(prompt)} tokens, {args.pairs} pairs")
-    print(f"plain: {plain:.2f} s {clock} time (HF generate {hf_plain:.2f} s), peak extra memory {plain_mib:.1f} MiB")
+    print(
+        f"N={args.n} samples x {args.new_tokens} new tokens, prompt {len(prompt)} tokens, {args.pairs} pairs"
+    )
+    print(
+        f"plain: {plain:.2f} s {clock} time (HF generate {hf_plain:.2f} s), peak extra memory {plain_mib:.1f} MiB"
+    )
     print(
         f"capture (1 all-layers head: {layers + 1} entries; + 1 logits head): {clock} time x{time_x:.3f} "
         f"(wall x{wall_x:.3f}), peak memory x{mem_x:.3f}; time inside capture code {100 * share:.2f}% of the run; "
@@ -129,7 +174,9 @@ def main() -> None:
         f"HF generate with output_hidden_states=True instead: {clock} time x{hs_time_x:.3f} "
         f"(wall x{hs_wall_x:.3f}), peak memory x{hs_mem_x:.3f}"
     )
-    memory = "CUDA max_memory_allocated delta" if device.type == "cuda" else "peak RSS delta"
+    memory = (
+        "CUDA max_memory_allocated delta" if device.type == "cuda" else "peak RSS delta"
+    )
     setup = f"{'quick' if args.quick else 'full'}: N={args.n}, T={args.new_tokens}, {c.model_label(args, n_params)}"
     if dtype != torch.float32:
         setup += f" {c.dtype_name(dtype)}"

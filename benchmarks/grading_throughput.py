@@ -35,6 +35,7 @@ import _common as c
 
 from lm_eval_swift import grading
 
+
 HOSTILE = [
     "\\boxed{9^{9^{9^{9^{9^{9}}}}}}",
     "\\boxed{2^{2^{2^{2^{2^{2^{2}}}}}}}",
@@ -51,7 +52,11 @@ HOSTILE = [
     "The answer is $" + "\\left(" * 2000 + "1" + "\\right)" * 2000 + "$.",
     "\\boxed{" + "a," * 5000 + "b}",
     "\\boxed{1e1000000}",
-    "\\boxed{\\begin{pmatrix}" + "&".join(["1"] * 400) + "\\\\" + "&".join(["2"] * 400) + "\\end{pmatrix}}",
+    "\\boxed{\\begin{pmatrix}"
+    + "&".join(["1"] * 400)
+    + "\\\\"
+    + "&".join(["2"] * 400)
+    + "\\end{pmatrix}}",
 ]
 FILLER = [
     "Let me think about this step by step.",
@@ -62,12 +67,25 @@ FILLER = [
     "By symmetry, the other case is the same.",
 ]
 SLOT = "\x00"  # where the boxed answer goes in a solution
-KINDS = ["boxed", "equivalent", "decimal", "wrong", "malformed", "rambling", "anchored", "hostile"]
+KINDS = [
+    "boxed",
+    "equivalent",
+    "decimal",
+    "wrong",
+    "malformed",
+    "rambling",
+    "anchored",
+    "hostile",
+]
 WEIGHTS = [0.25, 0.20, 0.05, 0.20, 0.10, 0.12, 0.0775, 0.0025]
 
 
 def load_math(directory: Path) -> list[dict]:
-    return [json.loads(line) for line in (directory / "math_test.jsonl").read_text().splitlines() if line.strip()]
+    return [
+        json.loads(line)
+        for line in (directory / "math_test.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
 
 
 def _as_fraction(answer: str) -> Fraction | None:
@@ -82,17 +100,29 @@ def _as_fraction(answer: str) -> Fraction | None:
 def equivalent_form(answer: str, rng: random.Random) -> str:
     """The same answer written differently (or the answer itself when no rewrite applies)."""
     value = _as_fraction(answer)
-    forms = [f" {answer} ", f"\\left({answer}\\right)" if answer.startswith("(") else f"{{{answer}}}", f"x={answer}"]
+    forms = [
+        f" {answer} ",
+        f"\\left({answer}\\right)" if answer.startswith("(") else f"{{{answer}}}",
+        f"x={answer}",
+    ]
     if value is not None and value.denominator == 1:
         n = value.numerator
-        forms += [f"{n}.0", f"\\frac{{{2 * n}}}{{2}}", f"{n:,}" if abs(n) >= 1000 else f"+{n}" if n > 0 else str(n)]
+        forms += [
+            f"{n}.0",
+            f"\\frac{{{2 * n}}}{{2}}",
+            f"{n:,}" if abs(n) >= 1000 else f"+{n}" if n > 0 else str(n),
+        ]
     elif value is not None:
         p, q = value.numerator, value.denominator
         forms += [f"{p}/{q}", f"\\dfrac{{{p}}}{{{q}}}", f"\\frac{{{2 * p}}}{{{2 * q}}}"]
         if 10**6 % q == 0:
             forms.append(str(float(value)))
     else:
-        forms += [answer.replace("\\frac", "\\dfrac"), answer.replace(",", ", "), f"\\displaystyle {answer}"]
+        forms += [
+            answer.replace("\\frac", "\\dfrac"),
+            answer.replace(",", ", "),
+            f"\\displaystyle {answer}",
+        ]
     return rng.choice(forms)
 
 
@@ -123,7 +153,9 @@ def malformed(answer: str, rng: random.Random) -> str:
     )
 
 
-def sampled_responses(rows: list[dict], count: int, seed: int = 0) -> list[tuple[str, str, str]]:
+def sampled_responses(
+    rows: list[dict], count: int, seed: int = 0
+) -> list[tuple[str, str, str]]:
     """``count`` (kind, response, gold) triples that look like sampled solutions to MATH test problems."""
     rng = random.Random(seed)
     answers = [r["answer"] for r in rows]
@@ -131,12 +163,16 @@ def sampled_responses(rows: list[dict], count: int, seed: int = 0) -> list[tuple
     for i in range(count):
         row = rng.choice(rows)
         gold, solution = row["answer"], row["solution"]
-        kind = "hostile" if i % 400 == 199 else rng.choices(KINDS[:-1], WEIGHTS[:-1])[0]  # 0.25% hostile
+        kind = (
+            "hostile" if i % 400 == 199 else rng.choices(KINDS[:-1], WEIGHTS[:-1])[0]
+        )  # 0.25% hostile
         body = solution.replace(f"\\boxed{{{gold}}}", SLOT)
         if SLOT not in body:
             body = solution + f" So the answer is {SLOT}."
 
-        def put(boxed: str, body=body) -> str:  # the solution with its boxed answer replaced
+        def put(
+            boxed: str, body=body
+        ) -> str:  # the solution with its boxed answer replaced
             return body.replace(SLOT, boxed)
 
         if kind == "boxed":
@@ -145,19 +181,27 @@ def sampled_responses(rows: list[dict], count: int, seed: int = 0) -> list[tuple
             text = put(f"\\boxed{{{equivalent_form(gold, rng)}}}")
         elif kind == "decimal":
             value = _as_fraction(gold)
-            shown = f"{float(value):.{rng.choice([2, 3, 6])}f}" if value is not None else gold
+            shown = (
+                f"{float(value):.{rng.choice([2, 3, 6])}f}"
+                if value is not None
+                else gold
+            )
             text = put(f"\\boxed{{{shown}}}")
         elif kind == "wrong":
             text = put(f"\\boxed{{{wrong_form(gold, answers, rng)}}}")
         elif kind == "malformed":
             text = put(malformed(gold, rng))
         elif kind == "rambling":
-            sentences = [s for s in re.split(r"(?<=\.)\s+", put(gold)) if s] + FILLER  # gold not boxed
+            sentences = [
+                s for s in re.split(r"(?<=\.)\s+", put(gold)) if s
+            ] + FILLER  # gold not boxed
             text = " ".join(rng.choice(sentences) for _ in range(rng.randint(20, 120)))
             if rng.random() < 0.5:
                 text += f" The answer is ${gold if rng.random() < 0.5 else rng.choice(answers)}$."
             else:
-                text = text[: rng.randint(len(text) // 2, len(text))]  # cut off mid-sentence, no answer
+                text = text[
+                    : rng.randint(len(text) // 2, len(text))
+                ]  # cut off mid-sentence, no answer
         elif kind == "anchored":
             shown = gold if rng.random() < 0.6 else equivalent_form(gold, rng)
             unboxed = put(gold)  # the worked solution without its box, cut short
@@ -201,31 +245,57 @@ def grade_pass(items, counter: Counting) -> tuple[float, list[bool]]:
     grading._equivalent.cache_clear()
     counter.reset()
     start = time.perf_counter()
-    verdicts = grading.grade_all([response for response, _ in items], [gold for _, gold in items], "math")
+    verdicts = grading.grade_all(
+        [response for response, _ in items], [gold for _, gold in items], "math"
+    )
     return time.perf_counter() - start, verdicts
 
 
 def main() -> None:
     parser = c.base_parser(__doc__)
-    parser.add_argument("--quick", action="store_true", help="1000 golds, 1500 sampled answers, 3 x 500 cache pairs")
-    parser.add_argument("--data-dir", help="folder with math_test.jsonl (default: ../shared/data and others)")
-    parser.add_argument("--golds", type=int, default=5000, help="how many MATH test golds (all: 5000)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="1000 golds, 1500 sampled answers, 3 x 500 cache pairs",
+    )
+    parser.add_argument(
+        "--data-dir",
+        help="folder with math_test.jsonl (default: ../shared/data and others)",
+    )
+    parser.add_argument(
+        "--golds", type=int, default=5000, help="how many MATH test golds (all: 5000)"
+    )
     parser.add_argument("--sampled", type=int, default=20000)
     parser.add_argument("--cache-pairs", type=int, default=5, help="cold/warm pairs")
-    parser.add_argument("--cache-items", type=int, default=2000, help="answer pairs per cold/warm run")
+    parser.add_argument(
+        "--cache-items", type=int, default=2000, help="answer pairs per cold/warm run"
+    )
     args = parser.parse_args()
     if args.quick:
-        args.golds, args.sampled, args.cache_pairs, args.cache_items = 1000, 1500, 3, 500
+        args.golds, args.sampled, args.cache_pairs, args.cache_items = (
+            1000,
+            1500,
+            3,
+            500,
+        )
     directory = c.data_dir(args.data_dir)
     if directory is None:
-        print("math_test.jsonl not found: pass --data-dir or set LM_EVAL_SWIFT_DATA; skipped")
+        print(
+            "math_test.jsonl not found: pass --data-dir or set LM_EVAL_SWIFT_DATA; skipped"
+        )
         return
     rows = load_math(directory)
     counter = Counting()
     grading._verify = counter
     timeout, workers = grading._timeout(None), grading._max_workers()
-    with ThreadPoolExecutor(workers) as pool:  # start every worker (their start is not charged to any answer)
-        list(pool.map(lambda _: grading.verify_strings("1", "1", timeout=60), range(workers)))
+    with ThreadPoolExecutor(
+        workers
+    ) as pool:  # start every worker (their start is not charged to any answer)
+        list(
+            pool.map(
+                lambda _: grading.verify_strings("1", "1", timeout=60), range(workers)
+            )
+        )
 
     golds = [(r["solution"], r["answer"]) for r in rows[: args.golds]]
     t_golds, ok_golds = grade_pass(golds, counter)
@@ -240,7 +310,11 @@ def main() -> None:
 
     # cache cold vs warm: is_equivalent on extracted (answer, gold) pairs; hostile ones left out (timeouts are
     # never cached, so they would dominate both)
-    pairs = [(grading.extract_answer(t, "math"), g) for kind, t, g in sampled if kind != "hostile"]
+    pairs = [
+        (grading.extract_answer(t, "math"), g)
+        for kind, t, g in sampled
+        if kind != "hostile"
+    ]
     pairs = [(a, g) for a, g in pairs if a is not None][: args.cache_items]
     cold, warm = [], []
     for _ in range(args.cache_pairs):
@@ -253,7 +327,9 @@ def main() -> None:
     cache_x = [a / b for a, b in zip(cold, warm)]
 
     print(c.describe(c.torch.device("cpu"), torch_threads=False))
-    print(f"grading: timeout {timeout:g} s per comparison, {workers} worker process(es); wall time, one caller")
+    print(
+        f"grading: timeout {timeout:g} s per comparison, {workers} worker process(es); wall time, one caller"
+    )
     print(
         f"golds: {len(golds)} MATH test solutions vs their answers: {len(golds) / t_golds:.0f} answers/s "
         f"({t_golds:.2f} s), {sum(ok_golds)}/{len(golds)} graded correct, {gold_calls} reached Math-Verify, "
@@ -266,7 +342,9 @@ def main() -> None:
     )
     print(
         "  graded correct by kind: "
-        + ", ".join(f"{k} {sum(v)}/{len(v)}" for k in KINDS for v in [by_kind.get(k, [])] if v)
+        + ", ".join(
+            f"{k} {sum(v)}/{len(v)}" for k in KINDS for v in [by_kind.get(k, [])] if v
+        )
     )
     print(
         f"is_equivalent on {len(pairs)} answer pairs: cache cold {c.median(cold):.3f} s vs warm {c.median(warm):.4f} s "
@@ -280,11 +358,26 @@ def main() -> None:
     if not args.no_results:
         c.append_result(
             "grading_throughput.py",
-            ["machine", "setup", "golds answers/s", "sampled answers/s", "sampled to Math-Verify",
-             "sampled timed out", "is_equivalent cold / warm x", "load"],
-            [f"{c.cpu_model()}, {c.os.cpu_count()} CPUs", setup, f"{len(golds) / t_golds:.0f}",
-             f"{len(sampled) / t_sampled:.0f}", f"{100 * calls / len(sampled):.1f}%",
-             f"{timeouts} ({100 * timeouts / len(sampled):.2f}%)", f"{c.median(cache_x):.0f}", c.load_note()],
+            [
+                "machine",
+                "setup",
+                "golds answers/s",
+                "sampled answers/s",
+                "sampled to Math-Verify",
+                "sampled timed out",
+                "is_equivalent cold / warm x",
+                "load",
+            ],
+            [
+                f"{c.cpu_model()}, {c.os.cpu_count()} CPUs",
+                setup,
+                f"{len(golds) / t_golds:.0f}",
+                f"{len(sampled) / t_sampled:.0f}",
+                f"{100 * calls / len(sampled):.1f}%",
+                f"{timeouts} ({100 * timeouts / len(sampled):.2f}%)",
+                f"{c.median(cache_x):.0f}",
+                c.load_note(),
+            ],
         )
 
 

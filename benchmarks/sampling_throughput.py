@@ -42,16 +42,24 @@ from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 from transformers import AutoConfig
 
-from lm_eval_swift.heads import SwiftHead
-from lm_eval_swift.models import HFSwiftLM
+from lm_eval_swift.harness.models import HFSwiftLM
+from lm_eval_swift.swift.heads import SwiftHead
+
 
 STOP = "\n\nQ:"  # where a real model would stop (the next question); random text never writes it
 
 
 def requests(context: str, n: int, max_gen_toks: int) -> list[Instance]:
     """What lm-eval sends for a task with ``repeats: n``: n identical generate_until requests."""
-    gen_kwargs = {"until": [STOP], "max_gen_toks": max_gen_toks, "do_sample": True, "temperature": 1.0}
-    return [Instance("generate_until", {}, (context, dict(gen_kwargs)), i) for i in range(n)]
+    gen_kwargs = {
+        "until": [STOP],
+        "max_gen_toks": max_gen_toks,
+        "do_sample": True,
+        "temperature": 1.0,
+    }
+    return [
+        Instance("generate_until", {}, (context, dict(gen_kwargs)), i) for i in range(n)
+    ]
 
 
 def questions(q: int) -> list[str]:
@@ -63,9 +71,15 @@ def questions(q: int) -> list[str]:
     path = Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k-cot.yaml"
     texts = [
         c.ZERO_SHOT_QUESTION,
-        *(s["question"] for s in yaml.safe_load(path.read_text())["fewshot_config"]["samples"]),
+        *(
+            s["question"]
+            for s in yaml.safe_load(path.read_text())["fewshot_config"]["samples"]
+        ),
     ]
-    return [f"Q: {texts[i % len(texts)]}{f' ({i // len(texts)})' if i >= len(texts) else ''}\nA:" for i in range(q)]
+    return [
+        f"Q: {texts[i % len(texts)]}{f' ({i // len(texts)})' if i >= len(texts) else ''}\nA:"
+        for i in range(q)
+    ]
 
 
 def multi_question(args, hf: HFLM, swift: HFSwiftLM, device, batch_size: int) -> dict:
@@ -95,7 +109,9 @@ def multi_question(args, hf: HFLM, swift: HFSwiftLM, device, batch_size: int) ->
         if finishes != ["length"] or lengths != [args.max_gen_toks]:
             early = f"samples stopped early ({', '.join(finishes)}): {lengths[0]}-{lengths[-1]} tokens"
             print(f"note: hf-swift {key} {early}")
-    if [o.token_ids for o in outs["packed"]] != [o.token_ids for o in outs["per-question"]]:
+    if [o.token_ids for o in outs["packed"]] != [
+        o.token_ids for o in outs["per-question"]
+    ]:
         print("warning: packed and per-question samples differ")
     times = {k: [r[i].time for r in runs] for i, k in enumerate(keys)}
     walls = {k: [r[i].wall for r in runs] for i, k in enumerate(keys)}
@@ -127,24 +143,61 @@ def profile(lm: HFSwiftLM, reqs, top: int = 18) -> str:
 def main() -> None:
     parser = c.base_parser(__doc__)
     c.add_model_args(parser, "50m")
-    parser.add_argument("--quick", action="store_true", help="tiny model, 32 new tokens, 3 pairs")
-    parser.add_argument("--n", type=int, default=8, help="samples per prompt (= repeats)")
-    parser.add_argument("--batch-size", type=int, help="batch size of all (default: N; 64 with --questions)")
-    parser.add_argument("--questions", type=int, default=0, help="multi-question mode: Q questions x N samples")
-    parser.add_argument("--chat", action="store_true", help="prompts in one user turn of the model's chat template")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny model, 32 new tokens, 3 pairs"
+    )
+    parser.add_argument(
+        "--n", type=int, default=8, help="samples per prompt (= repeats)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="batch size of all (default: N; 64 with --questions)",
+    )
+    parser.add_argument(
+        "--questions",
+        type=int,
+        default=0,
+        help="multi-question mode: Q questions x N samples",
+    )
+    parser.add_argument(
+        "--chat",
+        action="store_true",
+        help="prompts in one user turn of the model's chat template",
+    )
     parser.add_argument("--max-gen-toks", type=int, default=128)
-    parser.add_argument("--shots", type=int, default=8, help="worked examples in the few-shot prompt (at most 8)")
-    parser.add_argument("--pairs", type=int, default=3, help="repeats (pairs of runs) per prompt")
-    parser.add_argument("--heads", default="swift", choices=["swift", "none"], help="hf-swift with a head or without")
-    parser.add_argument("--parallelize", action="store_true", help="parallelize=True (device_map) for both")
-    parser.add_argument("--profile", action="store_true", help="profile one hf-swift run per prompt")
+    parser.add_argument(
+        "--shots",
+        type=int,
+        default=8,
+        help="worked examples in the few-shot prompt (at most 8)",
+    )
+    parser.add_argument(
+        "--pairs", type=int, default=3, help="repeats (pairs of runs) per prompt"
+    )
+    parser.add_argument(
+        "--heads",
+        default="swift",
+        choices=["swift", "none"],
+        help="hf-swift with a head or without",
+    )
+    parser.add_argument(
+        "--parallelize",
+        action="store_true",
+        help="parallelize=True (device_map) for both",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="profile one hf-swift run per prompt"
+    )
     parser.add_argument("--prompts", default="zero-shot,few-shot")
     args = parser.parse_args()
     if args.quick:
         args.size, args.max_gen_toks, args.pairs = "tiny", 32, 3
     device, dtype = c.setup(args)
     if args.parallelize and not torch.cuda.is_available():
-        parser.error("--parallelize needs CUDA (without GPUs lm-eval's device_map offloads weights to disk)")
+        parser.error(
+            "--parallelize needs CUDA (without GPUs lm-eval's device_map offloads weights to disk)"
+        )
     batch_size = args.batch_size or (64 if args.questions else args.n)
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
 
@@ -153,7 +206,11 @@ def main() -> None:
         config = AutoConfig.from_pretrained(path)
         spec = "none"
         if args.heads == "swift":
-            spec = str(SwiftHead.for_model(config, str(path)).save_pretrained(Path(tmp) / "head"))
+            spec = str(
+                SwiftHead.for_model(config, str(path)).save_pretrained(
+                    Path(tmp) / "head"
+                )
+            )
         common = dict(pretrained=str(path), dtype=dtype, batch_size=batch_size)
         if args.parallelize:
             common["parallelize"] = True
@@ -161,12 +218,16 @@ def main() -> None:
             common["device"] = str(device)
         hf = HFLM(**common)
         if "sample_cache" in inspect.signature(HFSwiftLM.__init__).parameters:
-            common_swift = dict(common, sample_cache=None)  # every run samples: no stored samples reused
+            common_swift = dict(
+                common, sample_cache=None
+            )  # every run samples: no stored samples reused
         else:
             common_swift = common
         swift = HFSwiftLM(heads=spec, **common_swift)
         params = c.n_params(hf.model)
-        model_name = c.model_label(args, params) + (", chat template" if args.chat else "")
+        model_name = c.model_label(args, params) + (
+            ", chat template" if args.chat else ""
+        )
         if args.questions:
             r = multi_question(args, hf, swift, device, batch_size)
             report_multi(args, r, device, model_name, dtype, batch_size)
@@ -177,7 +238,10 @@ def main() -> None:
             "few-shot": c.gsm8k_cot_prompt(args.shots, c.ZERO_SHOT_QUESTION),
         }
         if args.chat:  # one user turn through the model's chat template, as --apply_chat_template builds it
-            prompts = {k: hf.apply_chat_template([{"role": "user", "content": v}]) for k, v in prompts.items()}
+            prompts = {
+                k: hf.apply_chat_template([{"role": "user", "content": v}])
+                for k, v in prompts.items()
+            }
         results = {}
         for name in args.prompts.split(","):
             context = prompts[name]
@@ -189,16 +253,25 @@ def main() -> None:
             outs: dict[str, list] = {}
 
             def run(lm, key, reqs=reqs, outs=outs):
-                return lambda: outs.__setitem__(key, lm.generate_until(reqs, disable_tqdm=True))
+                return lambda: outs.__setitem__(
+                    key, lm.generate_until(reqs, disable_tqdm=True)
+                )
 
-            runs = c.interleaved([run(hf, "hf"), run(swift, "swift")], args.pairs, device)
+            runs = c.interleaved(
+                [run(hf, "hf"), run(swift, "swift")], args.pairs, device
+            )
             finishes = sorted({o.finish for o in outs["swift"]})
             lengths = sorted({len(o.token_ids) for o in outs["swift"]})
             if finishes != ["length"] or lengths != [args.max_gen_toks]:
-                print(f"warning: hf-swift samples stopped early ({finishes}, lengths {lengths})")
+                print(
+                    f"warning: hf-swift samples stopped early ({finishes}, lengths {lengths})"
+                )
             speedup = [m_hf.time / m_sw.time for m_hf, m_sw in runs]
             wall = [m_hf.wall / m_sw.wall for m_hf, m_sw in runs]
-            t_hf, t_sw = c.median(m.time for m, _ in runs), c.median(m.time for _, m in runs)
+            t_hf, t_sw = (
+                c.median(m.time for m, _ in runs),
+                c.median(m.time for _, m in runs),
+            )
             results[name] = {
                 "n_prompt": n_prompt,
                 "speedup": c.median(speedup),
@@ -227,7 +300,9 @@ def main() -> None:
             f"{'met' if r['speedup'] >= goal else 'MISSED'}"
         )
     cells = [
-        f"{results[k]['speedup']:.3f} ({results[k]['n_prompt']} tok)" if k in results else "-"
+        f"{results[k]['speedup']:.3f} ({results[k]['n_prompt']} tok)"
+        if k in results
+        else "-"
         for k in ("zero-shot", "few-shot")
     ]
     setup = (
@@ -238,12 +313,21 @@ def main() -> None:
     if not args.no_results:
         c.append_result(
             "sampling_throughput.py",
-            ["machine", "setup", "zero-shot hf / hf-swift time x", "few-shot hf / hf-swift time x", "clock", "load"],
+            [
+                "machine",
+                "setup",
+                "zero-shot hf / hf-swift time x",
+                "few-shot hf / hf-swift time x",
+                "clock",
+                "load",
+            ],
             [where, setup, *cells, clock, c.load_note()],
         )
 
 
-def report_multi(args, r: dict, device, model_name: str, dtype, batch_size: int) -> None:
+def report_multi(
+    args, r: dict, device, model_name: str, dtype, batch_size: int
+) -> None:
     clock = c.clock_name(device)
     print(c.describe(device))
     print(
@@ -261,7 +345,9 @@ def report_multi(args, r: dict, device, model_name: str, dtype, batch_size: int)
     print(f"per-question time / packed time, per repeat {r['per_q_spread']}; goal >= 1.5 "
           f"{'met' if r['per_q'] >= 1.5 else 'MISSED'}")  # fmt: skip
     print(f"packed / per-question x{r['per_q']:.3f}")
-    print(f"hf time / packed time, per repeat {r['hf_spread']}; goal >= 1.5 {'met' if r['hf'] >= 1.5 else 'MISSED'}")
+    print(
+        f"hf time / packed time, per repeat {r['hf_spread']}; goal >= 1.5 {'met' if r['hf'] >= 1.5 else 'MISSED'}"
+    )
     print(f"hf / hf-swift packed x{r['hf']:.3f}")
     if not args.no_results:
         setup = (
@@ -271,8 +357,22 @@ def report_multi(args, r: dict, device, model_name: str, dtype, batch_size: int)
         )
         c.append_result(
             "sampling_throughput.py --questions",
-            ["machine", "setup", "packed / per-question x", "hf / hf-swift packed x", "clock", "load"],
-            [c.machine(device), setup, r["per_q_spread"], r["hf_spread"], clock, c.load_note()],
+            [
+                "machine",
+                "setup",
+                "packed / per-question x",
+                "hf / hf-swift packed x",
+                "clock",
+                "load",
+            ],
+            [
+                c.machine(device),
+                setup,
+                r["per_q_spread"],
+                r["hf_spread"],
+                clock,
+                c.load_note(),
+            ],
         )
 
 

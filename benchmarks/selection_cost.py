@@ -4,7 +4,7 @@ The generator is a random Llama; the reward model (RM) has the generator's shape
 (one label) made of the generator's decoder plus a random score row, scored exactly as the ``seq-cls`` scorer scores
 (that scorer class, loading it from disk: question + response through the chat template, one unpadded read per
 sequence, batch size N). The SWIFT side is one all-layers hidden-state head (``SwiftHead.for_model``) captured
-while sampling (:class:`~lm_eval_swift.capture.HeadProjector`).
+while sampling (:class:`~lm_eval_swift.swift.capture.HeadProjector`).
 
 Each repeat runs, in a rotating order: plain sampling of N continuations of one prompt (no early stop); the same
 sampling with SWIFT capture, followed by pooling each sample's reward (``swift_reward``); and the RM scoring the N
@@ -33,30 +33,42 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lm_eval_swift.capture import HeadProjector
-from lm_eval_swift.heads import SwiftHead, swift_reward
-from lm_eval_swift.models import Sampling, sample_continuations
+from lm_eval_swift.harness.models import Sampling, sample_continuations
 from lm_eval_swift.scorers import get_scorer
+from lm_eval_swift.swift.capture import HeadProjector
+from lm_eval_swift.swift.heads import SwiftHead, swift_reward
 
 
 def same_size_rm(model, tokenizer, directory: Path) -> Path:
     """Save a one-label LlamaForSequenceClassification checkpoint: ``model``'s decoder plus a random score row."""
     directory.mkdir(parents=True, exist_ok=True)
     config = model.config.to_dict()
-    config.update(architectures=["LlamaForSequenceClassification"], num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    config.update(
+        architectures=["LlamaForSequenceClassification"],
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     config.pop("id2label", None), config.pop("label2id", None)
     (directory / "config.json").write_text(json.dumps(config, indent=2, default=str))
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items() if k.startswith("model.")}
+    state = {
+        k: v.detach().to("cpu").contiguous()
+        for k, v in model.state_dict().items()
+        if k.startswith("model.")
+    }
     dtype = next(iter(state.values())).dtype
     generator = torch.Generator().manual_seed(0)
-    state["score.weight"] = (torch.randn(1, model.config.hidden_size, generator=generator) * 0.02).to(dtype)
+    state["score.weight"] = (
+        torch.randn(1, model.config.hidden_size, generator=generator) * 0.02
+    ).to(dtype)
     save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
     tokenizer.save_pretrained(directory)
     return directory
 
 
 @torch.no_grad()
-def head_arithmetic(head: SwiftHead, rows: int, device, dtype, clock, repeats: int = 5) -> float:
+def head_arithmetic(
+    head: SwiftHead, rows: int, device, dtype, clock, repeats: int = 5
+) -> float:
     """Seconds for the head's linear over ``rows`` tokens' stacked features ([rows, (L+1)*d] in ``dtype``, cast to
     fp32 as the head computes), in chunks of 1024 rows: its arithmetic alone, without capture's per-hook dispatch
     (median of ``repeats``)."""
@@ -78,7 +90,9 @@ def main() -> None:
     parser = c.base_parser(__doc__)
     c.add_model_args(parser, "50m")
     parser.add_argument("--quick", action="store_true", help="48 new tokens, 2 repeats")
-    parser.add_argument("--n", type=int, default=8, help="samples per prompt (and RM batch size)")
+    parser.add_argument(
+        "--n", type=int, default=8, help="samples per prompt (and RM batch size)"
+    )
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--rm-batch-size", type=int, help="RM batch size (default: N)")
@@ -90,38 +104,59 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = c.build_model(args, dtype, tmp)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        model = (
+            AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        )
         tokenizer = AutoTokenizer.from_pretrained(path)
         rm_dir = same_size_rm(model, tokenizer, Path(tmp) / "rm")
         scorer = get_scorer("seq-cls").load(
-            str(rm_dir), device=device, dtype=dtype, batch_size=args.rm_batch_size or args.n, progress=False
+            str(rm_dir),
+            device=device,
+            dtype=dtype,
+            batch_size=args.rm_batch_size or args.n,
+            progress=False,
         )
     params, rm_params = c.n_params(model), scorer.num_parameters
     head = SwiftHead.for_model(model.config, str(path))
     clock = time.perf_counter if cuda else time.process_time
     timed = c.TimedProjector(model, [head], clock=clock, sync=cuda)
-    projector = HeadProjector(model, [head]) if cuda else timed  # on CPU timing the hooks costs ~nothing
+    projector = (
+        HeadProjector(model, [head]) if cuda else timed
+    )  # on CPU timing the hooks costs ~nothing
     question = c.ZERO_SHOT_QUESTION
     prompt = tokenizer.encode(f"Q: {question}\nA:")
-    seeds, sampling, never = list(range(args.n)), Sampling(do_sample=True), (lambda ids: False)
+    seeds, sampling, never = (
+        list(range(args.n)),
+        Sampling(do_sample=True),
+        (lambda ids: False),
+    )
     state: dict = {}
 
     def sample(proj, tokens=args.new_tokens):
-        return sample_continuations(model, prompt, seeds, sampling, tokens, never, proj, batch_size=args.n)
+        return sample_continuations(
+            model, prompt, seeds, sampling, tokens, never, proj, batch_size=args.n
+        )
 
     def pool(samples) -> float:
         """SWIFT rewards of the samples as hf-swift pools them; returns the seconds it took."""
         c.synchronize(device)
         start = clock()
         rewards = [
-            float(swift_reward(parts[:, 0], torch.ones(len(ids), dtype=torch.bool), head.gate))
+            float(
+                swift_reward(
+                    parts[:, 0], torch.ones(len(ids), dtype=torch.bool), head.gate
+                )
+            )
             for ids, parts in samples
         ]
         assert len(rewards) == len(samples)
         return clock() - start
 
     def plain(tokens=args.new_tokens):
-        state["texts"] = [tokenizer.decode(ids, skip_special_tokens=True) for ids, _ in sample(None, tokens)]
+        state["texts"] = [
+            tokenizer.decode(ids, skip_special_tokens=True)
+            for ids, _ in sample(None, tokens)
+        ]
 
     hooks: list[float] = []  # per repeat: seconds inside the hooks of one capture run
     pools: list[float] = []  # per repeat: seconds pooling the N rewards
@@ -145,12 +180,16 @@ def main() -> None:
     sample(projector, 4), sample(timed, 4)
     plain(4)
     rm()
-    runs = c.interleaved([plain, capture, rm] + ([capture_timed] if cuda else []), args.repeats, device)
+    runs = c.interleaved(
+        [plain, capture, rm] + ([capture_timed] if cuda else []), args.repeats, device
+    )
     assert len(hooks) == len(pools) == len(runs)
 
     n = args.n
     arithmetic = head_arithmetic(head, n * args.new_tokens, device, dtype, clock) / n
-    rm_tokens = sum(len(scorer._encode(question, t).input_ids) for t in state["texts"]) / n
+    rm_tokens = (
+        sum(len(scorer._encode(question, t).input_ids) for t in state["texts"]) / n
+    )
     per_sample = [r[2].time / (h + p) for r, h, p in zip(runs, hooks, pools)]
     end_to_end = [(r[0].time + r[2].time) / r[1].time for r in runs]
     marginal = [(r[1].time - r[0].time) / n for r in runs]
@@ -197,10 +236,24 @@ def main() -> None:
     if not args.no_results:
         c.append_result(
             "selection_cost.py",
-            ["machine", "setup", "RM / SWIFT per sample x", "RM ms / SWIFT ms per sample",
-             "(sampling + RM) / (sampling + SWIFT) x", "clock", "load"],
-            [where, setup, f"{x_sample:.0f}", f"{1e3 * t_rm / n:.1f} / {head_ms:.3f}", f"{x_e2e:.3f}",
-             clock_name, c.load_note()],
+            [
+                "machine",
+                "setup",
+                "RM / SWIFT per sample x",
+                "RM ms / SWIFT ms per sample",
+                "(sampling + RM) / (sampling + SWIFT) x",
+                "clock",
+                "load",
+            ],
+            [
+                where,
+                setup,
+                f"{x_sample:.0f}",
+                f"{1e3 * t_rm / n:.1f} / {head_ms:.3f}",
+                f"{x_e2e:.3f}",
+                clock_name,
+                c.load_note(),
+            ],
         )
 
 

@@ -1,3 +1,4 @@
 from lm_eval_swift.cli import main
 
+
 main()

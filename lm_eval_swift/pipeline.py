@@ -1,6 +1,6 @@
 """The best-of-N pipeline, one direction: samples -> graded responses -> scores -> selection -> rows.
 
-The task (:class:`~lm_eval_swift.tasks.BestOfNTask`, inside lm-eval), ``lm-eval-swift report`` and
+The task (:class:`~lm_eval_swift.harness.tasks.BestOfNTask`, inside lm-eval), ``lm-eval-swift report`` and
 ``lm-eval-swift rescore`` all call it. It also holds the one definition of the result rows and their k values:
 lm-eval's filter pipelines (:func:`filter_list`) and the report's table (:func:`bon_table`) are both made from
 :func:`rows` and :data:`BON_KS`.
@@ -15,8 +15,9 @@ from typing import Any
 from tqdm import tqdm
 
 from lm_eval_swift.errors import UsageError
+from lm_eval_swift.harness.selectors import FILTER_NAMES, SELECTORS
 from lm_eval_swift.rollouts import QuestionRollout, build_rollout
-from lm_eval_swift.selectors import FILTER_NAMES, SELECTORS
+
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,10 @@ BON_KS = (1, 4, 16, 64)
 
 CLASSIC_ROWS: dict[str, Row] = {
     "first": ("first", {}),  # k = 1 only
-    "mean": ("mean", {}),  # k = N only: not a selection, the mean correctness of all N samples
+    "mean": (
+        "mean",
+        {},
+    ),  # k = N only: not a selection, the mean correctness of all N samples
     "maj": ("maj", {}),
     "oracle": ("oracle", {}),
 }
@@ -38,19 +42,29 @@ def score_rows(name: str, reward_model: bool) -> dict[str, Row]:
     reward, min-max for a reward model), and for a reward model its combinations with SWIFT."""
     rows: dict[str, Row] = {
         name: ("argmax", {"score": name}),
-        f"{name}_vote": ("vote", {"score": name, "weight": "minmax" if reward_model else "sigmoid"}),
+        f"{name}_vote": (
+            "vote",
+            {"score": name, "weight": "minmax" if reward_model else "sigmoid"},
+        ),
     }
     if reward_model:
         for method in ("scaling", "ranking"):
-            rows[f"swift+{name}_{method}"] = ("combined", {"scores": ["swift", name], "method": method})
+            rows[f"swift+{name}_{method}"] = (
+                "combined",
+                {"scores": ["swift", name], "method": method},
+            )
     return rows
 
 
-def rows(score_names: Collection[str], reward_models: Collection[str] = ()) -> dict[str, Row]:
+def rows(
+    score_names: Collection[str], reward_models: Collection[str] = ()
+) -> dict[str, Row]:
     """Row name -> (selector name, selector kwargs): the classic rows, then the rows of each score (SWIFT heads
     first, then reward models, which also combine with ``swift`` when it is present)."""
     out = dict(CLASSIC_ROWS)
-    for name in sorted(score_names, key=lambda s: (s in reward_models, s != "swift", s)):
+    for name in sorted(
+        score_names, key=lambda s: (s in reward_models, s != "swift", s)
+    ):
         rm = name in reward_models
         out.update(
             {
@@ -74,7 +88,9 @@ def needed_scores(row: Row) -> set[str]:
     return {kwargs["score"]} if "score" in kwargs else set(kwargs.get("scores", ()))
 
 
-def filter_list(table_rows: Mapping[str, Row], n: int, ks: Sequence[int] = BON_KS) -> list[dict[str, Any]]:
+def filter_list(
+    table_rows: Mapping[str, Row], n: int, ks: Sequence[int] = BON_KS
+) -> list[dict[str, Any]]:
     """lm-eval's ``filter_list``: one filter pipeline per row and k, named ``<row>@<k>`` (``first`` alone), each
     applying the row's selector to the first k of the N responses."""
     out = []
@@ -83,7 +99,9 @@ def filter_list(table_rows: Mapping[str, Row], n: int, ks: Sequence[int] = BON_K
             step = {"function": FILTER_NAMES[selector], **kwargs}
             if row not in ("first", "mean"):
                 step["k"] = k
-            out.append({"name": row if row == "first" else f"{row}@{k}", "filter": [step]})
+            out.append(
+                {"name": row if row == "first" else f"{row}@{k}", "filter": [step]}
+            )
     return out
 
 
@@ -100,10 +118,22 @@ def grade(
     ids to samples that come as plain text."""
     return [
         build_rollout(
-            task, doc_id, doc["kind"], doc["problem"], prompt, doc["answer"], resps, tokenizer, max_gen_toks, grading
+            task,
+            doc_id,
+            doc["kind"],
+            doc["problem"],
+            prompt,
+            doc["answer"],
+            resps,
+            tokenizer,
+            max_gen_toks,
+            grading,
         )
         for (doc_id, doc, prompt), resps in tqdm(
-            zip(docs, samples, strict=True), total=len(docs), desc=f"Grading {task}", unit="q"
+            zip(docs, samples, strict=True),
+            total=len(docs),
+            desc=f"Grading {task}",
+            unit="q",
         )
     ]
 
@@ -141,7 +171,10 @@ def sample_counts(rollouts: Sequence[QuestionRollout]) -> tuple[int, int]:
 
 
 def bon_table(
-    rollouts: Sequence[QuestionRollout], ks: Sequence[int] = BON_KS, *, warn: bool = True
+    rollouts: Sequence[QuestionRollout],
+    ks: Sequence[int] = BON_KS,
+    *,
+    warn: bool = True,
 ) -> dict[str, dict[int, float]]:
     """Accuracy of each row at each k (first k of the N samples); ``first`` at k=1 and ``mean`` at k=N only.
 
@@ -162,12 +195,18 @@ def bon_table(
     names, reward_models = score_names(rollouts)
     total = sum(len(r.responses) for r in rollouts)
     for name in names if warn else ():
-        if missing := sum(name not in resp.scores for r in rollouts for resp in r.responses):
+        if missing := sum(
+            name not in resp.scores for r in rollouts for resp in r.responses
+        ):
             log.warning("%s: %d of %d responses have no %r score; they rank below every scored response in its rows",
                         task, missing, total, name)  # fmt: skip
     table: dict[str, dict[int, float]] = {}
     for row, (selector, kwargs) in rows(names, reward_models).items():
         fn = SELECTORS[selector]
         ks_of_row = [n] if row == "mean" else row_ks(row, n_min, ks)
-        table[row] = {k: sum(fn(r.responses[:k], **kwargs).correct for r in rollouts) / len(rollouts) for k in ks_of_row}
+        table[row] = {
+            k: sum(fn(r.responses[:k], **kwargs).correct for r in rollouts)
+            / len(rollouts)
+            for k in ks_of_row
+        }
     return table

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from typing import Literal
 
+
 Finish = Literal["eos", "stop", "length"]
 
 
@@ -42,7 +43,16 @@ class ScoredText(str):
         return obj
 
     def __reduce__(self):
-        return (ScoredText, (str(self), self.token_ids, self.finish, self.scores, self.prompt_token_ids))
+        return (
+            ScoredText,
+            (
+                str(self),
+                self.token_ids,
+                self.finish,
+                self.scores,
+                self.prompt_token_ids,
+            ),
+        )
 
 
 def _decoded_len(tokenizer, ids: Sequence[int]) -> int:
@@ -96,7 +106,9 @@ def response_tokens_from_text(text: str, tokenizer, max_gen_toks: int) -> list[i
     return ids
 
 
-def prompt_tokens(tokenizer, prompt: str, add_bos_token: bool | None = None) -> list[int]:
+def prompt_tokens(
+    tokenizer, prompt: str, add_bos_token: bool | None = None
+) -> list[int]:
     """The prompt's token ids as lm-eval's HF backend encodes a generation context: no special tokens when the
     text already starts with the BOS string (a chat template put it there), else the tokenizer's default
     (or ``add_bos_token`` when the model was given that argument)."""

@@ -68,9 +68,13 @@ class QuestionRollout:
         for i, r in enumerate(d["responses"]):
             _check_fields(r, Response, f"response {i}: ")
             if not 0 <= r["correct"] <= 1:
-                raise UsageError(f"response {i}: correct is {r['correct']!r}, expected 0 or 1")
+                raise UsageError(
+                    f"response {i}: correct is {r['correct']!r}, expected 0 or 1"
+                )
             if not all(_is(v, NUMBER) for v in (r.get("scores") or {}).values()):
-                raise UsageError(f"response {i}: scores {r['scores']!r} are not all numbers")
+                raise UsageError(
+                    f"response {i}: scores {r['scores']!r} are not all numbers"
+                )
         d = dict(d)
         d["responses"] = [Response(**r) for r in d["responses"]]
         return cls(**d)
@@ -80,12 +84,36 @@ NUMBER = (int, float)
 NULL = type(None)
 # the JSON types from_dict checks, per dataclass and field (which fields exist and are required: the dataclasses)
 FIELD_TYPES: dict[type, dict[str, tuple[type, ...]]] = {
-    QuestionRollout: {"task": (str,), "doc_id": (int,), "kind": (str,), "question": (str,), "prompt": (str,),
-                      "gold": (str,), "responses": (list,), "prompt_token_ids": (list,), "costs": (dict,)},
-    Response: {"text": (str,), "answer": (str, NULL), "correct": NUMBER, "answer_class": (int,),
-               "num_tokens": (int,), "token_ids": (list,), "finish": (str, NULL), "scores": (dict,)},
+    QuestionRollout: {
+        "task": (str,),
+        "doc_id": (int,),
+        "kind": (str,),
+        "question": (str,),
+        "prompt": (str,),
+        "gold": (str,),
+        "responses": (list,),
+        "prompt_token_ids": (list,),
+        "costs": (dict,),
+    },
+    Response: {
+        "text": (str,),
+        "answer": (str, NULL),
+        "correct": NUMBER,
+        "answer_class": (int,),
+        "num_tokens": (int,),
+        "token_ids": (list,),
+        "finish": (str, NULL),
+        "scores": (dict,),
+    },
 }
-TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "an object", NULL: "null"}
+TYPE_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    list: "a list",
+    dict: "an object",
+    NULL: "null",
+}
 
 
 def _is(value, types: tuple[type, ...]) -> bool:
@@ -100,18 +128,30 @@ def _check_fields(record, cls: type, where: str) -> None:
         raise UsageError(f"{where}expected a JSON object, got {type(record).__name__}")
     known = {f.name: f for f in dataclasses.fields(cls)}
     for name, f in known.items():
-        if name not in record and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+        if (
+            name not in record
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ):
             raise UsageError(f"{where}missing field {name!r}")
     unknown = sorted(set(record) - set(known))
     if unknown:
         raise UsageError(f"{where}unknown fields {unknown}")
     for name, types in FIELD_TYPES[cls].items():
         if name in record and not _is(record[name], types):
-            expected = "a number" if types == NUMBER else " or ".join(TYPE_NAMES[t] for t in types)
-            raise UsageError(f"{where}field {name!r} is {record[name]!r}, expected {expected}")
+            expected = (
+                "a number"
+                if types == NUMBER
+                else " or ".join(TYPE_NAMES[t] for t in types)
+            )
+            raise UsageError(
+                f"{where}field {name!r} is {record[name]!r}, expected {expected}"
+            )
 
 
-def answer_classes(answers: Sequence[str | None], kind: str, grading: str = "default") -> list[int]:
+def answer_classes(
+    answers: Sequence[str | None], kind: str, grading: str = "default"
+) -> list[int]:
     """Group answers into equivalence classes, each named by the index of its first member (-1: no answer).
 
     Greedy in order, so the classes of the first k answers are the classes of any longer prefix restricted
@@ -124,7 +164,15 @@ def answer_classes(answers: Sequence[str | None], kind: str, grading: str = "def
         if ans is None:
             out.append(-1)
             continue
-        match = next((r for r in reps if answers[r] == ans or is_equivalent(ans, answers[r], kind, mode=grading)), None)
+        match = next(
+            (
+                r
+                for r in reps
+                if answers[r] == ans
+                or is_equivalent(ans, answers[r], kind, mode=grading)
+            ),
+            None,
+        )
         if match is None:
             reps.append(i)
             match = i
@@ -153,7 +201,9 @@ def build_rollout(
     if tokenizer is not None and max_gen_toks is None:
         raise ValueError("build_rollout: a tokenizer needs the run's max_gen_toks")
     answers = [extract_answer(s, kind) for s in samples]
-    correct = grade_all([str(s) for s in samples], [gold] * len(samples), kind, grading)  # all workers at once
+    correct = grade_all(
+        [str(s) for s in samples], [gold] * len(samples), kind, grading
+    )  # all workers at once
     classes = answer_classes(answers, kind, grading)
     responses = []
     for text, ans, cls, ok in zip(samples, answers, classes, correct):
@@ -173,10 +223,14 @@ def build_rollout(
             )
         )
     prompt_ids = list(getattr(samples[0], "prompt_token_ids", ())) if samples else []
-    return QuestionRollout(task, doc_id, kind, question, prompt, gold, responses, prompt_ids)
+    return QuestionRollout(
+        task, doc_id, kind, question, prompt, gold, responses, prompt_ids
+    )
 
 
-def write_rollouts(rollouts: Iterable[QuestionRollout], path: str | os.PathLike) -> Path:
+def write_rollouts(
+    rollouts: Iterable[QuestionRollout], path: str | os.PathLike
+) -> Path:
     """Write atomically (temp file + rename): a kill mid-write never leaves a truncated file. A path ending in
     ``.gz`` is gzip-compressed."""
     path = Path(path)
@@ -195,7 +249,9 @@ def read_rollouts(path: str | os.PathLike) -> Iterator[QuestionRollout]:
     try:
         f = _opener(path)(path, "rb")
     except OSError as e:
-        raise UsageError(f"{path}: cannot read the rollouts file ({e.strerror or e})") from e
+        raise UsageError(
+            f"{path}: cannot read the rollouts file ({e.strerror or e})"
+        ) from e
     count = 0
     with f, tqdm(f, desc=f"Reading {Path(path).name}", unit="q", leave=False) as bar:
         lines = iter(bar)

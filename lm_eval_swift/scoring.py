@@ -11,11 +11,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from lm_eval_swift.errors import UsageError
-from lm_eval_swift.heads import SwiftHead, resolve_heads
-from lm_eval_swift.rescoring import rescore
 from lm_eval_swift.responses import prompt_tokens, response_tokens_from_text
 from lm_eval_swift.rollouts import QuestionRollout
 from lm_eval_swift.scorers import PROTOCOLS, check_protocol, get_scorer, load_scorer
+from lm_eval_swift.swift.heads import SwiftHead, resolve_heads
+from lm_eval_swift.swift.rescoring import rescore
+
 
 ScorerSpecs = dict[str, dict[str, Any]]
 
@@ -31,7 +32,11 @@ def parse_scorer_specs(
     if not spec:
         return {}
     if isinstance(spec, str):
-        spec = json.loads(spec) if spec.lstrip().startswith("{") else [s.strip() for s in spec.split(",") if s.strip()]
+        spec = (
+            json.loads(spec)
+            if spec.lstrip().startswith("{")
+            else [s.strip() for s in spec.split(",") if s.strip()]
+        )
     if isinstance(spec, Mapping):
         specs = {str(name): dict(opts or {}) for name, opts in spec.items()}
     else:
@@ -55,8 +60,10 @@ def add_scorer_scores(rollouts: Sequence[QuestionRollout], specs: ScorerSpecs) -
         with load_scorer(name, options.pop("model", None), **options) as scorer:
             start = time.perf_counter()
             values = iter(scorer.score([q for q, _ in pairs], [a for _, a in pairs]))
-            cost = {"seconds_per_sample": (time.perf_counter() - start) / len(pairs),
-                    "parameters": float(scorer.num_parameters)}
+            cost = {
+                "seconds_per_sample": (time.perf_counter() - start) / len(pairs),
+                "parameters": float(scorer.num_parameters),
+            }
         for r in rollouts:
             for resp in r.responses:
                 resp.scores[name] = float(next(values))
@@ -86,35 +93,63 @@ def add_head_scores(
         prompt_ids = r.prompt_token_ids or encode(r.prompt)
         for resp in r.responses:
             prompts.append(prompt_ids)
-            responses.append(resp.token_ids or response_tokens_from_text(resp.text, tokenizer, max_gen_toks))
+            responses.append(
+                resp.token_ids
+                or response_tokens_from_text(resp.text, tokenizer, max_gen_toks)
+            )
             targets.append(resp)
-    rewards = rescore(model, list(heads.values()), prompts, responses, batch_size=batch_size)
+    rewards = rescore(
+        model, list(heads.values()), prompts, responses, batch_size=batch_size
+    )
     for resp, row in zip(targets, rewards.tolist()):
         resp.scores.update(zip(heads, row))
 
 
 def add_rescore_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("rollouts", nargs="+")
-    parser.add_argument("--head", help="head spec: [alias=]path_or_name[,...] (the first head's alias defaults to swift)")
-    parser.add_argument("--model", help="base model for the heads (default: the first head's base model)")
-    parser.add_argument("--scorer", action="append", default=[], help="reward-model scorer name (repeatable)")
-    parser.add_argument("--rm-protocol", choices=PROTOCOLS, default=None,
-                        help="inputs of the scorers: each model card's recipe (card, the default) or the SWIFT "
-                             "paper's baseline script (paper)")
+    parser.add_argument(
+        "--head",
+        help="head spec: [alias=]path_or_name[,...] (the first head's alias defaults to swift)",
+    )
+    parser.add_argument(
+        "--model",
+        help="base model for the heads (default: the first head's base model)",
+    )
+    parser.add_argument(
+        "--scorer",
+        action="append",
+        default=[],
+        help="reward-model scorer name (repeatable)",
+    )
+    parser.add_argument(
+        "--rm-protocol",
+        choices=PROTOCOLS,
+        default=None,
+        help="inputs of the scorers: each model card's recipe (card, the default) or the SWIFT "
+        "paper's baseline script (paper)",
+    )
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--parallelize", action="store_true", help="shard the model across GPUs (accelerate)")
+    parser.add_argument(
+        "--parallelize",
+        action="store_true",
+        help="shard the model across GPUs (accelerate)",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-gen-toks", type=int, default=1024,
-                        help="the generation limit of the run, for responses stored without token ids")
+    parser.add_argument(
+        "--max-gen-toks",
+        type=int,
+        default=1024,
+        help="the generation limit of the run, for responses stored without token ids",
+    )
 
 
 def cmd_rescore(args: argparse.Namespace) -> None:
     """``lm-eval-swift rescore``: add head and scorer scores to rollouts files, rewriting each atomically."""
-    from lm_eval_swift.features import load_base_model
-    from lm_eval_swift.heads import find_head, head_refs
     from lm_eval_swift.pipeline import score
     from lm_eval_swift.rollouts import read_rollouts, write_rollouts
+    from lm_eval_swift.swift.features import load_base_model
+    from lm_eval_swift.swift.heads import find_head, head_refs
 
     if not args.head and not args.scorer:
         raise UsageError("rescore: give at least one --head or --scorer")
@@ -123,13 +158,23 @@ def cmd_rescore(args: argparse.Namespace) -> None:
     rollouts = [r for rs in files.values() for r in rs]
     if args.head:
         first_ref = head_refs(args.head)[0][1]
-        model_id = args.model or SwiftHead.from_pretrained(find_head(first_ref)).base.name_or_path
-        model, tokenizer = load_base_model(model_id, device=args.device, dtype=args.dtype, parallelize=args.parallelize)
+        model_id = (
+            args.model
+            or SwiftHead.from_pretrained(find_head(first_ref)).base.name_or_path
+        )
+        model, tokenizer = load_base_model(
+            model_id, device=args.device, dtype=args.dtype, parallelize=args.parallelize
+        )
         heads = resolve_heads(args.head, model_id, model.config, model=model)
         score(
             rollouts,
             heads=lambda rs: add_head_scores(
-                rs, model, tokenizer, heads, max_gen_toks=args.max_gen_toks, batch_size=args.batch_size
+                rs,
+                model,
+                tokenizer,
+                heads,
+                max_gen_toks=args.max_gen_toks,
+                batch_size=args.batch_size,
             ),
         )
         del model  # freed before the reward models load

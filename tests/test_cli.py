@@ -15,8 +15,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from lm_eval_swift.cli import tasks_dir
-from lm_eval_swift.heads import SwiftHead
 from lm_eval_swift.rollouts import read_rollouts
+from lm_eval_swift.swift.heads import SwiftHead
+
 
 N, LIMIT = 4, 2
 
@@ -48,25 +49,49 @@ def run_failing(cmd: list[str], cwd: Path) -> str:
 
 def common_flags(shared_data, out, metadata: dict) -> list[str]:
     return [
-        "--tasks", "gsm8k_bon_swift", "--limit", str(LIMIT), "--apply_chat_template", "--device", "cpu",
-        "--batch_size", "4", "--gen_kwargs", "max_gen_toks=12", "--output_path", str(out),
-        "--metadata", json.dumps({"n": N, "data_dir": str(shared_data), **metadata}),
+        "--tasks",
+        "gsm8k_bon_swift",
+        "--limit",
+        str(LIMIT),
+        "--apply_chat_template",
+        "--device",
+        "cpu",
+        "--batch_size",
+        "4",
+        "--gen_kwargs",
+        "max_gen_toks=12",
+        "--output_path",
+        str(out),
+        "--metadata",
+        json.dumps({"n": N, "data_dir": str(shared_data), **metadata}),
     ]
 
 
 def results_and_rollouts(out: Path):
-    results = json.loads(next(out.rglob("results_*.json")).read_text())["results"]["gsm8k_bon_swift"]
+    results = json.loads(next(out.rglob("results_*.json")).read_text())["results"][
+        "gsm8k_bon_swift"
+    ]
     acc = {key.split(",")[1]: v for key, v in results.items() if key.startswith("acc,")}
     rollouts = list(read_rollouts(next(out.rglob("rollouts_gsm8k_bon_swift_*.jsonl"))))
     return acc, rollouts
 
 
 def check_rows_and_rollouts(acc, rollouts):
-    assert {"first", f"mean@{N}", "maj@4", "oracle@4", "swift@1", "swift@4", "swift_vote@4"} <= set(acc)
+    assert {
+        "first",
+        f"mean@{N}",
+        "maj@4",
+        "oracle@4",
+        "swift@1",
+        "swift@4",
+        "swift_vote@4",
+    } <= set(acc)
     assert "maj@16" not in acc
     assert len(rollouts) == LIMIT and all(len(r.responses) == N for r in rollouts)
     for r in rollouts:
-        assert r.prompt.startswith("<s><|user|>Solve the following math problem")  # the chat template was applied
+        assert r.prompt.startswith(
+            "<s><|user|>Solve the following math problem"
+        )  # the chat template was applied
         for resp in r.responses:
             assert set(resp.scores) == {"swift"} and resp.num_tokens <= 13
 
@@ -77,8 +102,17 @@ def test_lm_eval_hf_rescores_with_a_head(model_and_head, shared_data, tmp_path):
     model, head = model_and_head
     out = tmp_path / "out"
     run(
-        [sys.executable, "-m", "lm_eval_swift", "eval", "--model", "hf", "--model_args",
-         f"pretrained={model},dtype=float32", *common_flags(shared_data, out, {"heads": str(head)})],
+        [
+            sys.executable,
+            "-m",
+            "lm_eval_swift",
+            "eval",
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={model},dtype=float32",
+            *common_flags(shared_data, out, {"heads": str(head)}),
+        ],
         tmp_path,
     )
     acc, rollouts = results_and_rollouts(out)
@@ -87,33 +121,65 @@ def test_lm_eval_hf_rescores_with_a_head(model_and_head, shared_data, tmp_path):
     for r in rollouts:
         for resp in r.responses:
             assert resp.num_tokens == len(resp.token_ids) > 0
-            assert tokenizer.decode(resp.token_ids, skip_special_tokens=True) == resp.text
-    report = run([sys.executable, "-m", "lm_eval_swift", "report", str(next(out.rglob("rollouts_*.jsonl")))], tmp_path)
+            assert (
+                tokenizer.decode(resp.token_ids, skip_special_tokens=True) == resp.text
+            )
+    report = run(
+        [
+            sys.executable,
+            "-m",
+            "lm_eval_swift",
+            "report",
+            str(next(out.rglob("rollouts_*.jsonl"))),
+        ],
+        tmp_path,
+    )
     assert "| swift |" in report and "| maj |" in report
 
 
-def test_lm_eval_cli_hf_fails_before_sampling_on_a_misspelt_scorer(model_and_head, shared_data, tmp_path):
+def test_lm_eval_cli_hf_fails_before_sampling_on_a_misspelt_scorer(
+    model_and_head, shared_data, tmp_path
+):
     """The real ``lm_eval`` with our task directory: a misspelt reward-model name fails when the task is built."""
     model, _ = model_and_head
     out = run_failing(
-        ["lm_eval", "--model", "hf", "--model_args", f"pretrained={model},dtype=float32",
-         "--include_path", str(tasks_dir()), *common_flags(shared_data, tmp_path / "out", {"scorers": "skywrok"})],
+        [
+            "lm_eval",
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={model},dtype=float32",
+            "--include_path",
+            str(tasks_dir()),
+            *common_flags(shared_data, tmp_path / "out", {"scorers": "skywrok"}),
+        ],
         tmp_path,
     )
     assert "unknown scorer 'skywrok'" in out
 
 
-def test_lm_eval_cli_hf_fails_before_sampling_on_a_head_for_another_model(model_and_head, tiny_model_factory,
-                                                                          shared_data, tmp_path):
+def test_lm_eval_cli_hf_fails_before_sampling_on_a_head_for_another_model(
+    model_and_head, tiny_model_factory, shared_data, tmp_path
+):
     """The real ``lm_eval`` with our task directory: a head made for another model fails when the task is built."""
     from transformers import AutoConfig
 
     model, _ = model_and_head
     other = tiny_model_factory("llama", hidden_size=48)
-    head = SwiftHead.for_model(AutoConfig.from_pretrained(other), str(other)).save_pretrained(tmp_path / "head")
+    head = SwiftHead.for_model(
+        AutoConfig.from_pretrained(other), str(other)
+    ).save_pretrained(tmp_path / "head")
     out = run_failing(
-        ["lm_eval", "--model", "hf", "--model_args", f"pretrained={model},dtype=float32",
-         "--include_path", str(tasks_dir()), *common_flags(shared_data, tmp_path / "out", {"heads": str(head)})],
+        [
+            "lm_eval",
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={model},dtype=float32",
+            "--include_path",
+            str(tasks_dir()),
+            *common_flags(shared_data, tmp_path / "out", {"heads": str(head)}),
+        ],
         tmp_path,
     )
     assert "does not fit model" in out and "hidden_size" in out
@@ -125,33 +191,71 @@ def test_hf_swift_capture_equals_rescoring(model_and_head, shared_data, tmp_path
     model, head = model_and_head
     out = tmp_path / "out"
     run(
-        [sys.executable, "-m", "lm_eval_swift", "eval", "--model", "hf-swift",
-         "--model_args", f"pretrained={model},dtype=float32,heads={head}",
-         *common_flags(shared_data, out, {})],
+        [
+            sys.executable,
+            "-m",
+            "lm_eval_swift",
+            "eval",
+            "--model",
+            "hf-swift",
+            "--model_args",
+            f"pretrained={model},dtype=float32,heads={head}",
+            *common_flags(shared_data, out, {}),
+        ],
         tmp_path,
     )
     acc, captured = results_and_rollouts(out)
     check_rows_and_rollouts(acc, captured)
     assert all(resp.token_ids for r in captured for resp in r.responses)
     path = next(out.rglob("rollouts_*.jsonl"))
-    run([sys.executable, "-m", "lm_eval_swift", "rescore", str(path), "--head", f"rescored={head}",
-         "--model", str(model), "--device", "cpu", "--dtype", "float32"], tmp_path)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "lm_eval_swift",
+            "rescore",
+            str(path),
+            "--head",
+            f"rescored={head}",
+            "--model",
+            str(model),
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+        ],
+        tmp_path,
+    )
     for r in read_rollouts(path):
         for resp in r.responses:
-            assert resp.scores["rescored"] == pytest.approx(resp.scores["swift"], rel=1e-3, abs=1e-5)
+            assert resp.scores["rescored"] == pytest.approx(
+                resp.scores["swift"], rel=1e-3, abs=1e-5
+            )
 
 
 # ---- a user's mistakes: one line on stderr, exit status 2 (130 for Ctrl-C), a traceback only when asked -------
 
 
-def user_error(cmd: list[str], cwd: Path, env: dict | None = None, before: str | None = None) -> str:
+def user_error(
+    cmd: list[str], cwd: Path, env: dict | None = None, before: str | None = None
+) -> str:
     """Run ``lm-eval-swift`` ``cmd``; assert it failed as a user error does (and before printing ``before``) and
     return its error line."""
-    proc = subprocess.run([sys.executable, "-m", "lm_eval_swift", *cmd], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lm_eval_swift", *cmd],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("lm-eval-swift: error: ")]
+    lines = [
+        line
+        for line in proc.stderr.splitlines()
+        if line.startswith("lm-eval-swift: error: ")
+    ]
     assert len(lines) == 1, proc.stderr[-3000:]
     assert before is None or before not in proc.stderr, proc.stderr[-3000:]
     return lines[0]
@@ -163,19 +267,52 @@ def other_head(tiny_model_factory, tmp_path_factory):
     from transformers import AutoConfig
 
     other = tiny_model_factory("llama", hidden_size=16)
-    return SwiftHead.for_model(AutoConfig.from_pretrained(other), str(other)).save_pretrained(
-        tmp_path_factory.mktemp("other-head"))
+    return SwiftHead.for_model(
+        AutoConfig.from_pretrained(other), str(other)
+    ).save_pretrained(tmp_path_factory.mktemp("other-head"))
 
 
-@pytest.mark.parametrize("case", ["unknown task", "head path", "other model's head", "n=0", "n=four", "data dir"])
-def test_user_errors_in_eval_are_one_line(case, model_and_head, other_head, shared_data, tmp_path):
+@pytest.mark.parametrize(
+    "case",
+    ["unknown task", "head path", "other model's head", "n=0", "n=four", "data dir"],
+)
+def test_user_errors_in_eval_are_one_line(
+    case, model_and_head, other_head, shared_data, tmp_path
+):
     model, _ = model_and_head
-    model_args, task, meta = f"pretrained={model}", "gsm8k_bon_swift", {"n": 2, "data_dir": str(shared_data)}
-    model_args += {"head path": ",heads=/no/such/head", "other model's head": f",heads={other_head}"}.get(case, "")
+    model_args, task, meta = (
+        f"pretrained={model}",
+        "gsm8k_bon_swift",
+        {"n": 2, "data_dir": str(shared_data)},
+    )
+    model_args += {
+        "head path": ",heads=/no/such/head",
+        "other model's head": f",heads={other_head}",
+    }.get(case, "")
     task = "gsm8k_bon_swfit" if case == "unknown task" else task
-    meta |= {"n=0": {"n": 0}, "n=four": {"n": "four"}, "data dir": {"data_dir": str(tmp_path / "none")}}.get(case, {})
-    line = user_error(["eval", "--model", "hf-swift", "--model_args", model_args, "--tasks", task, "--device", "cpu",
-                       "--limit", "1", "--metadata", json.dumps(meta)], tmp_path)
+    meta |= {
+        "n=0": {"n": 0},
+        "n=four": {"n": "four"},
+        "data dir": {"data_dir": str(tmp_path / "none")},
+    }.get(case, {})
+    line = user_error(
+        [
+            "eval",
+            "--model",
+            "hf-swift",
+            "--model_args",
+            model_args,
+            "--tasks",
+            task,
+            "--device",
+            "cpu",
+            "--limit",
+            "1",
+            "--metadata",
+            json.dumps(meta),
+        ],
+        tmp_path,
+    )
     expected = {
         "unknown task": "unknown task 'gsm8k_bon_swfit'; did you mean gsm8k_bon_swift",
         "head path": "SWIFT head '/no/such/head' not found",
@@ -187,16 +324,37 @@ def test_user_errors_in_eval_are_one_line(case, model_and_head, other_head, shar
     assert expected in line
 
 
-def test_max_gen_toks_beyond_the_context_fails_before_sampling(model_and_head, shared_data, tmp_path):
+def test_max_gen_toks_beyond_the_context_fails_before_sampling(
+    model_and_head, shared_data, tmp_path
+):
     """The tiny model's context is 2048 tokens: a prompt plus max_gen_toks=2040 does not fit, for hf-swift and for
     lm-eval's hf model alike, and the error says which --gen_kwargs would."""
     model, _ = model_and_head
     for name in ("hf-swift", "hf"):
-        line = user_error(["eval", "--model", name, "--model_args", f"pretrained={model}", "--tasks", "gsm8k_bon_swift",
-                           "--device", "cpu", "--limit", "1", "--gen_kwargs", "max_gen_toks=2040",
-                           "--metadata", json.dumps({"n": 2, "data_dir": str(shared_data)})], tmp_path,
-                          before="Running generate_until requests")  # lm-eval logs it just before sampling
-        assert "plus max_gen_toks=2040 exceeds the model's context of 2048 tokens" in line
+        line = user_error(
+            [
+                "eval",
+                "--model",
+                name,
+                "--model_args",
+                f"pretrained={model}",
+                "--tasks",
+                "gsm8k_bon_swift",
+                "--device",
+                "cpu",
+                "--limit",
+                "1",
+                "--gen_kwargs",
+                "max_gen_toks=2040",
+                "--metadata",
+                json.dumps({"n": 2, "data_dir": str(shared_data)}),
+            ],
+            tmp_path,
+            before="Running generate_until requests",
+        )  # lm-eval logs it just before sampling
+        assert (
+            "plus max_gen_toks=2040 exceeds the model's context of 2048 tokens" in line
+        )
         assert ": pass --gen_kwargs max_gen_toks=" in line
 
 
@@ -204,22 +362,54 @@ def test_debug_shows_the_traceback(tmp_path):
     empty = tmp_path / "rollouts_x.jsonl"
     empty.write_text("")
     assert "no rollouts in the file" in user_error(["report", str(empty)], tmp_path)
-    for cmd, env in ((["--debug", "report", str(empty)], None), (["report", str(empty)], {"LM_EVAL_SWIFT_DEBUG": "1"})):
-        proc = subprocess.run([sys.executable, "-m", "lm_eval_swift", *cmd], capture_output=True, text=True,
-                              timeout=120, env={**os.environ, **(env or {})})
-        assert proc.returncode == 1 and "Traceback" in proc.stderr and "UsageError: " in proc.stderr
+    for cmd, env in (
+        (["--debug", "report", str(empty)], None),
+        (["report", str(empty)], {"LM_EVAL_SWIFT_DEBUG": "1"}),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "lm_eval_swift", *cmd],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, **(env or {})},
+        )
+        assert (
+            proc.returncode == 1
+            and "Traceback" in proc.stderr
+            and "UsageError: " in proc.stderr
+        )
 
 
 def test_ctrl_c_exits_130_without_a_traceback(model_and_head, shared_data, tmp_path):
     model, _ = model_and_head
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lm_eval_swift", "eval", "--model", "hf-swift", "--model_args",
-         f"pretrained={model},heads=none,sample_cache=none", "--tasks", "gsm8k_bon_swift", "--device", "cpu",
-         "--limit", "50", "--metadata", json.dumps({"n": 64, "data_dir": str(shared_data)})],
-        cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            "-m",
+            "lm_eval_swift",
+            "eval",
+            "--model",
+            "hf-swift",
+            "--model_args",
+            f"pretrained={model},heads=none,sample_cache=none",
+            "--tasks",
+            "gsm8k_bon_swift",
+            "--device",
+            "cpu",
+            "--limit",
+            "50",
+            "--metadata",
+            json.dumps({"n": 64, "data_dir": str(shared_data)}),
+        ],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
     )
     seen = []
-    for line in proc.stderr:  # lm-eval logs this line after loading the model, just before sampling
+    for line in (
+        proc.stderr
+    ):  # lm-eval logs this line after loading the model, just before sampling
         seen.append(line)
         if "Building contexts for gsm8k_bon_swift" in line:
             break
@@ -227,4 +417,6 @@ def test_ctrl_c_exits_130_without_a_traceback(model_and_head, shared_data, tmp_p
     proc.send_signal(signal.SIGINT)
     rest = proc.stderr.read()
     assert proc.wait(timeout=120) == 130, "".join(seen) + rest
-    assert "Traceback" not in rest and rest.rstrip().endswith("lm-eval-swift: interrupted"), rest[-2000:]
+    assert "Traceback" not in rest and rest.rstrip().endswith(
+        "lm-eval-swift: interrupted"
+    ), rest[-2000:]

@@ -26,6 +26,7 @@ from helpers import (
 
 from lm_eval_swift.cli import tasks_dir
 
+
 DOCS = 3  # odd: lm-eval pads rank 1 with a copy of its last request
 
 
@@ -53,11 +54,17 @@ def test_hf_swift_two_processes_equal_one(setup, tmp_path):
     """2 ranks sample their documents into one shared cache; one process then reads them all from it: the same
     acc rows, table and rollouts file, and no sample drawn twice."""
     db = tmp_path / "samples.sqlite"
-    env = {k: v for k, v in ENV.items() if k != "ACCELERATE_USE_CPU"}  # hf-swift sets it
+    env = {
+        k: v for k, v in ENV.items() if k != "ACCELERATE_USE_CPU"
+    }  # hf-swift sets it
     two = run([*launch(free_port()), "lm_eval_swift", "eval", *eval_flags(setup, db, tmp_path / "two", limit=DOCS)],
               tmp_path, env)  # fmt: skip
-    assert cache_line(two.stderr.replace(" (rank 0)", ""), 0, 2 * N, db), two.stderr[-3000:]  # docs 0, 2
-    assert cache_line(two.stderr.replace(" (rank 1)", ""), 0, N, db), two.stderr[-3000:]  # doc 1 (+ padding)
+    assert cache_line(two.stderr.replace(" (rank 0)", ""), 0, 2 * N, db), two.stderr[
+        -3000:
+    ]  # docs 0, 2
+    assert cache_line(two.stderr.replace(" (rank 1)", ""), 0, N, db), two.stderr[
+        -3000:
+    ]  # doc 1 (+ padding)
     assert count_rows(db) == DOCS * N
     one = run([sys.executable, "-m", "lm_eval_swift", "eval", *eval_flags(setup, db, tmp_path / "one", limit=DOCS)],
               tmp_path)  # fmt: skip
@@ -65,7 +72,9 @@ def test_hf_swift_two_processes_equal_one(setup, tmp_path):
     assert table_rows(two.stdout) == table_rows(one.stdout)
     assert acc_rows(tmp_path / "two") == acc_rows(tmp_path / "one")
     assert rollouts_text(tmp_path / "two") == rollouts_text(tmp_path / "one")
-    assert len(list((tmp_path / "two").rglob("results_*.json"))) == 1  # written by rank 0 only
+    assert (
+        len(list((tmp_path / "two").rglob("results_*.json"))) == 1
+    )  # written by rank 0 only
 
 
 def test_plain_lm_eval_hf_on_two_cpu_processes_is_refused(setup, tmp_path):
@@ -83,6 +92,9 @@ def test_plain_lm_eval_hf_on_two_cpu_processes_is_refused(setup, tmp_path):
     proc = subprocess.run([*launch(free_port()), "lm_eval", *flags, "--output_path", str(tmp_path / "two")],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode != 0
-    assert "2 processes were launched but the model splits documents across 1" in proc.stderr, proc.stderr[-3000:]
+    assert (
+        "2 processes were launched but the model splits documents across 1"
+        in proc.stderr
+    ), proc.stderr[-3000:]
     assert "Running generate_until requests" not in proc.stderr
     assert not list(tmp_path.rglob("results_*.json"))

@@ -24,8 +24,14 @@ def is_correct(response: str, answer: str) -> bool:
     """The library's grading of ``response`` against the gold ``#### N`` of a synthetic answer."""
     return grade(response, final_answer(answer), "gsm8k")
 
+
 STEP = re.compile(r"^([A-Z][a-z]+(?: [a-z]+)?): (\d+) ([-+*/]) (\d+) = (\d+)$")
-OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a / b}
+OPS = {
+    "+": lambda a, b: a + b,
+    "-": lambda a, b: a - b,
+    "*": lambda a, b: a * b,
+    "/": lambda a, b: a / b,
+}
 
 
 @pytest.fixture(scope="module")
@@ -60,17 +66,29 @@ def test_answers_are_gsm8k_format_with_correct_arithmetic(problems):
         for line in steps:
             m = STEP.match(line)
             assert m, line
-            label, a, op, b, c = m.group(1), int(m.group(2)), m.group(3), int(m.group(4)), int(m.group(5))
+            label, a, op, b, c = (
+                m.group(1),
+                int(m.group(2)),
+                m.group(3),
+                int(m.group(4)),
+                int(m.group(5)),
+            )
             assert OPS[op](a, b) == c, line  # recompute (division must be exact)
             assert 1 <= c <= MAX_VALUE and 1 <= a <= MAX_VALUE
-            assert prev is None or a == prev, ans  # each step starts from the previous result
+            assert prev is None or a == prev, (
+                ans
+            )  # each step starts from the previous result
             prev = c
             labels.append(label)
-            if op != "*":  # factors are words ("doubles"); every other operand is written in the question
+            if (
+                op != "*"
+            ):  # factors are words ("doubles"); every other operand is written in the question
                 operands.append(b)
             if op == "/":
                 assert line is steps[-1]
-        assert len(set(labels)) == len(labels)  # no repeated action: each label names one sentence
+        assert len(set(labels)) == len(
+            labels
+        )  # no repeated action: each label names one sentence
         assert final_answer(ans) == str(prev)
         first = int(STEP.match(steps[0]).group(2))
         assert [int(x) for x in re.findall(r"\d+", q)] == [first, *operands], (q, ans)
@@ -89,7 +107,12 @@ def test_varied(problems):
     ps = problems["train_lm"]
     n_steps = {p["answer"].count("\n") for p in ps}
     assert n_steps == set(range(MIN_STEPS, MAX_STEPS + 1))
-    ops = {m.group(3) for p in ps for line in p["answer"].split("\n")[:-1] if (m := STEP.match(line))}
+    ops = {
+        m.group(3)
+        for p in ps
+        for line in p["answer"].split("\n")[:-1]
+        if (m := STEP.match(line))
+    }
     assert ops == {"+", "-", "*", "/"}
     assert len({final_answer(p["answer"]) for p in ps}) > 50
 

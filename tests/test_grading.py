@@ -17,6 +17,7 @@ import pytest
 from lm_eval_swift import grading
 from lm_eval_swift.grading import extract_answer, grade, is_equivalent, verify_strings
 
+
 MARGIN = 1.0  # seconds beyond the timeout: pipe round trip, killing the worker, a loaded CI machine
 
 
@@ -72,7 +73,10 @@ def test_extract_math(response, expected):
         (r"The answer is: 15,\!000", "15000"),
         (r"so the total is \boxed{\$18}", "18"),
         ("Final Answer: The final answer is 64. I hope it is correct.", "64"),
-        ("The answer is unclear. Still, 3 + 4 = 7 apples", "7"),  # no number after the anchor: last number
+        (
+            "The answer is unclear. Still, 3 + 4 = 7 apples",
+            "7",
+        ),  # no number after the anchor: last number
         ("so she makes $18 every day", "18"),
         ("no numbers here", None),
     ],
@@ -93,7 +97,16 @@ def test_extract_gsm8k(response, expected):
         "1," * 50_000,
         "\x00" * 100_000,
     ],
-    ids=["letters", "open-braces", "open-boxes", "answer-is", "hashes", "dollars", "commas", "nul"],
+    ids=[
+        "letters",
+        "open-braces",
+        "open-boxes",
+        "answer-is",
+        "hashes",
+        "dollars",
+        "commas",
+        "nul",
+    ],
 )
 def test_extract_is_fast_on_hostile_text(response):
     for kind in grading.KINDS:
@@ -146,7 +159,11 @@ def test_gsm8k_numbers(pred, gold, expected):
         (r"15,\!000", "15000", True),
         ("0.333333", r"\frac{1}{3}", True),
         ("10", r"10\%", True),
-        (r"\begin{pmatrix}1\\2\end{pmatrix}", r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", True),
+        (
+            r"\begin{pmatrix}1\\2\end{pmatrix}",
+            r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}",
+            True,
+        ),
         ("x^2+7x+10", "(x+2)(x+5)", True),
         (r"\frac{1}{2006!}", r"\frac{1}{2004!}", False),
         (r"\frac{1}{2^{98}}", r"\frac{1}{2^{99}}", False),
@@ -164,8 +181,12 @@ def test_math_verify_cases_agree(shared_data):
     cases = _jsonl(shared_data / "equivalence" / "math_verify_cases.jsonl")
     assert len(cases) == 270
 
-    def check(case: dict) -> bool:  # a generous timeout: this checks agreement, not speed
-        return verify_strings(case["gold"], case["pred"], timeout=60, **case["checker_args"])
+    def check(
+        case: dict,
+    ) -> bool:  # a generous timeout: this checks agreement, not speed
+        return verify_strings(
+            case["gold"], case["pred"], timeout=60, **case["checker_args"]
+        )
 
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(check, cases))
@@ -184,15 +205,27 @@ def test_issue_reported_cases(shared_data):
     for case in cases:
         ours = is_equivalent(case["pred"], case["gold"], "math", timeout=30)
         disputed = "disputed" in case["status"]
-        rows.append((case["expected_equal"], case["math_verify_0_9_0_default_result"], ours, disputed, case["note"]))
+        rows.append(
+            (
+                case["expected_equal"],
+                case["math_verify_0_9_0_default_result"],
+                ours,
+                disputed,
+                case["note"],
+            )
+        )
         if not disputed and ours != case["expected_equal"]:
             wrong.append(case)
     print(f"\n{'label':>6} {'mv0.9':>6} {'ours':>6}  note")
     for label, upstream, ours, disputed, note in rows:
-        print(f"{label!s:>6} {upstream!s:>6} {ours!s:>6}  {note}{' (disputed)' if disputed else ''}")
+        print(
+            f"{label!s:>6} {upstream!s:>6} {ours!s:>6}  {note}{' (disputed)' if disputed else ''}"
+        )
     agree = sum(r[0] == r[2] for r in rows)
     upstream_agree = sum(r[0] == r[1] for r in rows)
-    print(f"agreement with labels: ours {agree}/{len(rows)}, math-verify 0.9.0 {upstream_agree}/{len(rows)}")
+    print(
+        f"agreement with labels: ours {agree}/{len(rows)}, math-verify 0.9.0 {upstream_agree}/{len(rows)}"
+    )
     assert not wrong
 
 
@@ -204,7 +237,8 @@ def test_hendrycks_is_equiv_cases(shared_data):
         c["test_name"]
         for c in cases
         if c["test_name"] not in ordered_lists
-        and is_equivalent(c["pred"], c["gold"], "math", timeout=30) != c["expected_equal"]
+        and is_equivalent(c["pred"], c["gold"], "math", timeout=30)
+        != c["expected_equal"]
     ]
     assert len(cases) == 16
     assert not wrong
@@ -213,7 +247,11 @@ def test_hendrycks_is_equiv_cases(shared_data):
 def test_math_test_set_grades_its_own_solutions(shared_data):
     problems = _jsonl(shared_data / "math_test.jsonl")
     assert len(problems) == 5000
-    failed = [p["unique_id"] for p in problems if not grade(p["solution"], p["answer"], "math")]
+    failed = [
+        p["unique_id"]
+        for p in problems
+        if not grade(p["solution"], p["answer"], "math")
+    ]
     assert not failed
 
 
@@ -222,7 +260,14 @@ def test_math500_answers_parse_in_math_verify(shared_data):
     answers = [p["answer"] for p in _jsonl(shared_data / "math500_test.jsonl")]
     assert len(answers) == 500
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda a: verify_strings(f"\\boxed{{{a}}}", f"\\boxed{{{a}}}", timeout=60), answers))
+        results = list(
+            pool.map(
+                lambda a: verify_strings(
+                    f"\\boxed{{{a}}}", f"\\boxed{{{a}}}", timeout=60
+                ),
+                answers,
+            )
+        )
     assert [a for a, ok in zip(answers, results, strict=True) if not ok] == []
 
 
@@ -230,7 +275,9 @@ def test_gsm8k_test_set_grades_its_own_solutions(shared_data):
     problems = _jsonl(shared_data / "gsm8k_test.jsonl")
     assert len(problems) == 1319
     failed = [
-        p["answer"][-40:] for p in problems if not grade(p["answer"], p["answer"].split("####")[-1].strip(), "gsm8k")
+        p["answer"][-40:]
+        for p in problems
+        if not grade(p["answer"], p["answer"].split("####")[-1].strip(), "gsm8k")
     ]
     assert not failed
 
@@ -272,13 +319,19 @@ def _worker_pids() -> set[int]:
 def test_timeout_from_environment_and_recovery(monkeypatch):
     """A worker that does not give up its comparison in time is killed and replaced."""
     monkeypatch.setenv(grading.TIMEOUT_ENV, "0.5")
-    monkeypatch.setattr(grading, "_ABANDON_GRACE", 0.0)  # no time to give up: the kill path
+    monkeypatch.setattr(
+        grading, "_ABANDON_GRACE", 0.0
+    )  # no time to give up: the kill path
     _warm_worker()
     before = _worker_pids()
     start = time.monotonic()
-    assert is_equivalent("x^{9^{9^{9}}}", "x^3", "math") is False  # symbolic: only Math-Verify reads it
+    assert (
+        is_equivalent("x^{9^{9^{9}}}", "x^3", "math") is False
+    )  # symbolic: only Math-Verify reads it
     assert time.monotonic() - start < 0.5 + MARGIN
-    assert verify_strings("$x + 1$", "$1 + x$", timeout=30)  # a fresh worker replaced the killed one
+    assert verify_strings(
+        "$x + 1$", "$1 + x$", timeout=30
+    )  # a fresh worker replaced the killed one
     assert before - _worker_pids()
 
 
@@ -315,7 +368,9 @@ def test_concurrent_threads():
 
 
 def _grade_in_pool_worker(args: tuple[str, str]) -> tuple[bool, bool]:
-    return multiprocessing.current_process().daemon, is_equivalent(*args, "math", timeout=30)
+    return multiprocessing.current_process().daemon, is_equivalent(
+        *args, "math", timeout=30
+    )
 
 
 def test_daemonic_pool_worker():
@@ -324,7 +379,9 @@ def test_daemonic_pool_worker():
     with multiprocessing.get_context("fork").Pool(2) as pool:
         results = pool.map(_grade_in_pool_worker, pairs)
     assert results == [(True, True), (True, False), (True, True)]
-    assert verify_strings("$x$", "$x$", timeout=30)  # the parent's own workers still work
+    assert verify_strings(
+        "$x$", "$x$", timeout=30
+    )  # the parent's own workers still work
 
 
 def test_workers_are_cleaned_up_at_exit():
@@ -335,7 +392,14 @@ def test_workers_are_cleaned_up_at_exit():
     )
     repo = str(Path(grading.__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": repo}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
     pids = [int(p) for p in out.stdout.split()]
     assert pids
     for pid in pids:
@@ -434,7 +498,9 @@ def test_gsm8k_answer_kinds(pred, gold, expected):
 
 
 def test_gsm8k_scientific_notation_is_extracted():
-    assert extract_answer(r"The answer is $2.5 \times 10^{4}$ grains.", "gsm8k") == "2.5e4"
+    assert (
+        extract_answer(r"The answer is $2.5 \times 10^{4}$ grains.", "gsm8k") == "2.5e4"
+    )
     assert grade("So it is 3e4.\n#### 3e4", "30000", "gsm8k")
     assert not grade("So it is 3e3.\n#### 3e3", "30000", "gsm8k")
 
@@ -445,10 +511,20 @@ def test_gsm8k_scientific_notation_is_extracted():
         ("31.4159", r"10\pi", False, True),  # relative difference 8e-7
         ("31.4", r"10\pi", False, False),  # 5e-4: too far for either
         ("1.4142", r"\sqrt{2}", False, True),
-        ("0.333333", r"\frac{1}{3}", True, True),  # Math-Verify's six decimals hold in both
+        (
+            "0.333333",
+            r"\frac{1}{3}",
+            True,
+            True,
+        ),  # Math-Verify's six decimals hold in both
         ("0.33333", r"\frac{1}{3}", False, True),
         ("0.33", r"\frac{1}{3}", False, False),
-        ("100001", "100000", False, True),  # the authors' grader compares any two numbers with the tolerance
+        (
+            "100001",
+            "100000",
+            False,
+            True,
+        ),  # the authors' grader compares any two numbers with the tolerance
         ("100011", "100000", False, False),
         ("2.71828", "e", False, True),
         (r"\frac{22}{7}", r"\pi", False, False),
@@ -482,9 +558,19 @@ def test_unknown_mode_is_an_error():
         (r"2^{10000}-2^{9999}", r"2^{9999}", True),
         (r"(" * 50 + "7" + ")" * 50, "7", True),
     ],
-    ids=["sum", "sum-off-by-one", "long-number", "long-number-off", "sum-of-fractions", "powers", "parentheses"],
+    ids=[
+        "sum",
+        "sum-off-by-one",
+        "long-number",
+        "long-number-off",
+        "sum-of-fractions",
+        "powers",
+        "parentheses",
+    ],
 )
-def test_long_harmless_expressions_are_graded_by_value(pred, gold, expected, monkeypatch):
+def test_long_harmless_expressions_are_graded_by_value(
+    pred, gold, expected, monkeypatch
+):
     monkeypatch.setenv(grading.TIMEOUT_ENV, "1")
     start = time.monotonic()
     assert is_equivalent(pred, gold, "math") is expected
@@ -495,10 +581,18 @@ def test_samples_of_a_question_share_one_comparison(monkeypatch):
     """Equal canonical spellings of one answer reach the grading worker once."""
     calls = []
     real = grading._verify
-    monkeypatch.setattr(grading, "_verify", lambda *a, **k: calls.append(a) or real(*a, **k))
+    monkeypatch.setattr(
+        grading, "_verify", lambda *a, **k: calls.append(a) or real(*a, **k)
+    )
     grading._equivalent.cache_clear()
-    answers = [r"\frac{\sqrt{3}}{2}\sin y", r"{\frac{\sqrt{3}}{2}\sin y}", r"$\dfrac{\sqrt{3}}{2}\sin y$."]
-    assert all(is_equivalent(a, r"\frac{\sqrt3}{2}\sin y", "math", timeout=30) for a in answers)
+    answers = [
+        r"\frac{\sqrt{3}}{2}\sin y",
+        r"{\frac{\sqrt{3}}{2}\sin y}",
+        r"$\dfrac{\sqrt{3}}{2}\sin y$.",
+    ]
+    assert all(
+        is_equivalent(a, r"\frac{\sqrt3}{2}\sin y", "math", timeout=30) for a in answers
+    )
     assert len(calls) == 1
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
-from lm_eval_swift.heads import (
+from lm_eval_swift.swift.heads import (
     HeadError,
     HeadMismatchError,
     SwiftHead,
@@ -16,8 +16,15 @@ from lm_eval_swift.heads import (
     swift_reward,
 )
 
+
 MODEL = "/models/tiny-llama"
-CONFIG = LlamaConfig(num_hidden_layers=3, hidden_size=8, intermediate_size=16, num_attention_heads=2, vocab_size=20)
+CONFIG = LlamaConfig(
+    num_hidden_layers=3,
+    hidden_size=8,
+    intermediate_size=16,
+    num_attention_heads=2,
+    vocab_size=20,
+)
 
 
 def make_head(**kw) -> SwiftHead:
@@ -37,7 +44,9 @@ def heads_env(tmp_path, monkeypatch):
 def test_swift_reward_matches_direct_sum(gate):
     torch.manual_seed(0)
     parts = torch.randn(3, 5, 2)
-    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    mask = torch.tensor(
+        [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], dtype=torch.bool
+    )
     got = swift_reward(parts, mask, gate)
     for b in range(3):
         g, r = torch.sigmoid(parts[b, :, 0]).tolist(), parts[b, :, 1].tolist()
@@ -60,7 +69,10 @@ def test_reward_is_linear_in_entries():
     assert head.reward(feats, torch.ones(2, 4)).shape == (2,)
 
 
-@pytest.mark.parametrize("kw", [{}, {"layers": [2, 3], "gate": False}, {"kind": "logits", "name": "logit-head"}])
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"layers": [2, 3], "gate": False}, {"kind": "logits", "name": "logit-head"}],
+)
 def test_save_load_roundtrip(tmp_path, kw):
     head = make_head(training={"steps": 3}, **kw)
     head.save_pretrained(tmp_path / "h")
@@ -68,7 +80,12 @@ def test_save_load_roundtrip(tmp_path, kw):
     assert back.config() == head.config()
     feats = torch.randn(2, 3, head.linear.in_features)
     torch.testing.assert_close(back(feats), head(feats))
-    assert json.loads((tmp_path / "h" / "config.json").read_text())["base_model"]["vocab_size"] == 20
+    assert (
+        json.loads((tmp_path / "h" / "config.json").read_text())["base_model"][
+            "vocab_size"
+        ]
+        == 20
+    )
 
 
 @pytest.mark.parametrize(
@@ -87,7 +104,9 @@ def test_check_compatible_dims(field, value, message):
 
 def test_check_compatible_name():
     make_head().check_compatible(CONFIG, "/elsewhere/tiny-llama/")
-    with pytest.raises(HeadMismatchError, match="made for '/models/tiny-llama', model is 'org/other'"):
+    with pytest.raises(
+        HeadMismatchError, match="made for '/models/tiny-llama', model is 'org/other'"
+    ):
         make_head().check_compatible(CONFIG, "org/other")
 
 
@@ -108,9 +127,15 @@ def _corrupt(path, how):
         from safetensors.torch import save_file
 
         tensors = {
-            "wrong shape": {"linear.weight": torch.zeros(2, 5), "linear.bias": torch.zeros(2)},
+            "wrong shape": {
+                "linear.weight": torch.zeros(2, 5),
+                "linear.bias": torch.zeros(2),
+            },
             "missing key": {"linear.weight": torch.zeros(2, 32)},
-            "nan": {"linear.weight": torch.full((2, 32), float("nan")), "linear.bias": torch.zeros(2)},
+            "nan": {
+                "linear.weight": torch.full((2, 32), float("nan")),
+                "linear.bias": torch.zeros(2),
+            },
         }[how]
         save_file(tensors, path / "head.safetensors")
 
@@ -148,7 +173,9 @@ def test_resolve_explicit_paths_names_and_aliases(tmp_path, heads_env):
         resolve_heads(f"x={tmp_path / 'a'},x=lg-head", MODEL, CONFIG)
     with pytest.raises(HeadError, match="'nowhere' not found"):
         resolve_heads("nowhere", MODEL, CONFIG)
-    with pytest.raises(HeadError, match="not loadable from the Hub"):  # HF_HUB_OFFLINE=1 in the tests
+    with pytest.raises(
+        HeadError, match="not loadable from the Hub"
+    ):  # HF_HUB_OFFLINE=1 in the tests
         resolve_heads("some-org/some-head", MODEL, CONFIG)
     with pytest.raises(HeadMismatchError):
         resolve_heads(str(tmp_path / "a"), "org/other-model", CONFIG)
@@ -161,21 +188,32 @@ def test_resolve_explicit_paths_names_and_aliases(tmp_path, heads_env):
 
 
 def test_resolve_auto(tmp_path, heads_env, caplog):
-    caplog.set_level("INFO", logger="lm_eval_swift.heads")
+    caplog.set_level("INFO", logger="lm_eval_swift.swift.heads")
     assert resolve_heads("auto", MODEL, CONFIG) == {}
-    assert "heads=auto: no SWIFT head for model 'tiny-llama'" in caplog.text  # says that it found none
+    assert (
+        "heads=auto: no SWIFT head for model 'tiny-llama'" in caplog.text
+    )  # says that it found none
     caplog.clear()
-    assert resolve_heads("none", MODEL, CONFIG) == {} and not caplog.records  # asked for none: nothing to say
-    SwiftHead.for_model(CONFIG, "org/unrelated").save_pretrained(heads_env / "unrelated")
+    assert (
+        resolve_heads("none", MODEL, CONFIG) == {} and not caplog.records
+    )  # asked for none: nothing to say
+    SwiftHead.for_model(CONFIG, "org/unrelated").save_pretrained(
+        heads_env / "unrelated"
+    )
     (heads_env / "not-a-head").mkdir()
     assert resolve_heads(None, MODEL, CONFIG) == {}
     make_head(name="first").save_pretrained(heads_env / "first")
     caplog.clear()
     heads = resolve_heads(None, "hub-org/tiny-llama", CONFIG)  # matched on the basename
     assert list(heads) == ["swift"] and heads["swift"].name == "first"
-    assert f"heads=auto: SWIFT head for model 'tiny-llama': {heads_env / 'first'}" in caplog.text  # says which
+    assert (
+        f"heads=auto: SWIFT head for model 'tiny-llama': {heads_env / 'first'}"
+        in caplog.text
+    )  # says which
     make_head(name="second").save_pretrained(heads_env / "second")
-    with pytest.raises(HeadError, match="several SWIFT heads match model 'tiny-llama'.*first.*second"):
+    with pytest.raises(
+        HeadError, match="several SWIFT heads match model 'tiny-llama'.*first.*second"
+    ):
         resolve_heads("auto", MODEL, CONFIG)
 
 
@@ -185,14 +223,26 @@ def test_head_refuses_other_weights_of_the_same_shape(tmp_path):
     from lm_eval_swift.toy_models import char_tokenizer, random_model
 
     tok = char_tokenizer()
-    trained_on, other = random_model(tokenizer=tok, seed=0), random_model(tokenizer=tok, seed=1)
+    trained_on, other = (
+        random_model(tokenizer=tok, seed=0),
+        random_model(tokenizer=tok, seed=1),
+    )
     name = "/models/tiny-llama"
     head = SwiftHead.for_model(trained_on.config, name, weights=trained_on)
     assert len(head.base.embedding_probe) == 32
     head.save_pretrained(tmp_path / "h")
-    assert json.loads((tmp_path / "h" / "config.json").read_text())["base_model"]["embedding_probe"]
-    assert list(resolve_heads(str(tmp_path / "h"), name, trained_on.config, model=trained_on)) == ["swift"]
-    assert resolve_heads(str(tmp_path / "h"), name, trained_on.config, model=trained_on.to(torch.bfloat16))
+    assert json.loads((tmp_path / "h" / "config.json").read_text())["base_model"][
+        "embedding_probe"
+    ]
+    assert list(
+        resolve_heads(str(tmp_path / "h"), name, trained_on.config, model=trained_on)
+    ) == ["swift"]
+    assert resolve_heads(
+        str(tmp_path / "h"),
+        name,
+        trained_on.config,
+        model=trained_on.to(torch.bfloat16),
+    )
     with pytest.raises(HeadMismatchError, match="weights: .*other weights"):
         resolve_heads(str(tmp_path / "h"), name, other.config, model=other)
     old = json.loads((tmp_path / "h" / "config.json").read_text())

@@ -13,18 +13,28 @@ from lm_eval.models.huggingface import HFLM
 from safetensors.torch import save_file
 from transformers import AutoConfig
 
-from lm_eval_swift.heads import HeadError, HeadMismatchError, SwiftHead
-from lm_eval_swift.models import HFSwiftLM, Sampling, encode_prompt
-from lm_eval_swift.rescoring import rescore
+from lm_eval_swift.harness.models import HFSwiftLM, Sampling, encode_prompt
+from lm_eval_swift.swift.heads import HeadError, HeadMismatchError, SwiftHead
+from lm_eval_swift.swift.rescoring import rescore
+
 
 torch.set_num_threads(1)
 CONTEXTS = ["Hello", "World! ", "2+2="]
-SAMPLE = {"until": ["q", "z", "Q"], "max_gen_toks": 40, "do_sample": True, "temperature": 1.0}
+SAMPLE = {
+    "until": ["q", "z", "Q"],
+    "max_gen_toks": 40,
+    "do_sample": True,
+    "temperature": 1.0,
+}
 
 
 def requests(gen_kwargs, n=6, contexts=CONTEXTS) -> list[Instance]:
     """n repeats of each context, interleaved (lm-eval sends repeats as identical requests)."""
-    return [Instance("generate_until", {}, (ctx, dict(gen_kwargs)), 0) for _ in range(n) for ctx in contexts]
+    return [
+        Instance("generate_until", {}, (ctx, dict(gen_kwargs)), 0)
+        for _ in range(n)
+        for ctx in contexts
+    ]
 
 
 def save_heads(heads, directory) -> str:
@@ -33,15 +43,24 @@ def save_heads(heads, directory) -> str:
 
 # Mistral with an 8-token sliding window, shorter than prompt + response: its layers keep HF's sliding-window cache
 # (only full-attention layers are preallocated), and the reference's full forward masks beyond the window.
-ARCHS = {"llama": {}, "mistral": {}, "qwen2": {}, "mistral-window8": {"sliding_window": 8}}
+ARCHS = {
+    "llama": {},
+    "mistral": {},
+    "qwen2": {},
+    "mistral-window8": {"sliding_window": 8},
+}
 
 
 @pytest.fixture(scope="module", params=list(ARCHS))
 def lm(request, tiny_model_factory, tmp_path_factory):
-    path = tiny_model_factory(request.param.split("-")[0], num_hidden_layers=4, **ARCHS[request.param])
+    path = tiny_model_factory(
+        request.param.split("-")[0], num_hidden_layers=4, **ARCHS[request.param]
+    )
     heads = make_heads(AutoConfig.from_pretrained(path), str(path))
     spec = save_heads(heads, tmp_path_factory.mktemp("heads"))
-    return HFSwiftLM(pretrained=str(path), device="cpu", batch_size=4, heads=spec, sample_cache=None)
+    return HFSwiftLM(
+        pretrained=str(path), device="cpu", batch_size=4, heads=spec, sample_cache=None
+    )
 
 
 @pytest.mark.parametrize("batch_size", [4, 16])
@@ -63,14 +82,18 @@ def test_captured_scores_match_rescoring_and_reference(lm, batch_size, monkeypat
     heads, aliases = list(lm.heads.values()), list(lm.heads)
     prompts, responses = [o.prompt_token_ids for o in out], [o.token_ids for o in out]
     captured = torch.tensor([[o.scores[a] for a in aliases] for o in out])
-    rescored = rescore(lm.model, heads, prompts, responses, batch_size=5, disable_tqdm=True)
+    rescored = rescore(
+        lm.model, heads, prompts, responses, batch_size=5, disable_tqdm=True
+    )
     reference = reference_rewards(lm.model, heads, prompts, responses)
     torch.testing.assert_close(captured, reference, rtol=1e-3, atol=1e-5)
     torch.testing.assert_close(rescored, reference, rtol=1e-3, atol=1e-5)
     for q in range(len(CONTEXTS)):  # the best-of-N pick per question and head
         rows = slice(q, None, len(CONTEXTS))
         assert (
-            captured[rows].argmax(0).tolist() == rescored[rows].argmax(0).tolist() == reference[rows].argmax(0).tolist()
+            captured[rows].argmax(0).tolist()
+            == rescored[rows].argmax(0).tolist()
+            == reference[rows].argmax(0).tolist()
         )
 
 
@@ -86,20 +109,30 @@ def test_samples_do_not_depend_on_batch_size_packing_or_heads(lm, monkeypatch):
         monkeypatch.setattr(lm, "packing", packing)
         runs.append(lm.generate_until(reqs, disable_tqdm=True))
     for out in runs:
-        assert [(str(a), a.token_ids, a.finish) for a in out] == [(str(b), b.token_ids, b.finish) for b in out4]
+        assert [(str(a), a.token_ids, a.finish) for a in out] == [
+            (str(b), b.token_ids, b.finish) for b in out4
+        ]
         for a, b in zip(out, out4):
             assert a.scores == pytest.approx(b.scores, rel=1e-4, abs=1e-6)
-    assert len({o.finish for o in out4}) > 1  # rows finish at different steps: places are refilled
-    assert len({o.token_ids for o in out4}) > len(CONTEXTS)  # the repeats are different samples
+    assert (
+        len({o.finish for o in out4}) > 1
+    )  # rows finish at different steps: places are refilled
+    assert len({o.token_ids for o in out4}) > len(
+        CONTEXTS
+    )  # the repeats are different samples
     monkeypatch.setattr(lm, "projector", None)
     monkeypatch.setattr(lm, "heads", {})
     plain = lm.generate_until(reqs, disable_tqdm=True)
-    assert [(str(a), a.token_ids) for a in plain] == [(str(b), b.token_ids) for b in out4]
+    assert [(str(a), a.token_ids) for a in plain] == [
+        (str(b), b.token_ids) for b in out4
+    ]
     assert all(o.scores == {} for o in plain)
 
 
 def test_greedy_equals_hflm(lm, monkeypatch):
-    monkeypatch.setattr(lm, "_max_length", 30)  # left-truncates the long context to 30 - 20 tokens
+    monkeypatch.setattr(
+        lm, "_max_length", 30
+    )  # left-truncates the long context to 30 - 20 tokens
     greedy = {"until": ["\n\n", "q"], "max_gen_toks": 20, "do_sample": False}
     contexts = [*CONTEXTS, "a long context " * 5]
     reqs = requests(greedy, n=2, contexts=contexts)
@@ -112,7 +145,9 @@ def test_greedy_equals_hflm(lm, monkeypatch):
 def test_auto_head_and_no_heads(tiny_model_factory, tmp_path, monkeypatch):
     path = tiny_model_factory("llama")
     monkeypatch.setenv("LM_EVAL_SWIFT_HEADS", str(tmp_path))
-    SwiftHead.for_model(AutoConfig.from_pretrained(path), f"some-org/{path.name}").save_pretrained(tmp_path / "mine")
+    SwiftHead.for_model(
+        AutoConfig.from_pretrained(path), f"some-org/{path.name}"
+    ).save_pretrained(tmp_path / "mine")
     assert list(HFSwiftLM(pretrained=str(path), device="cpu").heads) == ["swift"]
     assert HFSwiftLM(pretrained=str(path), device="cpu", heads=None).heads == {}
 
@@ -128,7 +163,10 @@ def _broken_heads(path, tmp_path):
 
     nan, no_config, corrupt = head_for(), head_for(), head_for()
     save_file(
-        {"linear.weight": torch.full((2, 3 * config.hidden_size), float("nan")), "linear.bias": torch.zeros(2)},
+        {
+            "linear.weight": torch.full((2, 3 * config.hidden_size), float("nan")),
+            "linear.bias": torch.zeros(2),
+        },
         nan / "head.safetensors",
     )
     (no_config / "config.json").unlink()
@@ -139,9 +177,17 @@ def _broken_heads(path, tmp_path):
             HeadMismatchError,
             "hidden_size: head expects 64, model has 32",
         ),
-        (head_for(num_hidden_layers=3), HeadMismatchError, "num_hidden_layers: head expects 3, model has 2"),
+        (
+            head_for(num_hidden_layers=3),
+            HeadMismatchError,
+            "num_hidden_layers: head expects 3, model has 2",
+        ),
         (head_for(vocab_size=config.vocab_size + 1), HeadMismatchError, "vocab_size"),
-        (head_for(name="org/another-model"), HeadMismatchError, "made for 'org/another-model'"),
+        (
+            head_for(name="org/another-model"),
+            HeadMismatchError,
+            "made for 'org/another-model'",
+        ),
         (nan, HeadError, "NaN"),
         (no_config, HeadError, "no config.json"),
         (corrupt, HeadError, "corrupt safetensors"),
@@ -151,7 +197,9 @@ def _broken_heads(path, tmp_path):
 def test_wrong_heads_fail_in_init(tiny_model_factory, tmp_path, monkeypatch):
     path = tiny_model_factory("llama")
     sampled = []
-    monkeypatch.setattr("lm_eval_swift.models.decode", lambda *a, **k: sampled.append(a))
+    monkeypatch.setattr(
+        "lm_eval_swift.harness.models.decode", lambda *a, **k: sampled.append(a)
+    )
     for head_dir, error, message in _broken_heads(path, tmp_path):
         with pytest.raises(error, match=message):
             HFSwiftLM(pretrained=str(path), device="cpu", heads=f"{head_dir}")
@@ -162,7 +210,13 @@ def test_sampling_is_inverse_cdf_of_hf_warped_probs():
     logits = torch.tensor([[0.2, 0.3, 0.5]]).log().expand(5, 3)
     u = torch.tensor([0.0, 0.1999, 0.2001, 0.4999, 0.9999])
     assert Sampling(True).pick(logits, u).tolist() == [0, 0, 1, 1, 2]
-    assert Sampling(True, top_k=2).pick(logits, u).tolist() == [1, 1, 1, 2, 2]  # probs 0, .375, .625
+    assert Sampling(True, top_k=2).pick(logits, u).tolist() == [
+        1,
+        1,
+        1,
+        2,
+        2,
+    ]  # probs 0, .375, .625
     assert Sampling(True, top_p=0.4).pick(logits, u).tolist() == [2] * 5
     assert Sampling(False, temperature=0.0).pick(logits, u).tolist() == [2] * 5
     with pytest.raises(ValueError, match="temperature > 0"):
@@ -170,32 +224,41 @@ def test_sampling_is_inverse_cdf_of_hf_warped_probs():
 
 
 def test_unsupported_gen_kwargs(lm):
-    with pytest.raises(ValueError, match=r"does not support generation kwargs \['num_beams'\]"):
+    with pytest.raises(
+        ValueError, match=r"does not support generation kwargs \['num_beams'\]"
+    ):
         lm.generate_until(requests({**SAMPLE, "num_beams": 2}, n=1), disable_tqdm=True)
     assert json.loads(json.dumps(SAMPLE)) == SAMPLE  # requests are not mutated
 
 
 @pytest.mark.parametrize(
-    "arch, window, attn", [("llama", None, "sdpa"), ("llama", None, "eager"), ("mistral", 4, "sdpa")]
+    "arch, window, attn",
+    [("llama", None, "sdpa"), ("llama", None, "eager"), ("mistral", 4, "sdpa")],
 )
-def test_packed_cache_decodes_like_hf_dynamic_cache(tiny_model_factory, arch, window, attn):
+def test_packed_cache_decodes_like_hf_dynamic_cache(
+    tiny_model_factory, arch, window, attn
+):
     """Rows of three prompts of different lengths decode in one PackedCache; midway a row leaves and a fourth
     prompt's row takes its place: every row's logits equal those of its prompt decoded alone with HF's
     DynamicCache (with a 4-token sliding window: shorter than every sequence; sdpa's boolean masks and eager's
     additive ones). Too many rows is an error; so is an attention that takes no per-row mask."""
     from transformers import AutoModelForCausalLM, DynamicCache
 
-    from lm_eval_swift.models import PackedCache
+    from lm_eval_swift.harness.models import PackedCache
 
     kw = {} if window is None else {"sliding_window": window}
     path = tiny_model_factory(arch, num_hidden_layers=4, **kw)
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn).eval()
     prompts = [[5, 9, 13], [4, 8, 15, 16, 23, 42, 7], [11, 12, 13, 14, 15], [30, 31]]
-    feed = torch.randint(5, 60, (len(prompts), 8), generator=torch.Generator().manual_seed(0))
+    feed = torch.randint(
+        5, 60, (len(prompts), 8), generator=torch.Generator().manual_seed(0)
+    )
 
     def prefill(p):
         cache = DynamicCache(config=model.config)
-        logits = model(input_ids=torch.tensor([prompts[p]]), cache=cache, use_cache=True).logits[:, -1]
+        logits = model(
+            input_ids=torch.tensor([prompts[p]]), cache=cache, use_cache=True
+        ).logits[:, -1]
         return cache, logits
 
     with torch.no_grad():
@@ -204,8 +267,15 @@ def test_packed_cache_decodes_like_hf_dynamic_cache(tiny_model_factory, arch, wi
             cache, logits = prefill(p)
             want[p] = [logits[0]]
             for tok in feed[p]:
-                want[p].append(model(input_ids=tok.view(1, 1), cache=cache, use_cache=True).logits[0, -1])
-        packed, rows = PackedCache(model, rows=3), []  # rows: [prompt, tokens fed] per live row
+                want[p].append(
+                    model(input_ids=tok.view(1, 1), cache=cache, use_cache=True).logits[
+                        0, -1
+                    ]
+                )
+        packed, rows = (
+            PackedCache(model, rows=3),
+            [],
+        )  # rows: [prompt, tokens fed] per live row
         for p in range(3):
             cache, logits = prefill(p)
             packed.admit(cache, 1, len(prompts[p]) + 8)
@@ -221,7 +291,11 @@ def test_packed_cache_decodes_like_hf_dynamic_cache(tiny_model_factory, arch, wi
             position_ids, mask = packed.step_inputs()
             tokens = torch.stack([feed[p, n] for p, n in rows])[:, None]
             logits = model(
-                input_ids=tokens, position_ids=position_ids, attention_mask=mask, cache=packed, use_cache=True
+                input_ids=tokens,
+                position_ids=position_ids,
+                attention_mask=mask,
+                cache=packed,
+                use_cache=True,
             ).logits[:, -1]
             packed.advance()
             for (p, n), got in zip(rows, logits):

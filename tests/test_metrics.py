@@ -5,13 +5,15 @@ from __future__ import annotations
 import math
 import random
 
-from lm_eval_swift.metrics import auroc, within_question_auroc
+from lm_eval_swift.reports.metrics import auroc, within_question_auroc
 
 
 def brute(scores, labels):
     pos = [s for s, y in zip(scores, labels) if y]
     neg = [s for s, y in zip(scores, labels) if not y]
-    return sum(1.0 if p > q else 0.5 if p == q else 0.0 for p in pos for q in neg) / (len(pos) * len(neg))
+    return sum(1.0 if p > q else 0.5 if p == q else 0.0 for p in pos for q in neg) / (
+        len(pos) * len(neg)
+    )
 
 
 def test_auroc_matches_pair_counting_with_ties():

@@ -11,16 +11,20 @@ import torch
 from lm_eval.api.instance import Instance
 from transformers import AutoModelForCausalLM
 
-from lm_eval_swift.heads import SwiftHead
-from lm_eval_swift.metrics import within_question_auroc
-from lm_eval_swift.models import HFSwiftLM
-from lm_eval_swift.report import bon_table
+from lm_eval_swift.harness.models import HFSwiftLM
+from lm_eval_swift.reports.metrics import within_question_auroc
+from lm_eval_swift.reports.report import bon_table
 from lm_eval_swift.rollouts import build_rollout, write_rollouts
 from lm_eval_swift.scoring import add_head_scores
+from lm_eval_swift.swift.heads import SwiftHead
+from lm_eval_swift.swift.training import train_head
 from lm_eval_swift.toy_models import char_tokenizer, random_causal_lm
-from lm_eval_swift.training import train_head
 
-RIGHT, WRONG = " \\boxed{7}!", " \\boxed{8}!"  # one token each; the stop string "!" ends generation inside them
+
+RIGHT, WRONG = (
+    " \\boxed{7}!",
+    " \\boxed{8}!",
+)  # one token each; the stop string "!" ends generation inside them
 GOLD, N = "7", 8
 GEN = {"until": ["!"], "do_sample": True, "temperature": 1.0, "max_gen_toks": 12}
 
@@ -32,8 +36,13 @@ def marker_model(tmp_path_factory):
     bias (the embedding sets it; no layer writes to it)."""
     tok = char_tokenizer(charset="0123456789+=? abcdefgh")
     tok.add_tokens([RIGHT, WRONG])
-    path = random_causal_lm(tmp_path_factory.mktemp("marker-llama"), "llama", num_hidden_layers=2, hidden_size=32,
-                            tokenizer=tok)
+    path = random_causal_lm(
+        tmp_path_factory.mktemp("marker-llama"),
+        "llama",
+        num_hidden_layers=2,
+        hidden_size=32,
+        tokenizer=tok,
+    )
     model = AutoModelForCausalLM.from_pretrained(path)
     with torch.no_grad():
         model.model.embed_tokens.weight[:, 0] = 4.0
@@ -49,42 +58,83 @@ def marker_model(tmp_path_factory):
 
 
 def rollouts_of(lm: HFSwiftLM, questions: list[str], task: str):
-    reqs = [Instance("generate_until", {}, (q, dict(GEN)), i) for i, q in enumerate(questions) for _ in range(N)]
+    reqs = [
+        Instance("generate_until", {}, (q, dict(GEN)), i)
+        for i, q in enumerate(questions)
+        for _ in range(N)
+    ]
     out = lm.generate_until(reqs, disable_tqdm=True)
     return [
-        build_rollout(task, i, "gsm8k", q, q, GOLD, out[i * N : (i + 1) * N]) for i, q in enumerate(questions)
+        build_rollout(task, i, "gsm8k", q, q, GOLD, out[i * N : (i + 1) * N])
+        for i, q in enumerate(questions)
     ]
 
 
 def test_last_token_signal_is_recovered(marker_model, tmp_path):
     path, tok = marker_model
     torch.manual_seed(0)
-    plain = HFSwiftLM(pretrained=str(path), device="cpu", batch_size=8, heads=None, dtype="float32",
-                      sample_cache=None)
+    plain = HFSwiftLM(
+        pretrained=str(path),
+        device="cpu",
+        batch_size=8,
+        heads=None,
+        dtype="float32",
+        sample_cache=None,
+    )
     train = rollouts_of(plain, [f"{i} abc 3+4=?" for i in range(40)], "train")
     endings = [r.token_ids[-1] for q in train for r in q.responses]
     markers = {tok.convert_tokens_to_ids(RIGHT), tok.convert_tokens_to_ids(WRONG)}
-    assert sum(e in markers for e in endings) > len(endings) / 3, "the marker model should often end on a marker"
+    assert sum(e in markers for e in endings) > len(endings) / 3, (
+        "the marker model should often end on a marker"
+    )
     assert all(r.finish in ("stop", "length") for q in train for r in q.responses)
-    assert all(r.correct == float(r.token_ids[-1] == tok.convert_tokens_to_ids(RIGHT)) for q in train for r in q.responses)
+    assert all(
+        r.correct == float(r.token_ids[-1] == tok.convert_tokens_to_ids(RIGHT))
+        for q in train
+        for r in q.responses
+    )
     write_rollouts(train, tmp_path / "train.jsonl")
 
-    head = train_head([tmp_path / "train.jsonl"], str(path), tmp_path / "head", lr=3e-2, epochs=25, patience=25,
-                      batch_size=32, device="cpu", dtype="float32", max_gen_toks=GEN["max_gen_toks"], progress=False)
+    head = train_head(
+        [tmp_path / "train.jsonl"],
+        str(path),
+        tmp_path / "head",
+        lr=3e-2,
+        epochs=25,
+        patience=25,
+        batch_size=32,
+        device="cpu",
+        dtype="float32",
+        max_gen_toks=GEN["max_gen_toks"],
+        progress=False,
+    )
     assert head.training_info["metrics"]["within_auroc"] > 0.99
 
-    lm = HFSwiftLM(pretrained=str(path), device="cpu", batch_size=8, heads=str(tmp_path / "head"), dtype="float32",
-                   sample_cache=None)
+    lm = HFSwiftLM(
+        pretrained=str(path),
+        device="cpu",
+        batch_size=8,
+        heads=str(tmp_path / "head"),
+        dtype="float32",
+        sample_cache=None,
+    )
     test = rollouts_of(lm, [f"{i} hg 4+3=?" for i in range(20)], "test")
     captured = [[r.scores["swift"] for r in q.responses] for q in test]
-    add_head_scores(test, lm.model, lm.tokenizer, {"rescored": SwiftHead.from_pretrained(tmp_path / "head")},
-                    max_gen_toks=GEN["max_gen_toks"])
+    add_head_scores(
+        test,
+        lm.model,
+        lm.tokenizer,
+        {"rescored": SwiftHead.from_pretrained(tmp_path / "head")},
+        max_gen_toks=GEN["max_gen_toks"],
+    )
     for q, caps in zip(test, captured):
         for r, cap in zip(q.responses, caps):
             assert r.scores["rescored"] == pytest.approx(cap, rel=1e-3, abs=1e-4)
     labels = [[r.correct for r in q.responses] for q in test]
     for score in ("swift", "rescored"):
-        groups = [([r.scores[score] for r in q.responses], ys) for q, ys in zip(test, labels)]
+        groups = [
+            ([r.scores[score] for r in q.responses], ys) for q, ys in zip(test, labels)
+        ]
         assert within_question_auroc(groups) > 0.99
     table = bon_table(test, ks=(1, 4, 8))
     assert table["swift"] == table["oracle"] and table["rescored"] == table["oracle"]

@@ -19,11 +19,19 @@ from pathlib import Path
 
 import torch
 
+
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("meta-llama/Llama-3.1-8B-Instruct", "MODEL")
 SKIPPED = ("pip ", "accelerate launch ")
 EVALS = ("lm_eval ", "lm-eval-swift eval ")
-SIZE = ["--limit", "2", "--gen_kwargs", "max_gen_toks=8", "--metadata", json.dumps({"n": 4})]
+SIZE = [
+    "--limit",
+    "2",
+    "--gen_kwargs",
+    "max_gen_toks=8",
+    "--metadata",
+    json.dumps({"n": 4}),
+]
 
 
 def readme_commands(text: str) -> list[str]:
@@ -39,7 +47,9 @@ def readme_commands(text: str) -> list[str]:
 
 def as_run_here(command: str, model: Path) -> str:
     for name in MODELS:
-        command = re.sub(rf"(?<=[=\s]){re.escape(name)}(?=[,\s]|$)", str(model), command)
+        command = re.sub(
+            rf"(?<=[=\s]){re.escape(name)}(?=[,\s]|$)", str(model), command
+        )
     if not torch.cuda.is_available():
         command = command.replace(",parallelize=True", "")
     if command.startswith(EVALS):
@@ -52,13 +62,29 @@ def as_run_here(command: str, model: Path) -> str:
 def test_readme_commands_run_as_written(tiny_llama, shared_data, tmp_path):
     commands = readme_commands((REPO / "README.md").read_text(encoding="utf-8"))
     run = [c for c in commands if not c.startswith(SKIPPED)]
-    assert len(run) >= 9 and any("--batch_size 64" in c for c in run)  # the One GPU example among them
-    env = {**os.environ, "LM_EVAL_SWIFT_DATA_DIR": str(shared_data),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    assert len(run) >= 9 and any(
+        "--batch_size 64" in c for c in run
+    )  # the One GPU example among them
+    env = {
+        **os.environ,
+        "LM_EVAL_SWIFT_DATA_DIR": str(shared_data),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     for command in run:
         line = as_run_here(command, tiny_llama)
-        proc = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, f"{line}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        proc = subprocess.run(
+            ["bash", "-c", line],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, (
+            f"{line}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        )
     assert (tmp_path / "heads" / "my-model" / "head.safetensors").is_file()
     assert (tmp_path / "board.csv").is_file() and (tmp_path / "curve.png").is_file()
-    assert len(list(tmp_path.glob("results/*/rollouts_math_bon_swift_*.jsonl"))) == 3  # hf, hf-swift, One GPU
+    assert (
+        len(list(tmp_path.glob("results/*/rollouts_math_bon_swift_*.jsonl"))) == 3
+    )  # hf, hf-swift, One GPU

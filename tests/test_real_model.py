@@ -16,14 +16,21 @@ from helpers import make_heads, reference_rewards
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
-from lm_eval_swift.models import HFSwiftLM
-from lm_eval_swift.rescoring import rescore
+from lm_eval_swift.harness.models import HFSwiftLM
+from lm_eval_swift.harness.tasks import PROMPT
 from lm_eval_swift.rollouts import read_rollouts
 from lm_eval_swift.smollm2 import GGUF_NAME, MODEL_NAME, smollm2_dir, smollm2_gguf
-from lm_eval_swift.tasks import PROMPT
+from lm_eval_swift.swift.rescoring import rescore
+
 
 QUESTION = "Tom has 3 boxes with 12 pencils each. He gives away 7 pencils. How many pencils does he have left?"
-SAMPLE = {"until": [], "do_sample": True, "temperature": 1.0, "top_p": 0.9, "max_gen_toks": 24}
+SAMPLE = {
+    "until": [],
+    "do_sample": True,
+    "temperature": 1.0,
+    "top_p": 0.9,
+    "max_gen_toks": 24,
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +49,14 @@ def lm(smollm2, tmp_path_factory) -> HFSwiftLM:
     heads = make_heads(AutoConfig.from_pretrained(smollm2), str(smollm2))
     root = tmp_path_factory.mktemp("smollm2-heads")
     spec = ";".join(f"{h.name}={h.save_pretrained(root / h.name)}" for h in heads)
-    return HFSwiftLM(pretrained=str(smollm2), device="cpu", dtype="float32", batch_size=4, heads=spec, sample_cache=None)
+    return HFSwiftLM(
+        pretrained=str(smollm2),
+        device="cpu",
+        dtype="float32",
+        batch_size=4,
+        heads=spec,
+        sample_cache=None,
+    )
 
 
 def chat_context(lm: HFLM, question: str = QUESTION) -> str:
@@ -52,10 +66,17 @@ def chat_context(lm: HFLM, question: str = QUESTION) -> str:
 
 def test_model_is_built_once_and_looks_like_the_hub_model(smollm2):
     t0 = time.perf_counter()
-    assert smollm2_dir() == smollm2 and time.perf_counter() - t0 < 1.0  # the second call reads the cache
+    assert (
+        smollm2_dir() == smollm2 and time.perf_counter() - t0 < 1.0
+    )  # the second call reads the cache
     assert smollm2.name == MODEL_NAME and smollm2_gguf().name == GGUF_NAME
     config = json.loads((smollm2 / "config.json").read_text())
-    assert (config["model_type"], config["num_hidden_layers"], config["hidden_size"], config["vocab_size"]) == (
+    assert (
+        config["model_type"],
+        config["num_hidden_layers"],
+        config["hidden_size"],
+        config["vocab_size"],
+    ) == (
         "llama",
         30,
         576,
@@ -63,21 +84,31 @@ def test_model_is_built_once_and_looks_like_the_hub_model(smollm2):
     )
     assert "quantization_config" not in config
     printed = subprocess.run(
-        [sys.executable, "-m", "lm_eval_swift", "smollm2"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "lm_eval_swift", "smollm2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert printed.returncode == 0 and printed.stdout.strip() == str(smollm2)
 
 
 def test_capture_equals_rescoring_and_reference_with_chat_template(lm):
     context = chat_context(lm)
-    assert context.startswith("<|im_start|>system\n") and context.endswith("<|im_start|>assistant\n")
-    out = lm.generate_until([Instance("generate_until", {}, (context, dict(SAMPLE)), 0) for _ in range(4)], True)
+    assert context.startswith("<|im_start|>system\n") and context.endswith(
+        "<|im_start|>assistant\n"
+    )
+    out = lm.generate_until(
+        [Instance("generate_until", {}, (context, dict(SAMPLE)), 0) for _ in range(4)],
+        True,
+    )
     assert len({o.token_ids for o in out}) > 1  # four different samples
     heads, aliases = list(lm.heads.values()), list(lm.heads)
     assert aliases == ["all", "last4", "logits"]
     prompts, responses = [o.prompt_token_ids for o in out], [o.token_ids for o in out]
     captured = torch.tensor([[o.scores[a] for a in aliases] for o in out])
-    rescored = rescore(lm.model, heads, prompts, responses, batch_size=3, disable_tqdm=True)
+    rescored = rescore(
+        lm.model, heads, prompts, responses, batch_size=3, disable_tqdm=True
+    )
     reference = reference_rewards(lm.model, heads, prompts, responses)
     torch.testing.assert_close(captured, reference, rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(rescored, reference, rtol=1e-3, atol=1e-4)
@@ -90,19 +121,29 @@ class RecordingHFLM(HFLM):
     fed: list[list[int]]
 
     def _model_generate(self, context, max_length, stop, **generation_kwargs):
-        mask = generation_kwargs["attention_mask"].bool()  # left padding (the pad id is also <|im_end|>'s)
+        mask = generation_kwargs[
+            "attention_mask"
+        ].bool()  # left padding (the pad id is also <|im_end|>'s)
         self.fed = [row[keep].tolist() for row, keep in zip(context, mask)]
         return super()._model_generate(context, max_length, stop, **generation_kwargs)
 
 
 def test_prompt_ids_and_greedy_text_equal_hflm(lm):
-    hflm = RecordingHFLM(pretrained=lm.model, tokenizer=lm.tokenizer, device="cpu", batch_size=1)
+    hflm = RecordingHFLM(
+        pretrained=lm.model, tokenizer=lm.tokenizer, device="cpu", batch_size=1
+    )
     greedy = {"until": [], "do_sample": False, "max_gen_toks": 12}
     context = chat_context(hflm)
-    theirs = hflm.generate_until([Instance("generate_until", {}, (context, greedy), 0)], disable_tqdm=True)
-    (ours,) = lm.generate_until([Instance("generate_until", {}, (context, greedy), 0)], disable_tqdm=True)
+    theirs = hflm.generate_until(
+        [Instance("generate_until", {}, (context, greedy), 0)], disable_tqdm=True
+    )
+    (ours,) = lm.generate_until(
+        [Instance("generate_until", {}, (context, greedy), 0)], disable_tqdm=True
+    )
     assert list(ours.prompt_token_ids) == hflm.fed[0]
-    assert hflm.fed[0][:3] == lm.tokenizer.encode("<|im_start|>system\n", add_special_tokens=False)
+    assert hflm.fed[0][:3] == lm.tokenizer.encode(
+        "<|im_start|>system\n", add_special_tokens=False
+    )
     assert str(ours) == theirs[0]
 
 
@@ -123,9 +164,13 @@ def cli_flags(shared_data: Path, out: Path, metadata: dict) -> list[str]:
 
 
 def rows_and_rollouts(out: Path):
-    results = json.loads(next(out.rglob("results_*.json")).read_text())["results"]["gsm8k_bon_swift"]
+    results = json.loads(next(out.rglob("results_*.json")).read_text())["results"][
+        "gsm8k_bon_swift"
+    ]
     rows = {key.split(",")[1] for key in results if key.startswith("acc,")}
-    return rows, list(read_rollouts(next(out.rglob("rollouts_gsm8k_bon_swift_*.jsonl"))))
+    return rows, list(
+        read_rollouts(next(out.rglob("rollouts_gsm8k_bon_swift_*.jsonl")))
+    )
 
 
 def test_cli_hf_from_gguf_and_hf_swift(smollm2, lm, shared_data, tmp_path):
@@ -154,6 +199,10 @@ def test_cli_hf_from_gguf_and_hf_swift(smollm2, lm, shared_data, tmp_path):
     for r in swift_rollouts:
         assert r.prompt.startswith("<|im_start|>system\n") and len(r.responses) == N
         assert all(set(resp.scores) == {"swift"} for resp in r.responses)
-        hflm = RecordingHFLM(pretrained=lm.model, tokenizer=lm.tokenizer, device="cpu", batch_size=1)
-        hflm.generate_until([Instance("generate_until", {}, (r.prompt, {"max_gen_toks": 1}), 0)], True)
+        hflm = RecordingHFLM(
+            pretrained=lm.model, tokenizer=lm.tokenizer, device="cpu", batch_size=1
+        )
+        hflm.generate_until(
+            [Instance("generate_until", {}, (r.prompt, {"max_gen_toks": 1}), 0)], True
+        )
         assert r.prompt_token_ids == hflm.fed[0]

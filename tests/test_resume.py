@@ -30,9 +30,10 @@ from helpers import (
 )
 from lm_eval.api.instance import Instance
 
-from lm_eval_swift.models import HFSwiftLM
+from lm_eval_swift.harness.models import HFSwiftLM
+from lm_eval_swift.harness.sample_cache import SampleCache, question_key, resolve_path
 from lm_eval_swift.responses import ScoredText
-from lm_eval_swift.sample_cache import SampleCache, question_key, resolve_path
+
 
 torch.set_num_threads(1)
 
@@ -55,9 +56,13 @@ def test_sample_cache_round_trip_and_key(tmp_path):
                    {"gen_kwargs": {"until": ["x"]}}, {"settings": {"do_sample": False}}):  # fmt: skip
         assert question_key(**{**key, **change})[0] != q, change
     cache = SampleCache(tmp_path / "c.sqlite")
-    sample = ScoredText("7 apples", [11, 12, 2], "eos", {"swift": 0.1 + 0.2, "x": -1e-300}, [1, 2])
+    sample = ScoredText(
+        "7 apples", [11, 12, 2], "eos", {"swift": 0.1 + 0.2, "x": -1e-300}, [1, 2]
+    )
     cache.put(q, description, {3: sample}, {3: 99})
-    got = SampleCache(tmp_path / "c.sqlite").get(q, range(8))  # another connection sees the commit
+    got = SampleCache(tmp_path / "c.sqlite").get(
+        q, range(8)
+    )  # another connection sees the commit
     assert list(got) == [3] and len(cache) == 1
     g = got[3]
     assert (str(g), g.token_ids, g.finish, g.scores, g.prompt_token_ids) == (
@@ -72,12 +77,17 @@ def test_sample_cache_round_trip_and_key(tmp_path):
 def test_default_sample_cache_is_in_the_users_cache_folder(tmp_path, monkeypatch):
     """``sample_cache=auto``: ``$XDG_CACHE_HOME/lm-eval-swift/`` (absolute paths only), else ``~/.cache/...``."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert resolve_path("auto") == tmp_path / "lm-eval-swift" / "hf-swift-samples.sqlite"
+    assert (
+        resolve_path("auto") == tmp_path / "lm-eval-swift" / "hf-swift-samples.sqlite"
+    )
     home = tmp_path / "home"
     monkeypatch.setenv("HOME", str(home))
     for xdg in ("", "relative/dir"):
         monkeypatch.setenv("XDG_CACHE_HOME", xdg)
-        assert resolve_path("auto") == home / ".cache" / "lm-eval-swift" / "hf-swift-samples.sqlite"
+        assert (
+            resolve_path("auto")
+            == home / ".cache" / "lm-eval-swift" / "hf-swift-samples.sqlite"
+        )
 
 
 def test_cached_and_missing_chunks_give_the_uncached_samples(setup, tmp_path):
@@ -85,14 +95,22 @@ def test_cached_and_missing_chunks_give_the_uncached_samples(setup, tmp_path):
     the one a run without a cache draws; another batch size draws the same tokens."""
     reqs = [Instance("generate_until", {}, (c, {"until": ["q"], "max_gen_toks": 16, "do_sample": True}), 0)
             for _ in range(6) for c in ("Hello", "2+2=")]  # fmt: skip
-    kw = {"pretrained": str(setup["model"]), "device": "cpu", "batch_size": 2, "heads": str(setup["head"])}
+    kw = {
+        "pretrained": str(setup["model"]),
+        "device": "cpu",
+        "batch_size": 2,
+        "heads": str(setup["head"]),
+    }
 
     def same(out, want) -> bool:
         """Equal responses; scores up to float32 rounding (they depend on which rows shared the decode steps)."""
         assert [(str(o), o.token_ids, o.finish, o.prompt_token_ids) for o in out] == [
             (str(o), o.token_ids, o.finish, o.prompt_token_ids) for o in want
         ]
-        return all(o.scores == pytest.approx(w.scores, rel=1e-5, abs=1e-6) for o, w in zip(out, want))
+        return all(
+            o.scores == pytest.approx(w.scores, rel=1e-5, abs=1e-6)
+            for o, w in zip(out, want)
+        )
 
     plain = HFSwiftLM(**kw, sample_cache=None).generate_until(reqs, disable_tqdm=True)
     db = tmp_path / "c.sqlite"
@@ -100,17 +118,31 @@ def test_cached_and_missing_chunks_give_the_uncached_samples(setup, tmp_path):
     first = lm.generate_until(reqs, disable_tqdm=True)
     assert same(first, plain) and lm._counts == {"cached": 0, "sampled": 12}
     with sqlite3.connect(db) as conn:
-        conn.execute("DELETE FROM samples WHERE idx IN (2, 3)")  # two samples of each question
-    assert same(lm.generate_until(reqs, disable_tqdm=True), plain) and lm._counts == {"cached": 8, "sampled": 4}
+        conn.execute(
+            "DELETE FROM samples WHERE idx IN (2, 3)"
+        )  # two samples of each question
+    assert same(lm.generate_until(reqs, disable_tqdm=True), plain) and lm._counts == {
+        "cached": 8,
+        "sampled": 4,
+    }
     cached = lm.generate_until(reqs, disable_tqdm=True)
     assert same(cached, plain) and lm._counts == {"cached": 12, "sampled": 0}
-    kept = [i for i in range(len(reqs)) if i // 2 not in (2, 3)]  # request i is sample i // 2 of its question
-    assert [cached[i].scores for i in kept] == [first[i].scores for i in kept]  # read back exactly
+    kept = [
+        i for i in range(len(reqs)) if i // 2 not in (2, 3)
+    ]  # request i is sample i // 2 of its question
+    assert [cached[i].scores for i in kept] == [
+        first[i].scores for i in kept
+    ]  # read back exactly
     with sqlite3.connect(db) as conn:
         conn.execute("DELETE FROM samples WHERE idx IN (1, 4)")
     lm.batch_size_per_gpu = 4  # packed: 4 rows of both questions per step
-    assert same(lm.generate_until(reqs, disable_tqdm=True), plain) and lm._counts == {"cached": 8, "sampled": 4}
-    other_head = HFSwiftLM(**{**kw, "heads": "none"}, sample_cache=str(db))  # other heads: other samples' keys
+    assert same(lm.generate_until(reqs, disable_tqdm=True), plain) and lm._counts == {
+        "cached": 8,
+        "sampled": 4,
+    }
+    other_head = HFSwiftLM(
+        **{**kw, "heads": "none"}, sample_cache=str(db)
+    )  # other heads: other samples' keys
     other_head.generate_until(reqs, disable_tqdm=True)
     assert other_head._counts == {"cached": 0, "sampled": 12}
 
@@ -118,15 +150,21 @@ def test_cached_and_missing_chunks_give_the_uncached_samples(setup, tmp_path):
 # ---- kill -9 and resume through the command line ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n, batch, gen_toks", [(N, BATCH, 12), (4, 8, 48)], ids=["per-question", "packed"])
-def test_killed_run_resumes_to_the_uninterrupted_table(setup, tmp_path, n, batch, gen_toks):
+@pytest.mark.parametrize(
+    "n, batch, gen_toks", [(N, BATCH, 12), (4, 8, 48)], ids=["per-question", "packed"]
+)
+def test_killed_run_resumes_to_the_uninterrupted_table(
+    setup, tmp_path, n, batch, gen_toks
+):
     """N >= batch size: each question's samples fill the batch; N < batch size: packed, 2 questions per batch."""
     total = LIMIT * n
     db, fresh_db = tmp_path / "samples.sqlite", tmp_path / "fresh.sqlite"
     cmd = [sys.executable, "-m", "lm_eval_swift", "eval"]
 
     def flags(cache: Path, out: str) -> list[str]:
-        return eval_flags(setup, cache, tmp_path / out, n=n, batch=batch, gen_toks=gen_toks)
+        return eval_flags(
+            setup, cache, tmp_path / out, n=n, batch=batch, gen_toks=gen_toks
+        )
 
     # 1. start, and kill -9 once some samples are committed
     with open(tmp_path / "killed.log", "w") as log:
@@ -137,15 +175,21 @@ def test_killed_run_resumes_to_the_uninterrupted_table(setup, tmp_path, n, batch
         try:
             deadline = time.monotonic() + 300
             while not count_rows(db):
-                assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+                assert proc.poll() is None, (tmp_path / "killed.log").read_text()[
+                    -3000:
+                ]
                 assert time.monotonic() < deadline, "no sample was cached in 300 s"
                 time.sleep(0.01)
         finally:
             with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)  # the run's own process group (grading workers included)
+                os.killpg(
+                    proc.pid, signal.SIGKILL
+                )  # the run's own process group (grading workers included)
             proc.wait()
     killed = count_rows(db)
-    assert 0 < killed < total, f"the kill came too late: {killed} of {total} samples were cached"
+    assert 0 < killed < total, (
+        f"the kill came too late: {killed} of {total} samples were cached"
+    )
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert conn.execute("SELECT COUNT(*) FROM samples WHERE question NOT IN (SELECT question FROM questions)"
@@ -153,7 +197,9 @@ def test_killed_run_resumes_to_the_uninterrupted_table(setup, tmp_path, n, batch
 
     # 2. the same command again: only the missing samples are drawn
     resumed = run([*cmd, *flags(db, "resumed")], tmp_path)
-    assert cache_line(resumed.stderr, killed, total - killed, db), resumed.stderr[-3000:]
+    assert cache_line(resumed.stderr, killed, total - killed, db), resumed.stderr[
+        -3000:
+    ]
     assert count_rows(db) == total
 
     # 3. an uninterrupted run with a fresh cache prints the same table and writes the same rollouts
@@ -163,4 +209,6 @@ def test_killed_run_resumes_to_the_uninterrupted_table(setup, tmp_path, n, batch
     assert acc_rows(tmp_path / "resumed") == acc_rows(tmp_path / "fresh")
     assert_same_rollouts(tmp_path / "resumed", tmp_path / "fresh")
     acc = acc_rows(tmp_path / "fresh")
-    assert any(v > 0 for k, v in acc.items() if k.startswith("acc,")), acc  # not an all-zero table
+    assert any(v > 0 for k, v in acc.items() if k.startswith("acc,")), (
+        acc
+    )  # not an all-zero table

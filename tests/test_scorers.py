@@ -32,7 +32,12 @@ from transformers import (
     MistralModel,
 )
 
-from lm_eval_swift.rollouts import QuestionRollout, Response, read_rollouts, write_rollouts
+from lm_eval_swift.rollouts import (
+    QuestionRollout,
+    Response,
+    read_rollouts,
+    write_rollouts,
+)
 from lm_eval_swift.scorers import (
     PAPER_INSTRUCTION,
     SCORERS,
@@ -46,6 +51,7 @@ from lm_eval_swift.scorers import (
 from lm_eval_swift.scoring import parse_scorer_specs
 from lm_eval_swift.toy_models import char_tokenizer
 
+
 QUESTIONS = ["What is 2+3?", "Compute 7*6 - 4, then halve it.", "Is 9 prime?"]
 RESPONSES = [
     "Step 1: 2+3 = 5.\n\nStep 2: The answer is 5.",
@@ -53,8 +59,15 @@ RESPONSES = [
     "No: 9 = 3*3.",
 ]
 TOL = 1e-3
-TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=4096, initializer_range=0.5)
+TINY = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+    initializer_range=0.5,
+)
 LLAMA3_TEMPLATE = (
     "{% for m in messages %}{% set content = '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n'"
     " + m['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}"
@@ -69,7 +82,13 @@ def _tokenizer(*, llama3: bool = False, extra: tuple[str, ...] = ()):
     tok = char_tokenizer()
     if llama3:
         tok.add_special_tokens(
-            {"additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]}
+            {
+                "additional_special_tokens": [
+                    "<|start_header_id|>",
+                    "<|end_header_id|>",
+                    "<|eot_id|>",
+                ]
+            }
         )
         tok.chat_template = LLAMA3_TEMPLATE
     if extra:
@@ -82,8 +101,15 @@ def _tokenizer(*, llama3: bool = False, extra: tuple[str, ...] = ()):
 
 
 def _cfg(cls, tok, **kw):
-    return cls(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-               pad_token_id=tok.pad_token_id, tie_word_embeddings=False, **TINY, **kw)
+    return cls(
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+        **TINY,
+        **kw,
+    )
 
 
 def _head(hidden: int, seed: int) -> nn.Linear:
@@ -97,8 +123,11 @@ def _save_sharded(state: dict, d: Path, fmt: str) -> None:
     """Two shards + index, as ``save_pretrained`` writes for big checkpoints."""
     keys = sorted(state)
     halves = [keys[: len(keys) // 2], keys[len(keys) // 2 :]]
-    ext, index = ("safetensors", "model.safetensors.index.json") if fmt == "safetensors" else (
-        "bin", "pytorch_model.bin.index.json")
+    ext, index = (
+        ("safetensors", "model.safetensors.index.json")
+        if fmt == "safetensors"
+        else ("bin", "pytorch_model.bin.index.json")
+    )
     prefix = "model" if fmt == "safetensors" else "pytorch_model"
     weight_map = {}
     for i, part in enumerate(halves, 1):
@@ -118,7 +147,9 @@ class Ckpt:
         self.__dict__.update(refs)
 
 
-def _value_head_ckpt(d: Path, backbone_cls, cfg_cls, arch: str, fmt: str, seed: int) -> Ckpt:
+def _value_head_ckpt(
+    d: Path, backbone_cls, cfg_cls, arch: str, fmt: str, seed: int
+) -> Ckpt:
     tok = _tokenizer()
     cfg = _cfg(cfg_cls, tok)
     torch.manual_seed(seed)
@@ -127,7 +158,10 @@ def _value_head_ckpt(d: Path, backbone_cls, cfg_cls, arch: str, fmt: str, seed: 
     state = {f"model.{k}": v for k, v in backbone.state_dict().items()}
     state["regression_head.weight"] = head.weight.detach().clone()
     _save_sharded(state, d, fmt)
-    config = cfg.to_dict() | {"architectures": [arch], "auto_map": {"AutoModel": f"modeling.{arch}"}}
+    config = cfg.to_dict() | {
+        "architectures": [arch],
+        "auto_map": {"AutoModel": f"modeling.{arch}"},
+    }
     (d / "config.json").write_text(json.dumps(config))
     tok.save_pretrained(d)
     return Ckpt(d, tok, backbone=backbone, head=head)
@@ -142,7 +176,9 @@ class GPTRewardModel(nn.Module):
         self.transformer = lm.model
         self.v_head = _head(lm.config.hidden_size, 7)
         tokenizer.pad_token = tokenizer.unk_token
-        self.PAD_ID = tokenizer(tokenizer.pad_token)["input_ids"][0]  # the BOS added before <unk>
+        self.PAD_ID = tokenizer(tokenizer.pad_token)["input_ids"][
+            0
+        ]  # the BOS added before <unk>
 
     def forward(self, input_ids, attention_mask):
         hidden = self.transformer(input_ids, attention_mask=attention_mask)[0]
@@ -167,10 +203,28 @@ def _causal_lm_ckpt(d: Path, tok, cfg_cls, seed: int) -> Ckpt:
 def ckpts(tmp_path_factory):
     root = tmp_path_factory.mktemp("scorers")
     out = {}
-    for name in ("eurus", "ultrarm", "starling", "starling-base", "skywork", "seq-cls", "rlhflow", "shepherd"):
+    for name in (
+        "eurus",
+        "ultrarm",
+        "starling",
+        "starling-base",
+        "skywork",
+        "seq-cls",
+        "rlhflow",
+        "shepherd",
+    ):
         (root / name).mkdir()
-    out["eurus"] = _value_head_ckpt(root / "eurus", MistralModel, MistralConfig, "EurusRewardModel", "safetensors", 1)
-    out["ultrarm"] = _value_head_ckpt(root / "ultrarm", LlamaModel, LlamaConfig, "LlamaRewardModel", "bin", 2)
+    out["eurus"] = _value_head_ckpt(
+        root / "eurus",
+        MistralModel,
+        MistralConfig,
+        "EurusRewardModel",
+        "safetensors",
+        1,
+    )
+    out["ultrarm"] = _value_head_ckpt(
+        root / "ultrarm", LlamaModel, LlamaConfig, "LlamaRewardModel", "bin", 2
+    )
 
     # Starling: a "Llama-2-7b-chat" dir (config + tokenizer) and the RM dir with one state-dict file.
     tok = _tokenizer()
@@ -200,19 +254,27 @@ def ckpts(tmp_path_factory):
     tok.save_pretrained(root / "seq-cls")
     out["seq-cls"] = Ckpt(root / "seq-cls", tok, rm=sc)
 
-    out["rlhflow"] = _causal_lm_ckpt(root / "rlhflow", _tokenizer(llama3=True), LlamaConfig, 6)
-    out["shepherd"] = _causal_lm_ckpt(root / "shepherd", _tokenizer(extra=("ки",)), MistralConfig, 8)
+    out["rlhflow"] = _causal_lm_ckpt(
+        root / "rlhflow", _tokenizer(llama3=True), LlamaConfig, 6
+    )
+    out["shepherd"] = _causal_lm_ckpt(
+        root / "shepherd", _tokenizer(extra=("ки",)), MistralConfig, 8
+    )
     return out
 
 
 # ----------------------------------------------------------------------------- references
 # Each follows the authors' published snippet, one unpadded sequence at a time.
 @torch.no_grad()
-def ref_value_head(c: Ckpt, texts: list[str]) -> list[float]:  # Eurus / UltraRM model cards
+def ref_value_head(
+    c: Ckpt, texts: list[str]
+) -> list[float]:  # Eurus / UltraRM model cards
     out = []
     for text in texts:
         inputs = c.tok(text, return_tensors="pt")
-        hidden = c.backbone(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])[0]
+        hidden = c.backbone(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+        )[0]
         rewards = c.head(hidden).squeeze(-1)
         ends = inputs["attention_mask"].cumsum(dim=1).argmax(dim=1).view(-1, 1)
         out.append(torch.gather(rewards, 1, ends).item())
@@ -220,12 +282,22 @@ def ref_value_head(c: Ckpt, texts: list[str]) -> list[float]:  # Eurus / UltraRM
 
 
 @torch.no_grad()
-def ref_starling(c: Ckpt, questions=QUESTIONS, responses=RESPONSES) -> list[float]:  # model card get_reward()
+def ref_starling(
+    c: Ckpt, questions=QUESTIONS, responses=RESPONSES
+) -> list[float]:  # model card get_reward()
     tok = c.tok
     tok.pad_token = tok.unk_token
     tok.truncation_side = "left"
-    samples = [f"<s>[INST] {q} </s> [/INST] {r}</s>" for q, r in zip(questions, responses)]
-    enc = tok(samples, truncation=True, max_length=2048, padding="max_length", return_tensors="pt")
+    samples = [
+        f"<s>[INST] {q} </s> [/INST] {r}</s>" for q, r in zip(questions, responses)
+    ]
+    enc = tok(
+        samples,
+        truncation=True,
+        max_length=2048,
+        padding="max_length",
+        return_tensors="pt",
+    )
     return [s.item() for s in c.rm(enc["input_ids"], enc["attention_mask"])]
 
 
@@ -238,13 +310,17 @@ def _chat_ids(tok, conv):
 def ref_seq_cls(c: Ckpt) -> list[float]:  # Skywork model card
     out = []
     for q, r in zip(QUESTIONS, RESPONSES):
-        ids = _chat_ids(c.tok, [{"role": "user", "content": q}, {"role": "assistant", "content": r}])
+        ids = _chat_ids(
+            c.tok, [{"role": "user", "content": q}, {"role": "assistant", "content": r}]
+        )
         out.append(c.rm(ids).logits[0][0].item())
     return out
 
 
 @torch.no_grad()
-def ref_rlhflow_steps(c: Ckpt, orm: bool = False) -> list[list[float]]:  # math-rm/prm_evaluate.py
+def ref_rlhflow_steps(
+    c: Ckpt, orm: bool = False
+) -> list[list[float]]:  # math-rm/prm_evaluate.py
     cand = [c.tok.encode("+")[-1], c.tok.encode("-")[-1]]
     out = []
     for prompt, ans in zip(QUESTIONS, RESPONSES):
@@ -278,9 +354,13 @@ def ref_shepherd_steps(c: Ckpt) -> list[list[float]]:  # math-shepherd model car
 
 def _reference(name: str, c: Ckpt) -> list[float]:
     if name == "eurus":
-        return ref_value_head(c, [f"[INST] {q} [/INST] {r}" for q, r in zip(QUESTIONS, RESPONSES)])
+        return ref_value_head(
+            c, [f"[INST] {q} [/INST] {r}" for q, r in zip(QUESTIONS, RESPONSES)]
+        )
     if name == "ultrarm":
-        return ref_value_head(c, [f"Human: {q}\nAssistant: {r}" for q, r in zip(QUESTIONS, RESPONSES)])
+        return ref_value_head(
+            c, [f"Human: {q}\nAssistant: {r}" for q, r in zip(QUESTIONS, RESPONSES)]
+        )
     if name == "starling":
         return ref_starling(c)
     if name in ("skywork", "skywork-v0.2", "seq-cls"):
@@ -294,9 +374,17 @@ def _reference(name: str, c: Ckpt) -> list[float]:
     raise AssertionError(name)
 
 
-CKPT_OF = {"eurus": "eurus", "ultrarm": "ultrarm", "starling": "starling", "skywork": "skywork",
-           "skywork-v0.2": "skywork", "seq-cls": "seq-cls", "rlhflow-prm": "rlhflow",
-           "rlhflow-orm": "rlhflow", "math-shepherd": "shepherd"}
+CKPT_OF = {
+    "eurus": "eurus",
+    "ultrarm": "ultrarm",
+    "starling": "starling",
+    "skywork": "skywork",
+    "skywork-v0.2": "skywork",
+    "seq-cls": "seq-cls",
+    "rlhflow-prm": "rlhflow",
+    "rlhflow-orm": "rlhflow",
+    "math-shepherd": "shepherd",
+}
 
 
 def _load(name: str, c: Ckpt, **kw) -> Scorer:
@@ -307,11 +395,27 @@ def _load(name: str, c: Ckpt, **kw) -> Scorer:
 
 # ----------------------------------------------------------------------------- tests
 def test_registry():
-    assert set(SCORERS) == {"eurus", "skywork", "skywork-v0.2", "starling", "ultrarm", "rlhflow-prm",
-                            "rlhflow-orm", "math-shepherd", "seq-cls", "token-prm"}
+    assert set(SCORERS) == {
+        "eurus",
+        "skywork",
+        "skywork-v0.2",
+        "starling",
+        "ultrarm",
+        "rlhflow-prm",
+        "rlhflow-orm",
+        "math-shepherd",
+        "seq-cls",
+        "token-prm",
+    }
     assert get_scorer("eurus").default_model == "openbmb/Eurus-RM-7b"
-    assert get_scorer("skywork-v0.2").default_model == "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2"
-    assert get_scorer("math-shepherd").default_model == "peiyi9979/math-shepherd-mistral-7b-prm"
+    assert (
+        get_scorer("skywork-v0.2").default_model
+        == "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2"
+    )
+    assert (
+        get_scorer("math-shepherd").default_model
+        == "peiyi9979/math-shepherd-mistral-7b-prm"
+    )
     with pytest.raises(UnknownScorerError, match="known scorers: .*eurus.*ultrarm"):
         get_scorer("nope")
     with pytest.raises(KeyError):
@@ -326,17 +430,26 @@ def test_registry():
         get_scorer("eurus").load("x", no_such_option=1)
     with pytest.raises(ValueError, match="step_tag"):
         get_scorer("token-prm").load("x")
-    assert aggregate([0.5, 0.25], "prod") == 0.125 and aggregate([0.5, 0.25], "last") == 0.25
+    assert (
+        aggregate([0.5, 0.25], "prod") == 0.125
+        and aggregate([0.5, 0.25], "last") == 0.25
+    )
 
 
 @pytest.mark.parametrize("name", list(CKPT_OF))
 def test_matches_author_reference(name, ckpts):
     c = ckpts[CKPT_OF[name]]
     ref = _reference(name, c)
-    assert max(ref) - min(ref) > 0.05, "degenerate fixture: scores do not depend on the input"
+    assert max(ref) - min(ref) > 0.05, (
+        "degenerate fixture: scores do not depend on the input"
+    )
     scorer = _load(name, c, batch_size=1)
     try:
-        assert scorer.num_parameters == sum(p.numel() for p in scorer.model.parameters()) > 0
+        assert (
+            scorer.num_parameters
+            == sum(p.numel() for p in scorer.model.parameters())
+            > 0
+        )
         for batch_size, side in [(1, "right"), (3, "right"), (3, "left"), (2, "left")]:
             scorer.batch_size, scorer.padding_side = batch_size, side
             got = scorer.score(QUESTIONS, RESPONSES)
@@ -357,24 +470,37 @@ def test_step_scores_and_aggregations(ckpts):
     assert [len(s) for s in steps] == [2, 4, 1]
     for got, want in zip(steps, ref):
         assert got == pytest.approx(want, abs=TOL)
-    assert prm.score(QUESTIONS, RESPONSES) == pytest.approx([min(s) for s in ref], abs=TOL)
+    assert prm.score(QUESTIONS, RESPONSES) == pytest.approx(
+        [min(s) for s in ref], abs=TOL
+    )
     for how in ("last", "prod", "mean"):
         prm.aggregation = how
-        assert prm.score(QUESTIONS, RESPONSES) == pytest.approx([aggregate(s, how) for s in ref], abs=TOL)
+        assert prm.score(QUESTIONS, RESPONSES) == pytest.approx(
+            [aggregate(s, how) for s in ref], abs=TOL
+        )
     prm.close()
 
     c = ckpts["shepherd"]
     sh = _load("math-shepherd", c, batch_size=2, aggregation="mean")
-    assert sh.candidate_ids == (c.tok.convert_tokens_to_ids("+"), c.tok.convert_tokens_to_ids("-"))
+    assert sh.candidate_ids == (
+        c.tok.convert_tokens_to_ids("+"),
+        c.tok.convert_tokens_to_ids("-"),
+    )
     assert sh.format("Q", "a\n\n b \n\n\n\nc") == "Q a ки\nb ки\nc ки"
     ref = ref_shepherd_steps(c)
     assert [len(s) for s in ref] == [2, 4, 1]
-    assert sh.score_steps(QUESTIONS, RESPONSES) == [pytest.approx(s, abs=TOL) for s in ref]
-    assert sh.score(QUESTIONS, RESPONSES) == pytest.approx([sum(s) / len(s) for s in ref], abs=TOL)
+    assert sh.score_steps(QUESTIONS, RESPONSES) == [
+        pytest.approx(s, abs=TOL) for s in ref
+    ]
+    assert sh.score(QUESTIONS, RESPONSES) == pytest.approx(
+        [sum(s) / len(s) for s in ref], abs=TOL
+    )
     sh.close()
     # the generic tag PRM is the same computation once given the tag
     tp = get_scorer("token-prm").load(str(c.path), device="cpu", step_tag="ки")
-    assert tp.score(QUESTIONS, RESPONSES) == pytest.approx([min(s) for s in ref], abs=TOL)
+    assert tp.score(QUESTIONS, RESPONSES) == pytest.approx(
+        [min(s) for s in ref], abs=TOL
+    )
     tp.close()
 
 
@@ -383,14 +509,18 @@ def test_formats_and_bos(ckpts):
     sk = _load("skywork", c)
     ids = sk._encode("q", "r").input_ids
     bos = c.tok.bos_token_id
-    assert ids[0] == bos and ids.count(bos) == 1  # template BOS only, not tokenizer's too
+    assert (
+        ids[0] == bos and ids.count(bos) == 1
+    )  # template BOS only, not tokenizer's too
     assert ids == _chat_ids(c.tok, sk.messages("q", "r"))[0].tolist()
     sk.close()
 
     c = ckpts["starling"]
     st = _load("starling", c)
     assert st.max_length == 2048 and st.truncation_side == "left"
-    assert st._encode("q", "r").input_ids[:2] == [c.tok.bos_token_id] * 2  # card: tokenizer BOS + literal <s>
+    assert (
+        st._encode("q", "r").input_ids[:2] == [c.tok.bos_token_id] * 2
+    )  # card: tokenizer BOS + literal <s>
     st.close()
     st = _load("starling", c, add_special_tokens=False, max_length=8)
     enc = st._encode("q", "a long response")
@@ -405,7 +535,11 @@ def test_formats_and_bos(ckpts):
     eu = _load("eurus", c, inst_close="[\\INST]")
     assert eu.format("q", "a") == "[INST] q [\\INST] a"
     assert eu.score(QUESTIONS, RESPONSES) == pytest.approx(
-        ref_value_head(c, [f"[INST] {q} [\\INST] {r}" for q, r in zip(QUESTIONS, RESPONSES)]), abs=TOL)
+        ref_value_head(
+            c, [f"[INST] {q} [\\INST] {r}" for q, r in zip(QUESTIONS, RESPONSES)]
+        ),
+        abs=TOL,
+    )
     with pytest.raises(ValueError, match="2 questions but 3"):
         eu.score(QUESTIONS[:2], RESPONSES)
     eu.close()
@@ -429,6 +563,7 @@ def _rename(old: str, new: str):
     def edit(state):
         if old in state:
             state[new] = state.pop(old)
+
     return edit
 
 
@@ -439,13 +574,25 @@ def _drop(key: str):
 @pytest.mark.parametrize(
     "name, edit, match",
     [
-        ("eurus", _rename("regression_head.weight", "score.weight"), "regression_head.weight"),
+        (
+            "eurus",
+            _rename("regression_head.weight", "score.weight"),
+            "regression_head.weight",
+        ),
         ("ultrarm", _drop("model.layers.1.mlp.up_proj.weight"), "up_proj"),
         ("starling", _rename("v_head.weight", "value_head.weight"), "v_head.weight"),
-        ("starling", _drop("transformer.norm.weight"), None),  # model.model.* copy is ignored
+        (
+            "starling",
+            _drop("transformer.norm.weight"),
+            None,
+        ),  # model.model.* copy is ignored
         ("skywork", _drop("score.weight"), "score.weight"),
         ("rlhflow-prm", _rename("lm_head.weight", "head.weight"), "lm_head.weight"),
-        ("math-shepherd", _drop("model.layers.0.input_layernorm.weight"), "input_layernorm"),
+        (
+            "math-shepherd",
+            _drop("model.layers.0.input_layernorm.weight"),
+            "input_layernorm",
+        ),
     ],
 )
 def test_missing_or_misnamed_weight_raises(name, edit, match, ckpts, tmp_path):
@@ -475,9 +622,15 @@ def test_starling_truncation_keeps_bos(ckpts):
     long = "Step 1: 2+3 = 5.\n\n" * 150
     st = _load("starling", c)
     row = st._encode(QUESTIONS[0], long).input_ids
-    assert len(row) == 2048 and row[0] == c.tok.bos_token_id and row.count(c.tok.bos_token_id) == 1
+    assert (
+        len(row) == 2048
+        and row[0] == c.tok.bos_token_id
+        and row.count(c.tok.bos_token_id) == 1
+    )
     ref = ref_starling(c, [QUESTIONS[0], QUESTIONS[1]], [long, RESPONSES[1]])
-    assert st.score([QUESTIONS[0], QUESTIONS[1]], [long, RESPONSES[1]]) == pytest.approx(ref, abs=TOL)
+    assert st.score(
+        [QUESTIONS[0], QUESTIONS[1]], [long, RESPONSES[1]]
+    ) == pytest.approx(ref, abs=TOL)
     st.close()
 
 
@@ -491,7 +644,10 @@ INSTRUCTION = (
 
 def _paper_ids(name: str, tok, prompt: str, response: str) -> list[int]:
     if name in ("skywork", "skywork-v0.2", "seq-cls"):
-        conversation = [{"content": prompt, "role": "user"}, {"content": response, "role": "assistant"}]
+        conversation = [
+            {"content": prompt, "role": "user"},
+            {"content": response, "role": "assistant"},
+        ]
         return _chat_ids(tok, conversation)[0].tolist()
     if name == "eurus":
         return tok(f"[INST] {prompt} [/INST] {response}")["input_ids"]
@@ -503,7 +659,10 @@ def _paper_ids(name: str, tok, prompt: str, response: str) -> list[int]:
     if name == "starling":
         return tok(f"<s>[INST] {prompt} </s> [/INST] {response}</s>")["input_ids"]
     if name == "rlhflow-orm":
-        conversation = [{"content": prompt + " " + response, "role": "user"}, {"content": "+", "role": "assistant"}]
+        conversation = [
+            {"content": prompt + " " + response, "role": "user"},
+            {"content": "+", "role": "assistant"},
+        ]
         return _chat_ids(tok, conversation)[0].tolist()
     if name == "math-shepherd":
         return tok.encode(f"{prompt} {response} ки")
@@ -517,7 +676,9 @@ def _paper_score(name: str, c: Ckpt, ids: list[int]) -> float:
         hidden = c.backbone(input_ids=input_ids)[0]
         return c.head(hidden)[0, -1, 0].item()
     if name == "starling":
-        return c.rm(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))[0].item()
+        return c.rm(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))[
+            0
+        ].item()
     if name in ("skywork", "skywork-v0.2", "seq-cls"):
         return c.rm(input_ids).logits[0][0].item()
     tok = c.tok
@@ -530,51 +691,85 @@ def _paper_score(name: str, c: Ckpt, ids: list[int]) -> float:
     return scores[input_ids == final_tag_id].item()
 
 
-PAPER_SCORERS = ["eurus", "skywork", "skywork-v0.2", "ultrarm", "starling", "rlhflow-orm", "math-shepherd"]
+PAPER_SCORERS = [
+    "eurus",
+    "skywork",
+    "skywork-v0.2",
+    "ultrarm",
+    "starling",
+    "rlhflow-orm",
+    "math-shepherd",
+]
 
 
 @pytest.mark.parametrize("name", PAPER_SCORERS)
 def test_paper_protocol_matches_the_papers_script(name, ckpts):
     c = ckpts[CKPT_OF[name]]
-    want_ids = [_paper_ids(name, c.tok, INSTRUCTION + q, r) for q, r in zip(QUESTIONS, RESPONSES)]
+    want_ids = [
+        _paper_ids(name, c.tok, INSTRUCTION + q, r)
+        for q, r in zip(QUESTIONS, RESPONSES)
+    ]
     want = [_paper_score(name, c, ids) for ids in want_ids]
     # Math-Shepherd's P("+") at the final tag is small here: compare it relatively
     tol = {"rel": 1e-3, "abs": 1e-7} if name == "math-shepherd" else {"abs": TOL}
-    assert max(want) > 2 * min(want) if name == "math-shepherd" else max(want) - min(want) > 0.05
+    assert (
+        max(want) > 2 * min(want)
+        if name == "math-shepherd"
+        else max(want) - min(want) > 0.05
+    )
     default = _load(name, c, protocol="paper")
-    assert default.dtype == (torch.float32 if name == "starling" else torch.bfloat16)  # the script's dtypes
+    assert default.dtype == (
+        torch.float32 if name == "starling" else torch.bfloat16
+    )  # the script's dtypes
     default.close()
     scorer = _load(name, c, protocol="paper", dtype="float32")
     try:
         assert scorer.protocol == "paper" and scorer.instruction == INSTRUCTION
-        got_ids = [scorer._encode(scorer.instruction + q, r).input_ids for q, r in zip(QUESTIONS, RESPONSES)]
+        got_ids = [
+            scorer._encode(scorer.instruction + q, r).input_ids
+            for q, r in zip(QUESTIONS, RESPONSES)
+        ]
         assert got_ids == want_ids
         for batch_size, side in [(1, "right"), (3, "left")]:
             scorer.batch_size, scorer.padding_side = batch_size, side
-            assert scorer.score(QUESTIONS, RESPONSES) == pytest.approx(want, **tol), (batch_size, side)
+            assert scorer.score(QUESTIONS, RESPONSES) == pytest.approx(want, **tol), (
+                batch_size,
+                side,
+            )
     finally:
         scorer.close()
     card = _load(name, c, dtype="float32")
-    assert card.protocol == "card" and card.score(QUESTIONS, RESPONSES) != pytest.approx(want, **tol)
+    assert card.protocol == "card" and card.score(
+        QUESTIONS, RESPONSES
+    ) != pytest.approx(want, **tol)
     card.close()
 
 
 def test_paper_protocol_options(ckpts):
-    from lm_eval_swift.tasks import PROMPT
+    from lm_eval_swift.harness.tasks import PROMPT
 
     assert PAPER_INSTRUCTION == INSTRUCTION == PROMPT
     c = ckpts["shepherd"]
     sh = _load("math-shepherd", c, protocol="paper", dtype="float32")
     assert sh.outcome and sh.format("Q", "a\n\n b") == "Q a\n\n b ки"
-    enc = sh._encode("Q", "a ки b")  # a tag inside the response: the appended one is read
+    enc = sh._encode(
+        "Q", "a ки b"
+    )  # a tag inside the response: the appended one is read
     assert enc.positions == [len(enc.input_ids) - 1]
     sh.close()
-    sh = _load("math-shepherd", c, protocol="paper", step_tag_id=c.tok.convert_tokens_to_ids("Q"))
+    sh = _load(
+        "math-shepherd",
+        c,
+        protocol="paper",
+        step_tag_id=c.tok.convert_tokens_to_ids("Q"),
+    )
     with pytest.raises(ValueError, match="not the last token"):
         sh.score(["Q"], ["a"])
     sh.close()
     # explicit options win over the protocol's, the instruction included
-    st = _load("starling", ckpts["starling"], protocol="paper", max_length=16, instruction="")
+    st = _load(
+        "starling", ckpts["starling"], protocol="paper", max_length=16, instruction=""
+    )
     assert st.max_length == 16 and len(st._encode("q", "a response").input_ids) == 16
     st.close()
     with pytest.raises(ValueError, match="choose from card, paper"):
@@ -583,9 +778,12 @@ def test_paper_protocol_options(ckpts):
 
 def test_scorer_specs_protocol():
     assert parse_scorer_specs("skywork, eurus", protocol="paper") == {
-        "skywork": {"protocol": "paper"}, "eurus": {"protocol": "paper"}}
-    assert parse_scorer_specs({"eurus": {"protocol": "card"}, "skywork": None}, protocol="paper") == {
-        "eurus": {"protocol": "card"}, "skywork": {"protocol": "paper"}}
+        "skywork": {"protocol": "paper"},
+        "eurus": {"protocol": "paper"},
+    }
+    assert parse_scorer_specs(
+        {"eurus": {"protocol": "card"}, "skywork": None}, protocol="paper"
+    ) == {"eurus": {"protocol": "card"}, "skywork": {"protocol": "paper"}}
     assert parse_scorer_specs("eurus") == {"eurus": {}}
     with pytest.raises(ValueError, match="unknown reward-model protocol 'cards'"):
         parse_scorer_specs("eurus", protocol="cards")
@@ -596,18 +794,43 @@ def test_scorer_specs_protocol():
 def test_rescore_cli_paper_protocol(ckpts, tmp_path):
     c = ckpts["ultrarm"]
     rollouts = [
-        QuestionRollout("t", i, "math", q, q, "5", [Response(r, "5", 1.0, 0, 3), Response(r[:9], None, 0.0, -1, 2)])
+        QuestionRollout(
+            "t",
+            i,
+            "math",
+            q,
+            q,
+            "5",
+            [Response(r, "5", 1.0, 0, 3), Response(r[:9], None, 0.0, -1, 2)],
+        )
         for i, (q, r) in enumerate(zip(QUESTIONS, RESPONSES))
     ]
     path = write_rollouts(rollouts, tmp_path / "rollouts.jsonl")
-    spec = json.dumps({"ultrarm": {"model": str(c.path), "dtype": "float32", "device": "cpu"}})
-    cmd = [sys.executable, "-m", "lm_eval_swift", "rescore", str(path), "--scorer", spec, "--rm-protocol", "paper"]
+    spec = json.dumps(
+        {"ultrarm": {"model": str(c.path), "dtype": "float32", "device": "cpu"}}
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "lm_eval_swift",
+        "rescore",
+        str(path),
+        "--scorer",
+        spec,
+        "--rm-protocol",
+        "paper",
+    ]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     got = [resp.scores["ultrarm"] for r in read_rollouts(path) for resp in r.responses]
     pairs = [(r.question, resp.text) for r in rollouts for resp in r.responses]
-    want = [_paper_score("ultrarm", c, _paper_ids("ultrarm", c.tok, INSTRUCTION + q, a)) for q, a in pairs]
+    want = [
+        _paper_score("ultrarm", c, _paper_ids("ultrarm", c.tok, INSTRUCTION + q, a))
+        for q, a in pairs
+    ]
     assert got == pytest.approx(want, abs=TOL)
-    bad = subprocess.run(cmd[:-1] + ["papers"], check=False, capture_output=True, text=True)
+    bad = subprocess.run(
+        cmd[:-1] + ["papers"], check=False, capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "invalid choice: 'papers'" in bad.stderr
 
 
@@ -620,15 +843,33 @@ def _sentencepiece_dir(d: Path):
 
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter((QUESTIONS + RESPONSES) * 10), model_writer=model, vocab_size=120, model_type="bpe",
-        character_coverage=1.0, hard_vocab_limit=False, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-        user_defined_symbols=["ки", "+", "-"], minloglevel=2,
+        sentence_iterator=iter((QUESTIONS + RESPONSES) * 10),
+        model_writer=model,
+        vocab_size=120,
+        model_type="bpe",
+        character_coverage=1.0,
+        hard_vocab_limit=False,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        user_defined_symbols=["ки", "+", "-"],
+        minloglevel=2,
     )
     d.mkdir()
     (d / "tokenizer.model").write_bytes(model.getvalue())
-    (d / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-        "add_bos_token": True, "add_eos_token": False}))
+    (d / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "LlamaTokenizer",
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "add_bos_token": True,
+                "add_eos_token": False,
+            }
+        )
+    )
     return spm.SentencePieceProcessor(model_proto=model.getvalue())
 
 
@@ -636,18 +877,28 @@ def _sentencepiece_dir(d: Path):
 def test_sentencepiece_only_tokenizer(name, tmp_path):
     d = tmp_path / name
     sp = _sentencepiece_dir(d)
-    cfg = MistralConfig(vocab_size=sp.get_piece_size(), bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
-                        **TINY)
+    cfg = MistralConfig(
+        vocab_size=sp.get_piece_size(),
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+        **TINY,
+    )
     torch.manual_seed(9)
     if name == "eurus":
         backbone = MistralModel(cfg).eval()
         state = {f"model.{k}": v for k, v in backbone.state_dict().items()}
-        state["regression_head.weight"] = _head(cfg.hidden_size, 10).weight.detach().clone()
+        state["regression_head.weight"] = (
+            _head(cfg.hidden_size, 10).weight.detach().clone()
+        )
         save_file(state, str(d / "model.safetensors"), metadata={"format": "pt"})
         cfg.save_pretrained(d)
     else:
         AutoModelForCausalLM.from_config(cfg).save_pretrained(d)
-    assert sorted(f.name for f in d.iterdir() if "token" in f.name) == ["tokenizer.model", "tokenizer_config.json"]
+    assert sorted(f.name for f in d.iterdir() if "token" in f.name) == [
+        "tokenizer.model",
+        "tokenizer_config.json",
+    ]
     scorer = get_scorer(name).load(str(d), device="cpu")
     try:
         text = f"{QUESTIONS[1]} {RESPONSES[1]}"
@@ -655,12 +906,20 @@ def test_sentencepiece_only_tokenizer(name, tmp_path):
         rewards = scorer.score(QUESTIONS, RESPONSES)
         assert all(isinstance(x, float) and math.isfinite(x) for x in rewards)
         if name == "eurus":  # the model card's read-out on the SentencePiece ids
-            ids = torch.tensor([[1] + sp.encode(f"[INST] {QUESTIONS[0]} [/INST] {RESPONSES[0]}")])
+            ids = torch.tensor(
+                [[1] + sp.encode(f"[INST] {QUESTIONS[0]} [/INST] {RESPONSES[0]}")]
+            )
             with torch.no_grad():
-                want = state["regression_head.weight"] @ backbone(input_ids=ids)[0][0, -1]
+                want = (
+                    state["regression_head.weight"] @ backbone(input_ids=ids)[0][0, -1]
+                )
             assert rewards[0] == pytest.approx(want.item(), abs=TOL)
         else:  # a "+"/"-" probability per step: the tags were found
-            assert [len(s) for s in scorer.score_steps(QUESTIONS, RESPONSES)] == [2, 4, 1]
+            assert [len(s) for s in scorer.score_steps(QUESTIONS, RESPONSES)] == [
+                2,
+                4,
+                1,
+            ]
     finally:
         scorer.close()
 
@@ -671,8 +930,17 @@ def test_task_metadata_rm_protocol(shared_data):
 
     from lm_eval_swift.cli import tasks_dir
 
-    meta = {"n": 4, "data_dir": str(shared_data), "scorers": {"eurus": {}, "skywork": {"protocol": "card"}},
-            "rm_protocol": "paper"}
-    tm = TaskManager(include_path=str(tasks_dir()), include_defaults=False, metadata=meta)
+    meta = {
+        "n": 4,
+        "data_dir": str(shared_data),
+        "scorers": {"eurus": {}, "skywork": {"protocol": "card"}},
+        "rm_protocol": "paper",
+    }
+    tm = TaskManager(
+        include_path=str(tasks_dir()), include_defaults=False, metadata=meta
+    )
     task = tm.load_task_or_group(["gsm8k_bon_swift"])["gsm8k_bon_swift"]
-    assert task.scorer_specs == {"eurus": {"protocol": "paper"}, "skywork": {"protocol": "card"}}
+    assert task.scorer_specs == {
+        "eurus": {"protocol": "paper"},
+        "skywork": {"protocol": "card"},
+    }

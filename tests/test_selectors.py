@@ -6,8 +6,7 @@ import math
 
 import pytest
 
-from lm_eval_swift.rollouts import Response
-from lm_eval_swift.selectors import (
+from lm_eval_swift.harness.selectors import (
     ArgmaxFilter,
     MajorityFilter,
     MeanFilter,
@@ -20,6 +19,7 @@ from lm_eval_swift.selectors import (
     oracle,
     weighted_vote,
 )
+from lm_eval_swift.rollouts import Response
 
 
 def resp(cls: int, correct: bool, swift: float | None = None) -> Response:
@@ -70,10 +70,17 @@ def test_weighted_vote_sigmoid_and_minmax():
 
 
 def test_filters_read_the_first_k():
-    rs = [resp(0, False, 0.0), resp(1, True, 1.0), resp(1, True, 0.5), resp(2, False, 9.0)]
+    rs = [
+        resp(0, False, 0.0),
+        resp(1, True, 1.0),
+        resp(1, True, 0.5),
+        resp(2, False, 9.0),
+    ]
     assert [r.answer_class for r in ArgmaxFilter(k=3).apply([rs], [{}])] == [1]
     assert [r.answer_class for r in ArgmaxFilter(k=4).apply([rs], [{}])] == [2]
-    assert [r.answer_class for r in ArgmaxFilter(k=4, score="other").apply([rs], [{}])] == [0]
+    assert [
+        r.answer_class for r in ArgmaxFilter(k=4, score="other").apply([rs], [{}])
+    ] == [0]
     assert [r.answer_class for r in MajorityFilter(k=1).apply([rs], [{}])] == [0]
     assert [r.correct for r in OracleFilter(k=2).apply([rs], [{}])] == [1.0]
     assert [r.correct for r in MeanFilter().apply([rs], [{}])] == [0.5]

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from lm_eval_swift.rollouts import read_rollouts, write_rollouts
 
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 DATA_DIR = REPO.parent / "shared" / "data"
@@ -44,17 +45,43 @@ SHARD = 20  # questions per shard
 
 # The generation settings and seeds of every sample of the experiment (also written to rollouts/settings.json).
 SPLITS = {
-    "train": {"task": "gsm8k_train_rollouts", "data": "gsm8k_train.jsonl", "questions": 600, "n": 8, "batch_size": 8},
-    "test": {"task": "gsm8k_bon_swift", "data": "gsm8k_test.jsonl", "questions": 300, "n": 16, "batch_size": 16},
+    "train": {
+        "task": "gsm8k_train_rollouts",
+        "data": "gsm8k_train.jsonl",
+        "questions": 600,
+        "n": 8,
+        "batch_size": 64,  # rows decoded together: 8 questions packed (samples do not depend on it)
+    },
+    "test": {
+        "task": "gsm8k_bon_swift",
+        "data": "gsm8k_test.jsonl",
+        "questions": 300,
+        "n": 16,
+        "batch_size": 64,  # 4 questions packed
+    },
 }
-GENERATION = {"max_gen_toks": 256, "temperature": 1.0, "top_p": 0.9, "do_sample": True, "apply_chat_template": True}
+GENERATION = {
+    "max_gen_toks": 256,
+    "temperature": 1.0,
+    "top_p": 0.9,
+    "do_sample": True,
+    "apply_chat_template": True,
+}
 SEED = 1234  # hf-swift's sampling seed
 # hf-swift's sample cache: a shard stopped midway resumes on the same machine from the questions it finished
-SAMPLE_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lm-eval-swift" / "smollm2-gsm8k.sqlite"
+SAMPLE_CACHE = (
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    / "lm-eval-swift"
+    / "smollm2-gsm8k.sqlite"
+)
 
 
 def shard_path(split: str, start: int, stop: int) -> Path:
-    return ROLLOUTS / split / f"{SPLITS[split]['task']}_q{start:04d}-{stop - 1:04d}.jsonl.gz"
+    return (
+        ROLLOUTS
+        / split
+        / f"{SPLITS[split]['task']}_q{start:04d}-{stop - 1:04d}.jsonl.gz"
+    )
 
 
 def shards(split: str, questions: int) -> list[tuple[int, int]]:
@@ -86,12 +113,21 @@ def sample_shard(split: str, start: int, stop: int, model: Path) -> Path:
     with open(work / "log.txt", "w") as log:
         done = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     if done.returncode != 0:
-        raise RuntimeError(f"shard {split} [{start}, {stop}) failed (exit {done.returncode}); log: {work / 'log.txt'}")
+        raise RuntimeError(
+            f"shard {split} [{start}, {stop}) failed (exit {done.returncode}); log: {work / 'log.txt'}"
+        )
     (found,) = work.rglob(f"rollouts_{task}_*.jsonl")
-    problems = [json.loads(line)["question"] for line in open(DATA_DIR / spec["data"], encoding="utf-8")]
-    rollouts = [replace(r, doc_id=r.doc_id + start) for r in read_rollouts(found)]  # --samples numbers from 0
+    problems = [
+        json.loads(line)["question"]
+        for line in open(DATA_DIR / spec["data"], encoding="utf-8")
+    ]
+    rollouts = [
+        replace(r, doc_id=r.doc_id + start) for r in read_rollouts(found)
+    ]  # --samples numbers from 0
     if [r.question for r in rollouts] != problems[start:stop]:
-        raise RuntimeError(f"shard {split} [{start}, {stop}): {found} does not hold questions {start}-{stop - 1}")
+        raise RuntimeError(
+            f"shard {split} [{start}, {stop}): {found} does not hold questions {start}-{stop - 1}"
+        )
     out = write_rollouts(rollouts, shard_path(split, start, stop))
     shutil.rmtree(work, ignore_errors=True)
     return out
@@ -100,9 +136,15 @@ def sample_shard(split: str, start: int, stop: int, model: Path) -> Path:
 def commit(path: Path, message: str) -> None:
     """``git commit`` of that one file (other changes in the work tree are left alone); retried while git is busy."""
     for _ in range(10):
-        added = subprocess.run(["git", "-C", str(REPO), "add", "--", str(path)], capture_output=True, text=True)
+        added = subprocess.run(
+            ["git", "-C", str(REPO), "add", "--", str(path)],
+            capture_output=True,
+            text=True,
+        )
         done = subprocess.run(
-            ["git", "-C", str(REPO), "commit", "-q", "-m", message, "--", str(path)], capture_output=True, text=True
+            ["git", "-C", str(REPO), "commit", "-q", "-m", message, "--", str(path)],
+            capture_output=True,
+            text=True,
         )
         if added.returncode == 0 and done.returncode == 0:
             return
@@ -113,8 +155,15 @@ def commit(path: Path, message: str) -> None:
 def cmd_sample(args: argparse.Namespace) -> None:
     spec = SPLITS[args.split]
     questions = args.questions or spec["questions"]
-    todo = [(a, b) for a, b in shards(args.split, questions) if not shard_path(args.split, a, b).is_file()]
-    print(f"{args.split}: {len(todo)} of {len(shards(args.split, questions))} shards to sample", flush=True)
+    todo = [
+        (a, b)
+        for a, b in shards(args.split, questions)
+        if not shard_path(args.split, a, b).is_file()
+    ]
+    print(
+        f"{args.split}: {len(todo)} of {len(shards(args.split, questions))} shards to sample",
+        flush=True,
+    )
     model = model_dir()
     write_settings()
 
@@ -122,12 +171,17 @@ def cmd_sample(args: argparse.Namespace) -> None:
         t0 = time.time()
         try:
             path = sample_shard(args.split, *shard, model)
-        except RuntimeError as e:  # one failed shard does not stop the others; a rerun retries it
+        except (
+            RuntimeError
+        ) as e:  # one failed shard does not stop the others; a rerun retries it
             print(f"{e}", file=sys.stderr, flush=True)
             return
         print(f"{path.relative_to(REPO)}: {time.time() - t0:.0f} s", flush=True)
         if args.commit:
-            commit(path, f"experiments/smollm2_gsm8k: {args.split} rollouts, questions {shard[0]}-{shard[1] - 1}")
+            commit(
+                path,
+                f"experiments/smollm2_gsm8k: {args.split} rollouts, questions {shard[0]}-{shard[1] - 1}",
+            )
 
     with ThreadPoolExecutor(args.workers) as pool:
         for _ in pool.map(run, todo):
@@ -143,7 +197,7 @@ def write_settings() -> None:
         "generation": GENERATION,
         "splits": SPLITS,
         "shard_questions": SHARD,
-        "prompt": "lm_eval_swift.tasks.PROMPT + problem, one user turn, the model's chat template",
+        "prompt": "lm_eval_swift.harness.tasks.PROMPT + problem, one user turn, the model's chat template",
         "machine": "CPU, 1 torch thread per process",
     }
     path = ROLLOUTS / "settings.json"
@@ -168,7 +222,9 @@ def split_files(split: str) -> list[Path]:
     files = [shard_path(split, *s) for s in shards(split, spec["questions"])]
     missing = [f.name for f in files if not f.is_file()]
     if missing:
-        raise SystemExit(f"{split}: {len(missing)} shards not sampled yet (first: {missing[0]}); run 'sample' first")
+        raise SystemExit(
+            f"{split}: {len(missing)} shards not sampled yet (first: {missing[0]}); run 'sample' first"
+        )
     return files
 
 
@@ -186,7 +242,9 @@ def cmd_heads(args: argparse.Namespace) -> None:
                "--out", str(out), "--name", name, "--cache-dir", str(user_cache_dir() / "features"), *TRAINING, *extra]  # fmt: skip
         print("$", " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the finished run's resume state: not kept
+        shutil.rmtree(
+            out / "checkpoints", ignore_errors=True
+        )  # the finished run's resume state: not kept
 
 
 def cmd_rescore(args: argparse.Namespace) -> None:
@@ -203,7 +261,7 @@ KS = (1, 2, 4, 8, 16)
 def outcomes(rollouts, ks=KS) -> dict[str, dict[int, list[float]]]:
     """{row: {k: per-question value}} of every row of ``lm-eval-swift report`` (each question scored alone by
     ``report.bon_table``, so the means are exactly the report's table)."""
-    from lm_eval_swift.report import bon_table
+    from lm_eval_swift.reports.report import bon_table
 
     table: dict[str, dict[int, list[float]]] = {}
     for q in rollouts:
@@ -225,9 +283,15 @@ def paired_bootstrap(a, b, resamples: int, seed: int = 0) -> tuple[float, float,
     import torch
 
     diff = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
-    idx = torch.randint(len(diff), (resamples, len(diff)), generator=torch.Generator().manual_seed(seed))
+    idx = torch.randint(
+        len(diff), (resamples, len(diff)), generator=torch.Generator().manual_seed(seed)
+    )
     means = diff[idx].mean(1)
-    return float(diff.mean()), float(means.quantile(0.025)), float(means.quantile(0.975))
+    return (
+        float(diff.mean()),
+        float(means.quantile(0.025)),
+        float(means.quantile(0.975)),
+    )
 
 
 def best_swift_row() -> tuple[str, float]:
@@ -235,7 +299,9 @@ def best_swift_row() -> tuple[str, float]:
     validation BoN@4 and @8 recorded by ``lm-eval-swift train``; and that mean."""
     best = ("", -1.0)
     for name in HEADS:
-        bon = json.loads((HEADS_DIR / name / "config.json").read_text())["training"]["metrics"]["bon"]
+        bon = json.loads((HEADS_DIR / name / "config.json").read_text())["training"][
+            "metrics"
+        ]["bon"]
         for row, suffix in (("swift", ""), ("swift_vote", "_vote")):
             value = (bon[row]["4"] + bon[row]["8"]) / 2
             if value > best[1]:
@@ -246,18 +312,26 @@ def best_swift_row() -> tuple[str, float]:
 def cmd_report(args: argparse.Namespace) -> None:
     """results.md: the test table with standard errors, each head's AUROCs (validation and test), and the paired
     bootstrap comparison of the best SWIFT row (chosen on validation) with majority voting."""
-    from lm_eval_swift.metrics import auroc, within_question_auroc
-    from lm_eval_swift.report import format_table
+    from lm_eval_swift.reports.metrics import auroc, within_question_auroc
+    from lm_eval_swift.reports.report import format_table
 
     rollouts = [r for path in split_files("test") for r in read_rollouts(path)]
     table = outcomes(rollouts)
     n = len(rollouts)
-    lines = [f"# SmolLM2-135M-Instruct on GSM8K test: first {n} questions x {SPLITS['test']['n']} samples", ""]
-    lines += ["Accuracy, mean ± standard error over questions (`lm-eval-swift report` prints the same means).", ""]
+    lines = [
+        f"# SmolLM2-135M-Instruct on GSM8K test: first {n} questions x {SPLITS['test']['n']} samples",
+        "",
+    ]
+    lines += [
+        "Accuracy, mean ± standard error over questions (`lm-eval-swift report` prints the same means).",
+        "",
+    ]
     lines.append("| row | " + " | ".join(f"k={k}" for k in KS) + " |")
     lines.append("|---|" + "---:|" * len(KS))
     for row, cols in table.items():
-        cells = ["{:.3f} ± {:.3f}".format(*mean_se(cols[k])) if k in cols else "" for k in KS]
+        cells = [
+            "{:.3f} ± {:.3f}".format(*mean_se(cols[k])) if k in cols else "" for k in KS
+        ]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     lines += ["", "## The heads", "", "| head | F | best epoch | val BCE | val AUROC | val within-q AUROC | "
               "test AUROC | test within-q AUROC |", "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
@@ -266,9 +340,15 @@ def cmd_report(args: argparse.Namespace) -> None:
         m = config["training"]["metrics"]
         scores = [[r.scores[name] for r in q.responses] for q in rollouts]
         labels = [[r.correct for r in q.responses] for q in rollouts]
-        test_auroc = auroc([s for g in scores for s in g], [y for g in labels for y in g])
+        test_auroc = auroc(
+            [s for g in scores for s in g], [y for g in labels for y in g]
+        )
         test_within = within_question_auroc(list(zip(scores, labels)))
-        width = len(config["features"]["layers"]) * 576 if config["features"]["kind"] != "logits" else 49152
+        width = (
+            len(config["features"]["layers"]) * 576
+            if config["features"]["kind"] != "logits"
+            else 49152
+        )
         lines.append(f"| {name} | {width} | {config['training']['best_epoch']} | {m['val_bce']:.3f} | {m['auroc']:.3f} "
                      f"| {m['within_auroc']:.3f} | {test_auroc:.3f} | {test_within:.3f} |")  # fmt: skip
     row, val = best_swift_row()
@@ -284,31 +364,62 @@ def cmd_report(args: argparse.Namespace) -> None:
     text = "\n".join(lines) + "\n"
     (HERE / "results.md").write_text(text)
     print(text)
-    print(format_table({r: {k: mean_se(v)[0] for k, v in cols.items()} for r, cols in table.items()}))
+    print(
+        format_table(
+            {
+                r: {k: mean_se(v)[0] for k, v in cols.items()}
+                for r, cols in table.items()
+            }
+        )
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> None:
     for split, spec in SPLITS.items():
         all_shards = shards(split, spec["questions"])
         done = [s for s in all_shards if shard_path(split, *s).is_file()]
-        print(f"{split}: {len(done)}/{len(all_shards)} shards ({sum(b - a for a, b in done)} questions)")
+        print(
+            f"{split}: {len(done)}/{len(all_shards)} shards ({sum(b - a for a, b in done)} questions)"
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("sample", help="sample the missing shards of a split")
     p.add_argument("--split", choices=SPLITS, required=True)
-    p.add_argument("--questions", type=int, help="first questions of the split (default: the experiment's)")
-    p.add_argument("--workers", type=int, default=1, help="shards sampled at once (one process, one thread each)")
-    p.add_argument("--commit", action="store_true", help="git commit each shard as it finishes")
+    p.add_argument(
+        "--questions",
+        type=int,
+        help="first questions of the split (default: the experiment's)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="shards sampled at once (one process, one thread each)",
+    )
+    p.add_argument(
+        "--commit", action="store_true", help="git commit each shard as it finishes"
+    )
     p.set_defaults(func=cmd_sample)
     p = sub.add_parser("heads", help="train the heads on the train shards")
     p.add_argument("--only", nargs="+", choices=HEADS, help="train only these heads")
     p.set_defaults(func=cmd_heads)
-    sub.add_parser("rescore", help="add the heads' rewards to the test shards").set_defaults(func=cmd_rescore)
-    p = sub.add_parser("report", help="the results table, AUROCs and paired comparisons (results.md)")
-    p.add_argument("--bootstrap", type=int, default=10000, help="paired bootstrap resamples (default 10000)")
+    sub.add_parser(
+        "rescore", help="add the heads' rewards to the test shards"
+    ).set_defaults(func=cmd_rescore)
+    p = sub.add_parser(
+        "report", help="the results table, AUROCs and paired comparisons (results.md)"
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=10000,
+        help="paired bootstrap resamples (default 10000)",
+    )
     p.set_defaults(func=cmd_report)
     sub.add_parser("status", help="shards done").set_defaults(func=cmd_status)
     args = parser.parse_args()

@@ -28,28 +28,75 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
+
 SPLITS = ("train_lm", "train_head", "test")
 # Share of the question space (hash buckets out of 100) owned by each split.
-_SPLIT_BUCKETS = {"train_lm": range(0, 70), "train_head": range(70, 90), "test": range(90, 100)}
+_SPLIT_BUCKETS = {
+    "train_lm": range(0, 70),
+    "train_head": range(70, 90),
+    "test": range(90, 100),
+}
 
 MAX_VALUE = 60  # every intermediate and final value is in [1, MAX_VALUE]
 START_RANGE = (10, 40)
 OPERAND_MAX = 9  # "+" and "-" operands are in [1, OPERAND_MAX]
 DIVISORS = (2, 3, 4, 5)
 MIN_STEPS, MAX_STEPS = 2, 4
-KIND_WEIGHTS = {"add": 4, "sub": 4, "mul": 1, "div": 1}  # "div" is only ever the last step
+KIND_WEIGHTS = {
+    "add": 4,
+    "sub": 4,
+    "mul": 1,
+    "div": 1,
+}  # "div" is only ever the last step
 SYMBOL = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
 
 NAMES = [
-    ("Mia", "she"), ("Sam", "he"), ("Ava", "she"), ("Leo", "he"), ("Zoe", "she"), ("Max", "he"),
-    ("Lily", "she"), ("Ben", "he"), ("Emma", "she"), ("Noah", "he"), ("Ella", "she"), ("Jack", "he"),
-    ("Ruby", "she"), ("Owen", "he"), ("Nora", "she"), ("Luke", "he"), ("Anna", "she"), ("Tom", "he"),
-    ("Ivy", "she"), ("Eli", "he"), ("Rosa", "she"), ("Omar", "he"), ("Kate", "she"), ("Raj", "he"),
+    ("Mia", "she"),
+    ("Sam", "he"),
+    ("Ava", "she"),
+    ("Leo", "he"),
+    ("Zoe", "she"),
+    ("Max", "he"),
+    ("Lily", "she"),
+    ("Ben", "he"),
+    ("Emma", "she"),
+    ("Noah", "he"),
+    ("Ella", "she"),
+    ("Jack", "he"),
+    ("Ruby", "she"),
+    ("Owen", "he"),
+    ("Nora", "she"),
+    ("Luke", "he"),
+    ("Anna", "she"),
+    ("Tom", "he"),
+    ("Ivy", "she"),
+    ("Eli", "he"),
+    ("Rosa", "she"),
+    ("Omar", "he"),
+    ("Kate", "she"),
+    ("Raj", "he"),
 ]
-ITEMS = ["apples", "marbles", "stickers", "pencils", "cookies", "cards", "shells", "stamps", "crayons", "eggs"]
+ITEMS = [
+    "apples",
+    "marbles",
+    "stickers",
+    "pencils",
+    "cookies",
+    "cards",
+    "shells",
+    "stamps",
+    "crayons",
+    "eggs",
+]
 SHOPS = [
-    ("bakery", "cakes"), ("bakery", "muffins"), ("florist", "roses"), ("toy store", "balls"),
-    ("farm stand", "melons"), ("book store", "books"), ("fruit stand", "pears"), ("shoe store", "boots"),
+    ("bakery", "cakes"),
+    ("bakery", "muffins"),
+    ("florist", "roses"),
+    ("toy store", "balls"),
+    ("farm stand", "melons"),
+    ("book store", "books"),
+    ("fruit stand", "pears"),
+    ("shoe store", "boots"),
 ]
 VEHICLES = ["bus", "train", "tram", "ferry"]
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
@@ -124,18 +171,29 @@ def _answer(lines: list[tuple[str, str, int, int, int]]) -> str:
 
 def _days(rng: random.Random, n_steps: int) -> list[str]:
     first = rng.randrange(len(DAYS) - n_steps + 1)
-    return DAYS[first: first + n_steps]
+    return DAYS[first : first + n_steps]
 
 
-def _daily(rng: random.Random, actions, start: int, n_steps: int, opening: str, fill: dict, ask: str,
-           ask_after_division: str) -> dict | None:
+def _daily(
+    rng: random.Random,
+    actions,
+    start: int,
+    n_steps: int,
+    opening: str,
+    fill: dict,
+    ask: str,
+    ask_after_division: str,
+) -> dict | None:
     """A problem whose steps happen on consecutive days ("On Tuesday, ..."), each labelled with its day.
     ``fill``: the action templates' placeholders besides ``{n}``; ``ask``/``ask_after_division``: the question."""
     steps = _sample_steps(actions, start, n_steps, rng)
     if steps is None:
         return None
     days = _days(rng, n_steps)
-    sents = [opening] + [f"On {day}, " + tmpl.format(n=n, **fill) for day, (_, tmpl, n, _, _) in zip(days, steps)]
+    sents = [opening] + [
+        f"On {day}, " + tmpl.format(n=n, **fill)
+        for day, (_, tmpl, n, _, _) in zip(days, steps)
+    ]
     sents.append(ask_after_division if steps[-1][0] == "div" else ask)
     lines = [(day, kind, a, n, b) for day, (kind, _, n, a, b) in zip(days, steps)]
     return {"question": " ".join(sents), "answer": _answer(lines)}
@@ -145,15 +203,31 @@ def _person(rng: random.Random, n_steps: int) -> dict | None:
     name, pron = rng.choice(NAMES)
     items = rng.choice(ITEMS)
     start = rng.randint(*START_RANGE)
-    return _daily(rng, PERSON_ACTIONS, start, n_steps, f"{name} has {start} {items}.", {"p": pron, "items": items},
-                  f"How many {items} does {name} have now?", f"How many {items} does each friend get?")
+    return _daily(
+        rng,
+        PERSON_ACTIONS,
+        start,
+        n_steps,
+        f"{name} has {start} {items}.",
+        {"p": pron, "items": items},
+        f"How many {items} does {name} have now?",
+        f"How many {items} does each friend get?",
+    )
 
 
 def _shop(rng: random.Random, n_steps: int) -> dict | None:
     shop, goods = rng.choice(SHOPS)
     start = rng.randint(*START_RANGE)
-    return _daily(rng, SHOP_ACTIONS, start, n_steps, f"A {shop} has {start} {goods}.", {"items": goods},
-                  f"How many {goods} does the {shop} have now?", "How many boxes are filled?")
+    return _daily(
+        rng,
+        SHOP_ACTIONS,
+        start,
+        n_steps,
+        f"A {shop} has {start} {goods}.",
+        {"items": goods},
+        f"How many {goods} does the {shop} have now?",
+        "How many boxes are filled?",
+    )
 
 
 def _vehicle(rng: random.Random, n_steps: int) -> dict | None:
@@ -201,7 +275,11 @@ def make_problems(split: str, n: int, seed: int = 0) -> list[dict]:
     while len(out) < n:
         scene = rng.choice(_SCENES)
         problem = scene(rng, rng.randint(MIN_STEPS, MAX_STEPS))
-        if problem is None or problem["question"] in seen or split_of(problem["question"]) != split:
+        if (
+            problem is None
+            or problem["question"] in seen
+            or split_of(problem["question"]) != split
+        ):
             continue
         seen.add(problem["question"])
         out.append(problem)
@@ -216,7 +294,7 @@ def final_answer(answer: str) -> str:
 def load_synthetic(split: str, questions: int, seed: int = 0, **_):
     """lm-eval ``custom_dataset`` of the demo task: ``questions`` problems of ``split``, as the library's tasks
     normalise GSM8K records."""
-    from lm_eval_swift.tasks import dataset_dict, normalise
+    from lm_eval_swift.harness.tasks import dataset_dict, normalise
 
     problems = make_problems(split, int(questions), int(seed))
     return dataset_dict([normalise(r, "gsm8k", i) for i, r in enumerate(problems)])

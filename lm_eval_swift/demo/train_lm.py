@@ -36,19 +36,32 @@ from transformers import PreTrainedTokenizerFast
 
 from lm_eval_swift.demo.synthetic import final_answer, make_problems
 from lm_eval_swift.grading import extract_answer, is_equivalent
-from lm_eval_swift.tasks import PROMPT as INSTRUCTION
+from lm_eval_swift.harness.tasks import PROMPT as INSTRUCTION
 from lm_eval_swift.toy_models import char_tokenizer, random_model
 
+
 DEFAULTS = dict(
-    layers=4, hidden=128, intermediate=512, heads=4, max_positions=1024,
-    steps=1000, batch_size=16, lr=3e-3, min_lr_ratio=0.05, warmup=50, weight_decay=0.05, clip=1.0,
+    layers=4,
+    hidden=128,
+    intermediate=512,
+    heads=4,
+    max_positions=1024,
+    steps=1000,
+    batch_size=16,
+    lr=3e-3,
+    min_lr_ratio=0.05,
+    warmup=50,
+    weight_decay=0.05,
+    clip=1.0,
 )
 
 
 def chat_prompt(tokenizer: PreTrainedTokenizerFast, question: str) -> str:
     """The prompt text the model is trained and evaluated on (chat template, generation prompt added)."""
     return tokenizer.apply_chat_template(
-        [{"role": "user", "content": INSTRUCTION + question}], add_generation_prompt=True, tokenize=False
+        [{"role": "user", "content": INSTRUCTION + question}],
+        add_generation_prompt=True,
+        tokenize=False,
     )
 
 
@@ -56,14 +69,24 @@ def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def build_model(tokenizer, *, layers, hidden, intermediate, heads, max_positions, seed) -> torch.nn.Module:
+def build_model(
+    tokenizer, *, layers, hidden, intermediate, heads, max_positions, seed
+) -> torch.nn.Module:
     return random_model(
-        "llama", tokenizer=tokenizer, num_hidden_layers=layers, hidden_size=hidden, intermediate_size=intermediate,
-        num_attention_heads=heads, max_position_embeddings=max_positions, seed=seed,
+        "llama",
+        tokenizer=tokenizer,
+        num_hidden_layers=layers,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_attention_heads=heads,
+        max_position_embeddings=max_positions,
+        seed=seed,
     )
 
 
-def encode_examples(tokenizer, problems: list[dict]) -> tuple[list[int], list[tuple[list[int], int]]]:
+def encode_examples(
+    tokenizer, problems: list[dict]
+) -> tuple[list[int], list[tuple[list[int], int]]]:
     """(shared prefix ids, [(ids after the prefix, number of prompt ids among them)]) for each problem."""
     prompts = [_ids(tokenizer, chat_prompt(tokenizer, p["question"])) for p in problems]
     prefix = _ids(tokenizer, chat_prompt(tokenizer, "")[: -len("</s><|assistant|>")])
@@ -72,7 +95,7 @@ def encode_examples(tokenizer, problems: list[dict]) -> tuple[list[int], list[tu
     out = []
     for ids, p in zip(prompts, problems):
         target = _ids(tokenizer, p["answer"]) + [tokenizer.eos_token_id]
-        rest = ids[len(prefix):]
+        rest = ids[len(prefix) :]
         out.append((rest + target, len(rest)))
     return prefix, out
 
@@ -87,9 +110,9 @@ def batches(examples, batch_size: int, steps: int, rng: random.Random, pad_id: i
             perm = list(range(len(examples)))
             rng.shuffle(perm)
             order += perm
-        chunk, order = order[: batch_size * 50], order[batch_size * 50:]
+        chunk, order = order[: batch_size * 50], order[batch_size * 50 :]
         chunk.sort(key=lambda i: len(examples[i][0]))
-        group = [chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size)]
+        group = [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
         rng.shuffle(group)
         for idx in group:
             if out == steps:
@@ -100,13 +123,19 @@ def batches(examples, batch_size: int, steps: int, rng: random.Random, pad_id: i
             for r, i in enumerate(idx):
                 seq, n_prompt = examples[i]
                 ids[r, : len(seq)] = torch.tensor(seq)
-                labels[r, n_prompt: len(seq)] = torch.tensor(seq[n_prompt:])
+                labels[r, n_prompt : len(seq)] = torch.tensor(seq[n_prompt:])
             out += 1
             yield ids, labels
 
 
-def step_loss(model, prefix: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor, full_backprop: bool,
-              bf16: bool = False):
+def step_loss(
+    model,
+    prefix: torch.Tensor,
+    ids: torch.Tensor,
+    labels: torch.Tensor,
+    full_backprop: bool,
+    bf16: bool = False,
+):
     """Mean next-token loss on the target tokens of ``prefix + ids`` (right-padded; pads only follow tokens)."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         return _step_loss(model, prefix, ids, labels, full_backprop)
@@ -130,27 +159,43 @@ def train(args, callback=None) -> tuple[torch.nn.Module, PreTrainedTokenizerFast
     torch.use_deterministic_algorithms(True)
     random.seed(args.seed)
     tokenizer = char_tokenizer()
-    problems = make_problems("train_lm", args.n_train or args.steps * args.batch_size, seed=args.seed)
+    problems = make_problems(
+        "train_lm", args.n_train or args.steps * args.batch_size, seed=args.seed
+    )
     prefix, examples = encode_examples(tokenizer, problems)
     model = build_model(
-        tokenizer, layers=args.layers, hidden=args.hidden, intermediate=args.intermediate, heads=args.heads,
-        max_positions=args.max_positions, seed=args.seed,
+        tokenizer,
+        layers=args.layers,
+        hidden=args.hidden,
+        intermediate=args.intermediate,
+        heads=args.heads,
+        max_positions=args.max_positions,
+        seed=args.seed,
     )
     longest = len(prefix) + max(len(s) for s, _ in examples)
     assert longest + 160 <= args.max_positions, (longest, args.max_positions)
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    no_decay = [
+        p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)
+    ]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr, betas=(0.9, 0.98), eps=1e-8,
+        [
+            {"params": decay, "weight_decay": args.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=args.lr,
+        betas=(0.9, 0.98),
+        eps=1e-8,
     )
 
     def lr_at(step: int) -> float:
         if step < args.warmup:
             return (step + 1) / args.warmup
         t = (step - args.warmup) / max(1, args.steps - args.warmup)
-        return args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+        return args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (
+            1 + math.cos(math.pi * t)
+        )
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     prefix_t = torch.tensor(prefix)
@@ -158,8 +203,12 @@ def train(args, callback=None) -> tuple[torch.nn.Module, PreTrainedTokenizerFast
     model.train()
     t0, c0 = time.time(), time.process_time()
     ema, n_tok = None, 0
-    bar = tqdm(batches(examples, args.batch_size, args.steps, rng, tokenizer.pad_token_id), total=args.steps,
-               desc=f"train {n_params / 1e6:.2f}M", mininterval=2.0)
+    bar = tqdm(
+        batches(examples, args.batch_size, args.steps, rng, tokenizer.pad_token_id),
+        total=args.steps,
+        desc=f"train {n_params / 1e6:.2f}M",
+        mininterval=2.0,
+    )
     for step, (ids, labels) in enumerate(bar):
         loss = step_loss(model, prefix_t, ids, labels, args.full_backprop, args.bf16)
         loss.backward()
@@ -170,27 +219,45 @@ def train(args, callback=None) -> tuple[torch.nn.Module, PreTrainedTokenizerFast
         n_tok += int((labels != -100).sum())
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         bar.set_postfix(loss=f"{ema:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
-        if callback is not None and args.save_every and (step + 1) % args.save_every == 0:
+        if (
+            callback is not None
+            and args.save_every
+            and (step + 1) % args.save_every == 0
+        ):
             model.eval()
             callback(step + 1, model)
             model.train()
     train_s, train_cpu = time.time() - t0, time.process_time() - c0
     model.eval()
-    info = {"params": n_params, "train_seconds": round(train_s, 1), "train_cpu_seconds": round(train_cpu, 1),
-            "final_loss_ema": round(ema, 4),
-            "target_tokens": n_tok, "train_problems": len(problems)}
+    info = {
+        "params": n_params,
+        "train_seconds": round(train_s, 1),
+        "train_cpu_seconds": round(train_cpu, 1),
+        "final_loss_ema": round(ema, 4),
+        "target_tokens": n_tok,
+        "train_problems": len(problems),
+    }
     return model, tokenizer, info
 
 
 @torch.no_grad()
-def sample(model, tokenizer, question: str, n: int, max_new_tokens: int = 160) -> tuple[list[str], int]:
+def sample(
+    model, tokenizer, question: str, n: int, max_new_tokens: int = 160
+) -> tuple[list[str], int]:
     """``n`` samples (temperature 1.0, top-p 0.9) for one question; returns (texts, generated tokens incl. EOS)."""
     ids = torch.tensor([_ids(tokenizer, chat_prompt(tokenizer, question))])
     out = model.generate(
-        ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_p=0.9, top_k=0,
-        max_new_tokens=max_new_tokens, num_return_sequences=n, pad_token_id=tokenizer.pad_token_id,
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=True,
+        temperature=1.0,
+        top_p=0.9,
+        top_k=0,
+        max_new_tokens=max_new_tokens,
+        num_return_sequences=n,
+        pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
-    )[:, ids.shape[1]:]
+    )[:, ids.shape[1] :]
     texts, n_tok = [], 0
     for row in out.tolist():
         if tokenizer.eos_token_id in row:
@@ -200,7 +267,9 @@ def sample(model, tokenizer, question: str, n: int, max_new_tokens: int = 160) -
     return texts, n_tok
 
 
-def evaluate(model, tokenizer, problems: list[dict], k: int = 8, seed: int = 0, show: int = 0) -> dict:
+def evaluate(
+    model, tokenizer, problems: list[dict], k: int = 8, seed: int = 0, show: int = 0
+) -> dict:
     """Per-sample accuracy, pass@k and maj@k (majority vote over extracted answers), graded by
     :mod:`lm_eval_swift.grading`."""
     torch.manual_seed(seed)
@@ -214,14 +283,17 @@ def evaluate(model, tokenizer, problems: list[dict], k: int = 8, seed: int = 0, 
         per_sample += ok
         passk.append(any(ok))
         votes = Counter(x for x in preds if x is not None)
-        majk.append(bool(votes) and is_equivalent(votes.most_common(1)[0][0], gold, "gsm8k"))
+        majk.append(
+            bool(votes) and is_equivalent(votes.most_common(1)[0][0], gold, "gsm8k")
+        )
         lengths += [len(t) for t in texts]
         if i < show:
             print(f"--- Q: {p['question']}\n--- gold: {p['answer']!r}")
             for t, o in zip(texts[:3], ok[:3]):
                 print(f"[{'ok' if o else 'XX'}] {t!r}")
     return {
-        "questions": len(problems), "k": k,
+        "questions": len(problems),
+        "k": k,
         "mean_acc": round(sum(per_sample) / len(per_sample), 4),
         f"pass@{k}": round(sum(passk) / len(passk), 4),
         f"maj@{k}": round(sum(majk) / len(majk), 4),
@@ -230,7 +302,9 @@ def evaluate(model, tokenizer, problems: list[dict], k: int = 8, seed: int = 0, 
     }
 
 
-def sampling_speed(model, tokenizer, problems: list[dict], batch: int = 16, seed: int = 0) -> dict:
+def sampling_speed(
+    model, tokenizer, problems: list[dict], batch: int = 16, seed: int = 0
+) -> dict:
     """Generated tokens per second (incl. EOS, excl. padding after EOS) sampling ``batch`` at once."""
     torch.manual_seed(seed)
     sample(model, tokenizer, problems[0]["question"], batch)  # warm-up
@@ -238,8 +312,13 @@ def sampling_speed(model, tokenizer, problems: list[dict], batch: int = 16, seed
     for p in problems:
         n_tok += sample(model, tokenizer, p["question"], batch)[1]
     dt = time.time() - t0
-    return {"batch": batch, "calls": len(problems), "tokens": n_tok, "tokens_per_s": round(n_tok / dt, 1),
-            "seconds_per_call": round(dt / len(problems), 3)}
+    return {
+        "batch": batch,
+        "calls": len(problems),
+        "tokens": n_tok,
+        "tokens_per_s": round(n_tok / dt, 1),
+        "seconds_per_call": round(dt / len(problems), 3),
+    }
 
 
 RUN_RECORD = "training_run.json"  # written beside the checkpoint: hparams, loss, test accuracy, speed
@@ -247,27 +326,59 @@ RUN_RECORD = "training_run.json"  # written beside the checkpoint: hparams, loss
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True, help="checkpoint directory (model + tokenizer)")
+    ap.add_argument(
+        "--out", required=True, help="checkpoint directory (model + tokenizer)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     for k, v in DEFAULTS.items():
         ap.add_argument(f"--{k.replace('_', '-')}", type=type(v), default=v)
-    ap.add_argument("--n-train", type=int, default=0, help="distinct training problems (0: steps * batch_size)")
-    ap.add_argument("--full-backprop", action="store_true", help="backprop through the shared prompt prefix too")
-    ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward pass (AMX CPUs)")
-    ap.add_argument("--save-every", type=int, default=0,
-                    help="also save the model every this many steps, to OUT/step-S (0: only at the end). With "
-                    "--n-train and --min-lr-ratio 1 (constant learning rate), OUT/step-S is the model that --steps S "
-                    "trains")
-    ap.add_argument("--eval-questions", type=int, default=100, help="test questions to sample (0: skip)")
+    ap.add_argument(
+        "--n-train",
+        type=int,
+        default=0,
+        help="distinct training problems (0: steps * batch_size)",
+    )
+    ap.add_argument(
+        "--full-backprop",
+        action="store_true",
+        help="backprop through the shared prompt prefix too",
+    )
+    ap.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bfloat16 autocast for the forward pass (AMX CPUs)",
+    )
+    ap.add_argument(
+        "--save-every",
+        type=int,
+        default=0,
+        help="also save the model every this many steps, to OUT/step-S (0: only at the end). With "
+        "--n-train and --min-lr-ratio 1 (constant learning rate), OUT/step-S is the model that --steps S "
+        "trains",
+    )
+    ap.add_argument(
+        "--eval-questions",
+        type=int,
+        default=100,
+        help="test questions to sample (0: skip)",
+    )
     ap.add_argument("--eval-k", type=int, default=8)
-    ap.add_argument("--speed-calls", type=int, default=5, help="batch-16 generate calls timed (0: skip)")
+    ap.add_argument(
+        "--speed-calls",
+        type=int,
+        default=5,
+        help="batch-16 generate calls timed (0: skip)",
+    )
     return ap.parse_args(argv)
 
 
 def hparams(args: argparse.Namespace) -> dict:
     """The arguments that determine the trained weights."""
-    return {k: getattr(args, k) for k in list(DEFAULTS) + ["seed", "n_train", "full_backprop", "bf16"]}
+    return {
+        k: getattr(args, k)
+        for k in list(DEFAULTS) + ["seed", "n_train", "full_backprop", "bf16"]
+    }
 
 
 def main(argv=None) -> None:
@@ -289,7 +400,12 @@ def main(argv=None) -> None:
         print(json.dumps(res))
         info["eval"] = res
     if args.speed_calls:
-        res = sampling_speed(model, tokenizer, make_problems("test", args.speed_calls, seed=1), seed=args.seed)
+        res = sampling_speed(
+            model,
+            tokenizer,
+            make_problems("test", args.speed_calls, seed=1),
+            seed=args.seed,
+        )
         print(json.dumps(res))
         info["speed"] = res
     (out / RUN_RECORD).write_text(json.dumps(info, indent=2) + "\n")

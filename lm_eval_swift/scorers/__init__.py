@@ -32,7 +32,13 @@ from .base import (
     load_scorer,
     register_scorer,
 )
-from .prm import CausalLMStepScorer, MathShepherdScorer, RLHFlowORMScorer, RLHFlowPRMScorer, TokenPRMScorer
+from .prm import (
+    CausalLMStepScorer,
+    MathShepherdScorer,
+    RLHFlowORMScorer,
+    RLHFlowPRMScorer,
+    TokenPRMScorer,
+)
 from .scalar import (
     EurusRewardModel,
     EurusScorer,
@@ -44,6 +50,7 @@ from .scalar import (
 )
 from .seq_cls import SeqClsScorer, SkyworkScorer, SkyworkV02Scorer
 from .weights import WeightLoadError
+
 
 __all__ = [
     "AGGREGATIONS",

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from tqdm.auto import tqdm
 
+
 __all__ = [
     "AGGREGATIONS",
     "PAPER_INSTRUCTION",
@@ -52,10 +53,14 @@ def register_scorer(name: str):
 
     def decorate(cls: type[Scorer]) -> type[Scorer]:
         if not (isinstance(cls, type) and issubclass(cls, Scorer)):
-            raise TypeError(f"register_scorer({name!r}) expects a Scorer subclass, got {cls!r}")
+            raise TypeError(
+                f"register_scorer({name!r}) expects a Scorer subclass, got {cls!r}"
+            )
         existing = SCORERS.get(name)
         if existing is not None and existing is not cls:
-            raise ValueError(f"scorer name {name!r} is already registered to {existing.__qualname__}")
+            raise ValueError(
+                f"scorer name {name!r} is already registered to {existing.__qualname__}"
+            )
         cls.name = name
         SCORERS[name] = cls
         return cls
@@ -76,7 +81,9 @@ def get_scorer(name: str) -> type[Scorer]:
         return SCORERS[name]
     except (KeyError, TypeError):
         known = ", ".join(sorted(SCORERS)) or "(none)"
-        raise UnknownScorerError(f"unknown scorer {name!r}; known scorers: {known}") from None
+        raise UnknownScorerError(
+            f"unknown scorer {name!r}; known scorers: {known}"
+        ) from None
 
 
 def load_scorer(name: str, model: str | None = None, **kwargs: Any) -> Scorer:
@@ -87,7 +94,9 @@ def load_scorer(name: str, model: str | None = None, **kwargs: Any) -> Scorer:
 def check_protocol(protocol: str) -> str:
     """``protocol`` if it is one of :data:`PROTOCOLS`, else ``ValueError`` (one line naming them)."""
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown reward-model protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+        raise ValueError(
+            f"unknown reward-model protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}"
+        )
     return protocol
 
 
@@ -108,7 +117,9 @@ AGGREGATIONS = {
 def aggregate(step_scores: Sequence[float], how: str) -> float:
     """Reduce per-step scores to one reward with one of :data:`AGGREGATIONS`."""
     if how not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {how!r}; choose from {sorted(AGGREGATIONS)}")
+        raise ValueError(
+            f"unknown aggregation {how!r}; choose from {sorted(AGGREGATIONS)}"
+        )
     if not step_scores:
         raise ValueError("no step scores to aggregate")
     return float(AGGREGATIONS[how](list(step_scores)))
@@ -139,14 +150,18 @@ _DTYPES = {
 }
 
 
-def _resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+def _resolve_dtype(
+    dtype: torch.dtype | str | None, device: torch.device
+) -> torch.dtype:
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
     key = str(dtype).removeprefix("torch.").lower()
     if key not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use a torch.dtype or one of {sorted(_DTYPES)}")
+        raise ValueError(
+            f"unknown dtype {dtype!r}; use a torch.dtype or one of {sorted(_DTYPES)}"
+        )
     return _DTYPES[key]
 
 
@@ -189,7 +204,9 @@ class Scorer:
         instruction: str = "",
     ) -> None:
         if padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
+            raise ValueError(
+                f"padding_side must be 'left' or 'right', not {padding_side!r}"
+            )
         check_protocol(protocol)
         self.protocol = protocol
         self.instruction = instruction
@@ -218,7 +235,11 @@ class Scorer:
         check_protocol(protocol)
         if protocol == "card":
             return {}
-        return {"instruction": PAPER_INSTRUCTION, "dtype": "bfloat16", **cls.paper_options}
+        return {
+            "instruction": PAPER_INSTRUCTION,
+            "dtype": "bfloat16",
+            **cls.paper_options,
+        }
 
     @classmethod
     def load(
@@ -236,7 +257,9 @@ class Scorer:
         CPU; ``device`` to ``cuda`` when available.  Unknown ``options`` raise ``TypeError``.
         """
         if not cls.name or cls is Scorer:
-            raise TypeError("call load() on a registered scorer class, e.g. get_scorer('eurus').load()")
+            raise TypeError(
+                "call load() on a registered scorer class, e.g. get_scorer('eurus').load()"
+            )
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         defaults = cls.protocol_defaults(options.get("protocol", "card"))
@@ -245,11 +268,15 @@ class Scorer:
         self = cls(**{**defaults, **options})
         model_id = model if model is not None else cls.default_model
         if not model_id:
-            raise ValueError(f"scorer {cls.name!r} has no default checkpoint: pass model=<path or hub id>")
+            raise ValueError(
+                f"scorer {cls.name!r} has no default checkpoint: pass model=<path or hub id>"
+            )
         self.model_id = str(model_id)
         auto_device = device is None
-        self.device = torch.device(device) if device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = (
+            torch.device(device)
+            if device is not None
+            else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         )
         self.dtype = _resolve_dtype(dtype, self.device)
         self.batch_size = int(batch_size)
@@ -285,7 +312,9 @@ class Scorer:
         """Hook run once after loading (resolve token ids, check the tokenizer, ...)."""
 
     # ------------------------------------------------------------------ scoring
-    def _encode(self, question: str, response: str) -> Encoded:  # pragma: no cover - abstract
+    def _encode(
+        self, question: str, response: str
+    ) -> Encoded:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _forward(
@@ -306,29 +335,51 @@ class Scorer:
 
     def _check_open(self) -> None:
         if self.model is None:
-            raise RuntimeError(f"scorer {self.name!r} is closed (or was never loaded with .load())")
+            raise RuntimeError(
+                f"scorer {self.name!r} is closed (or was never loaded with .load())"
+            )
 
     def score(self, questions: Sequence[str], responses: Sequence[str]) -> list[float]:
         """One reward per ``(questions[i], responses[i])``, in input order."""
         return [self._finalize(v) for v in self._read_values(questions, responses)]
 
-    def _read_values(self, questions: Sequence[str], responses: Sequence[str]) -> list[list[float]]:
+    def _read_values(
+        self, questions: Sequence[str], responses: Sequence[str]
+    ) -> list[list[float]]:
         self._check_open()
         if isinstance(questions, str) or isinstance(responses, str):
-            raise TypeError("score() takes lists of strings (wrap a single pair in lists)")
+            raise TypeError(
+                "score() takes lists of strings (wrap a single pair in lists)"
+            )
         if len(questions) != len(responses):
-            raise ValueError(f"{len(questions)} questions but {len(responses)} responses")
-        items = [self._encode(self.instruction + q, r) for q, r in zip(questions, responses)]
+            raise ValueError(
+                f"{len(questions)} questions but {len(responses)} responses"
+            )
+        items = [
+            self._encode(self.instruction + q, r) for q, r in zip(questions, responses)
+        ]
         for item in items:
             if not item.input_ids or not item.positions:
-                raise ValueError(f"{self.name}: empty encoding (no tokens or nothing to read)")
+                raise ValueError(
+                    f"{self.name}: empty encoding (no tokens or nothing to read)"
+                )
         # longest first: similar lengths share a batch and an OOM shows up on the first batch
         order = sorted(range(len(items)), key=lambda i: -len(items[i].input_ids))
         out: list[list[float] | None] = [None] * len(items)
-        show = self.progress if self.progress is not None else len(items) >= self.progress_threshold
-        with torch.inference_mode(), tqdm(
-            total=len(items), desc=f"scoring ({self.name})", unit="resp", disable=not show
-        ) as bar:
+        show = (
+            self.progress
+            if self.progress is not None
+            else len(items) >= self.progress_threshold
+        )
+        with (
+            torch.inference_mode(),
+            tqdm(
+                total=len(items),
+                desc=f"scoring ({self.name})",
+                unit="resp",
+                disable=not show,
+            ) as bar,
+        ):
             for start in range(0, len(order), self.batch_size):
                 idx = order[start : start + self.batch_size]
                 values = self._run_batch([items[i] for i in idx])
@@ -340,14 +391,21 @@ class Scorer:
     @property
     def _pad_id(self) -> int:
         tok = self.tokenizer
-        for cand in (getattr(tok, "pad_token_id", None), getattr(tok, "eos_token_id", None)):
+        for cand in (
+            getattr(tok, "pad_token_id", None),
+            getattr(tok, "eos_token_id", None),
+        ):
             if isinstance(cand, int):
                 return cand
         return 0
 
     @property
     def _input_device(self) -> torch.device:
-        emb = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
+        emb = (
+            self.model.get_input_embeddings()
+            if hasattr(self.model, "get_input_embeddings")
+            else None
+        )
         if emb is not None and getattr(emb, "weight", None) is not None:
             return emb.weight.device
         return next(self.model.parameters()).device
@@ -366,7 +424,9 @@ class Scorer:
             position_ids[b, offset : offset + n] = torch.arange(n)
             for p in e.positions:
                 if not 0 <= p < n:
-                    raise IndexError(f"read position {p} outside a sequence of {n} tokens")
+                    raise IndexError(
+                        f"read position {p} outside a sequence of {n} tokens"
+                    )
                 rows.append(b)
                 cols.append(offset + p)
             counts.append(len(e.positions))
@@ -386,7 +446,9 @@ class Scorer:
         return out
 
     @staticmethod
-    def _gather(hidden: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    def _gather(
+        hidden: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+    ) -> torch.Tensor:
         return hidden[rows.to(hidden.device), cols.to(hidden.device)]
 
     # ------------------------------------------------------------------ housekeeping

@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from .base import AGGREGATIONS, Encoded, Scorer, aggregate, register_scorer
 
+
 __all__ = [
     "CausalLMStepScorer",
     "MathShepherdScorer",
@@ -46,7 +47,9 @@ class CausalLMStepScorer(Scorer):
         super().__init__(**common)
         aggregation = aggregation or self.default_aggregation
         if aggregation not in AGGREGATIONS:
-            raise ValueError(f"unknown aggregation {aggregation!r}; choose from {sorted(AGGREGATIONS)}")
+            raise ValueError(
+                f"unknown aggregation {aggregation!r}; choose from {sorted(AGGREGATIONS)}"
+            )
         if not step_separator:
             raise ValueError("step_separator must be a non-empty string")
         self.aggregation = aggregation
@@ -61,19 +64,26 @@ class CausalLMStepScorer(Scorer):
     def _setup(self) -> None:
         self._lm_head = self.model.get_output_embeddings()
         if self._lm_head is None:
-            raise ValueError(f"{self.model_id}: causal LM without an output embedding (LM head)")
+            raise ValueError(
+                f"{self.model_id}: causal LM without an output embedding (LM head)"
+            )
         self._softcap = getattr(self.model.config, "final_logit_softcapping", None)
         vocab = self._lm_head.weight.shape[0]
         for t in self.candidate_ids:
             if not 0 <= t < vocab:
-                raise ValueError(f"candidate token id {t} outside the vocabulary of {vocab}")
+                raise ValueError(
+                    f"candidate token id {t} outside the vocabulary of {vocab}"
+                )
 
     def split_steps(self, response: str) -> list[str]:
         return [s.strip() for s in response.split(self.step_separator)]
 
     def _forward(self, input_ids, attention_mask, position_ids, rows, cols):
         hidden = self.model.base_model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
         ).last_hidden_state
         h = self._gather(hidden, rows, cols)
         logits = self._lm_head(h)[:, list(self.candidate_ids)].float()
@@ -81,7 +91,9 @@ class CausalLMStepScorer(Scorer):
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits.softmax(dim=-1)[:, 0]
 
-    def score_steps(self, questions: list[str], responses: list[str]) -> list[list[float]]:
+    def score_steps(
+        self, questions: list[str], responses: list[str]
+    ) -> list[list[float]]:
         """Per-step probabilities of ``good_token`` for each pair (the values ``score`` aggregates)."""
         return self._read_values(questions, responses)
 
@@ -120,7 +132,9 @@ class RLHFlowPRMScorer(CausalLMStepScorer):
     def conversation(self, question: str, steps: list[str]) -> list[dict[str, str]]:
         conv: list[dict[str, str]] = []
         for k, step in enumerate(steps):
-            conv.append({"role": "user", "content": f"{question} {step}" if k == 0 else step})
+            conv.append(
+                {"role": "user", "content": f"{question} {step}" if k == 0 else step}
+            )
             conv.append({"role": "assistant", "content": self.good_token})
         return conv
 
@@ -134,7 +148,9 @@ class RLHFlowPRMScorer(CausalLMStepScorer):
         prefixes, positions, prev = [], [], 0
         for end in range(2, len(conv) + 1, 2):
             ids = self._tokenize(conv[:end])
-            j = next((i for i in range(len(ids) - 1, prev - 1, -1) if ids[i] == good), None)
+            j = next(
+                (i for i in range(len(ids) - 1, prev - 1, -1) if ids[i] == good), None
+            )
             if j is None or j == 0:
                 raise ValueError(
                     f"{self.name}: no {self.good_token!r} token (id {good}) found in assistant turn {end // 2}; "
@@ -146,7 +162,9 @@ class RLHFlowPRMScorer(CausalLMStepScorer):
         full = prefixes[-1]
         for ids in prefixes[:-1]:
             if full[: len(ids)] != ids:
-                raise ValueError(f"{self.name}: chat template output is not prefix-stable across turns")
+                raise ValueError(
+                    f"{self.name}: chat template output is not prefix-stable across turns"
+                )
         return Encoded(full, positions)
 
 
@@ -206,7 +224,9 @@ class TokenPRMScorer(CausalLMStepScorer):
         self.outcome = bool(outcome)
         self.step_tag = step_tag or self.default_step_tag
         if not self.step_tag:
-            raise ValueError("token-prm needs step_tag=... (the token appended after every step)")
+            raise ValueError(
+                "token-prm needs step_tag=... (the token appended after every step)"
+            )
         if "{question}" not in input_format or "{response}" not in input_format:
             raise ValueError("input_format must contain {question} and {response}")
         self.step_join = step_join
@@ -215,7 +235,10 @@ class TokenPRMScorer(CausalLMStepScorer):
         if candidate_token_ids is not None:
             if len(candidate_token_ids) != 2:
                 raise ValueError("candidate_token_ids must be (good_id, bad_id)")
-            self.candidate_ids = (int(candidate_token_ids[0]), int(candidate_token_ids[1]))
+            self.candidate_ids = (
+                int(candidate_token_ids[0]),
+                int(candidate_token_ids[1]),
+            )
 
     def _setup(self) -> None:
         tok = self.tokenizer
@@ -284,4 +307,3 @@ class MathShepherdScorer(TokenPRMScorer):
     default_model = "peiyi9979/math-shepherd-mistral-7b-prm"
     default_step_tag = "ки"
     paper_options: ClassVar[dict[str, Any]] = {"outcome": True}
-

@@ -11,10 +11,22 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from transformers import AutoTokenizer, LlamaConfig, LlamaModel, MistralConfig, MistralModel
+from transformers import (
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaModel,
+    MistralConfig,
+    MistralModel,
+)
 
 from .base import Encoded, Scorer, register_scorer
-from .weights import checkpoint_dir, find_weight_files, load_state_dict_files, load_strict
+from .weights import (
+    checkpoint_dir,
+    find_weight_files,
+    load_state_dict_files,
+    load_strict,
+)
+
 
 __all__ = [
     "EurusRewardModel",
@@ -51,13 +63,18 @@ class _ValueHeadModel(nn.Module):
     def get_input_embeddings(self) -> nn.Module:
         return self.backbone.get_input_embeddings()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Reward per row, read at its last non-padding token (either padding side)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         hidden = self.backbone(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
         ).last_hidden_state
         idx = torch.arange(input_ids.shape[1], device=input_ids.device)
         last = (idx * attention_mask.to(idx.dtype)).argmax(-1)
@@ -97,18 +114,30 @@ class ValueHeadScorer(Scorer):
     config_cls: type = LlamaConfig
     #: decoder layer class kept whole on one device by ``device_map="auto"``.
     no_split_modules: tuple[str, ...] = ("LlamaDecoderLayer",)
-    add_special_tokens = True  # every author tokenizes the formatted string with the defaults
+    add_special_tokens = (
+        True  # every author tokenizes the formatted string with the defaults
+    )
 
-    def __init__(self, *, max_length: int | None = None, truncation_side: str = "left", **common: Any) -> None:
+    def __init__(
+        self,
+        *,
+        max_length: int | None = None,
+        truncation_side: str = "left",
+        **common: Any,
+    ) -> None:
         super().__init__(**common)
         if truncation_side not in ("left", "right"):
-            raise ValueError(f"truncation_side must be 'left' or 'right', not {truncation_side!r}")
+            raise ValueError(
+                f"truncation_side must be 'left' or 'right', not {truncation_side!r}"
+            )
         if max_length is not None and max_length < 1:
             raise ValueError(f"max_length must be >= 1 or None, got {max_length}")
         self.max_length = max_length
         self.truncation_side = truncation_side
 
-    def format(self, question: str, response: str) -> str:  # pragma: no cover - abstract
+    def format(
+        self, question: str, response: str
+    ) -> str:  # pragma: no cover - abstract
         """The exact string the reward model reads."""
         raise NotImplementedError
 
@@ -139,7 +168,9 @@ class ValueHeadScorer(Scorer):
             device_map = self.device_map
             if isinstance(device_map, str):
                 device_map = infer_auto_device_map(
-                    model, no_split_module_classes=list(self.no_split_modules), dtype=self.dtype
+                    model,
+                    no_split_module_classes=list(self.no_split_modules),
+                    dtype=self.dtype,
                 )
             model = dispatch_model(model, device_map=device_map)
         else:
@@ -156,7 +187,10 @@ class ValueHeadScorer(Scorer):
         text = self.format(question, response)
         truncate = self.max_length is not None
         enc = self.tokenizer(
-            text, add_special_tokens=self.add_special_tokens, truncation=truncate, max_length=self.max_length
+            text,
+            add_special_tokens=self.add_special_tokens,
+            truncation=truncate,
+            max_length=self.max_length,
         )
         return list(enc["input_ids"])
 
@@ -166,7 +200,10 @@ class ValueHeadScorer(Scorer):
 
     def _forward(self, input_ids, attention_mask, position_ids, rows, cols):
         hidden = self.model.backbone(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
         ).last_hidden_state
         return self.model.head(self._gather(hidden, rows, cols)).squeeze(-1)
 
@@ -215,7 +252,9 @@ class UltraRMScorer(ValueHeadScorer):
     default_model = "openbmb/UltraRM-13b"
     model_cls = UltraRMRewardModel
     card_template = "Human: {question}\nAssistant: {response}"
-    paper_options: ClassVar[dict[str, Any]] = {"template": "Human: {question}\n\n        Assistant: {response}"}
+    paper_options: ClassVar[dict[str, Any]] = {
+        "template": "Human: {question}\n\n        Assistant: {response}"
+    }
 
     def __init__(self, *, template: str | None = None, **common: Any) -> None:
         super().__init__(**common)
@@ -281,9 +320,13 @@ class StarlingScorer(ValueHeadScorer):
         super()._setup()
         tok = self.tokenizer
         if tok.unk_token_id is None:
-            raise ValueError(f"{self.model_id}: the tokenizer has no <unk> token (the card pads with it)")
+            raise ValueError(
+                f"{self.model_id}: the tokenizer has no <unk> token (the card pads with it)"
+            )
         self.fill_id = tok.unk_token_id  # the card's pad_token = unk_token
-        self.stop_id = tok(tok.unk_token)["input_ids"][0]  # the card's PAD_ID (BOS for Llama-2's tokenizer)
+        self.stop_id = tok(tok.unk_token)["input_ids"][
+            0
+        ]  # the card's PAD_ID (BOS for Llama-2's tokenizer)
 
     def _encode(self, question: str, response: str) -> Encoded:
         ids = self._token_ids(question, response)
@@ -298,7 +341,10 @@ class StarlingScorer(ValueHeadScorer):
     def _tokenizer_source(self, ckpt):
         if self.tokenizer_id:
             return self.tokenizer_id
-        has_tok = any((ckpt / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))
+        has_tok = any(
+            (ckpt / f).is_file()
+            for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+        )
         return ckpt if has_tok else self.base_model
 
     def _remap(self, state):

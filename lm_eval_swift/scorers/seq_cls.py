@@ -8,6 +8,7 @@ from transformers import AutoModelForSequenceClassification
 
 from .base import Encoded, Scorer, register_scorer
 
+
 __all__ = ["SeqClsScorer", "SkyworkScorer", "SkyworkV02Scorer"]
 
 
@@ -27,7 +28,9 @@ class SeqClsScorer(Scorer):
     Options: ``chat_template`` (override the tokenizer's), ``label_index`` (default 0).
     """
 
-    def __init__(self, *, chat_template: str | None = None, label_index: int = 0, **common: Any) -> None:
+    def __init__(
+        self, *, chat_template: str | None = None, label_index: int = 0, **common: Any
+    ) -> None:
         super().__init__(**common)
         self.chat_template = chat_template
         self.label_index = label_index
@@ -39,18 +42,27 @@ class SeqClsScorer(Scorer):
         if self.chat_template is not None:
             self.tokenizer.chat_template = self.chat_template
         if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError(f"{self.model_id}: tokenizer has no chat template (pass chat_template=...)")
+            raise ValueError(
+                f"{self.model_id}: tokenizer has no chat template (pass chat_template=...)"
+            )
         num_labels = self.model.config.num_labels
         if not 0 <= self.label_index < num_labels:
-            raise ValueError(f"label_index {self.label_index} out of range for {num_labels} label(s)")
+            raise ValueError(
+                f"label_index {self.label_index} out of range for {num_labels} label(s)"
+            )
         self._pool_pad_id = self.model.config.get_text_config().pad_token_id
         self._head = getattr(self.model, "score", None)
 
     def messages(self, question: str, response: str) -> list[dict[str, str]]:
-        return [{"role": "user", "content": question}, {"role": "assistant", "content": response}]
+        return [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": response},
+        ]
 
     def _encode(self, question: str, response: str) -> Encoded:
-        text = self.tokenizer.apply_chat_template(self.messages(question, response), tokenize=False)
+        text = self.tokenizer.apply_chat_template(
+            self.messages(question, response), tokenize=False
+        )
         ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         pad = self._pool_pad_id
         pos = len(ids) - 1
@@ -61,11 +73,20 @@ class SeqClsScorer(Scorer):
     def _forward(self, input_ids, attention_mask, position_ids, rows, cols):
         if self._head is None:
             if self.padding_side != "right" and self._pool_pad_id is None:
-                raise ValueError("this model pools at the last token: use padding_side='right'")
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+                raise ValueError(
+                    "this model pools at the last token: use padding_side='right'"
+                )
+            logits = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+            ).logits
             return logits[:, self.label_index]
         hidden = self.model.base_model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
         ).last_hidden_state
         return self._head(self._gather(hidden, rows, cols))[:, self.label_index]
 

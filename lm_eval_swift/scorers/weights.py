@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+
 __all__ = [
     "WeightLoadError",
     "checkpoint_dir",
@@ -36,20 +37,30 @@ class WeightLoadError(RuntimeError):
     """The checkpoint's tensors do not match the model's parameters (names or shapes)."""
 
 
-def checkpoint_dir(model_id: str | Path, *, allow_patterns: Iterable[str] | None = None) -> Path:
+def checkpoint_dir(
+    model_id: str | Path, *, allow_patterns: Iterable[str] | None = None
+) -> Path:
     """A local directory for ``model_id``: the path itself, or a hub snapshot download."""
     path = Path(model_id).expanduser()
     if path.is_dir():
         return path
     if path.exists():
-        raise NotADirectoryError(f"{model_id}: expected a checkpoint directory or a hub id")
+        raise NotADirectoryError(
+            f"{model_id}: expected a checkpoint directory or a hub id"
+        )
     from huggingface_hub import list_repo_files, snapshot_download
 
     patterns = list(allow_patterns or _META_PATTERNS)
-    if allow_patterns is None:  # one weight format only: safetensors when the repo has them
+    if (
+        allow_patterns is None
+    ):  # one weight format only: safetensors when the repo has them
         files = list_repo_files(str(model_id))
         has_safetensors = any(f.endswith(".safetensors") for f in files)
-        patterns += ["*.safetensors", "*.safetensors.index.json"] if has_safetensors else ["*.bin", "*.pt", "*.pth"]
+        patterns += (
+            ["*.safetensors", "*.safetensors.index.json"]
+            if has_safetensors
+            else ["*.bin", "*.pt", "*.pth"]
+        )
     return Path(snapshot_download(str(model_id), allow_patterns=patterns))
 
 
@@ -79,11 +90,15 @@ def find_weight_files(directory: str | Path) -> list[Path]:
             return found
         if len(found) > 1:
             names = [p.name for p in found]
-            raise FileNotFoundError(f"{d}: several weight files and no index json, ambiguous: {names}")
+            raise FileNotFoundError(
+                f"{d}: several weight files and no index json, ambiguous: {names}"
+            )
     raise FileNotFoundError(f"{d}: no weight files (*.safetensors, *.bin, *.pt) found")
 
 
-def load_state_dict_files(files: Iterable[str | Path], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+def load_state_dict_files(
+    files: Iterable[str | Path], dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
     """Merge the tensors of ``files`` (CPU); floating tensors cast to ``dtype`` when given."""
     from safetensors.torch import load_file
 
@@ -94,14 +109,22 @@ def load_state_dict_files(files: Iterable[str | Path], dtype: torch.dtype | None
             part = load_file(str(f), device="cpu")
         else:
             part = torch.load(str(f), map_location="cpu", weights_only=True)
-            if not isinstance(part, dict) or not all(isinstance(v, torch.Tensor) for v in part.values()):
-                raise WeightLoadError(f"{f}: expected a flat dict of tensors (a state dict)")
+            if not isinstance(part, dict) or not all(
+                isinstance(v, torch.Tensor) for v in part.values()
+            ):
+                raise WeightLoadError(
+                    f"{f}: expected a flat dict of tensors (a state dict)"
+                )
         dup = state.keys() & part.keys()
         if dup:
-            raise WeightLoadError(f"{f}: tensor(s) present in several files: {sorted(dup)[:5]}")
+            raise WeightLoadError(
+                f"{f}: tensor(s) present in several files: {sorted(dup)[:5]}"
+            )
         state.update(part)
     if dtype is not None:
-        state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
+        state = {
+            k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()
+        }
     return state
 
 
@@ -127,7 +150,10 @@ def load_strict(
     state = {
         k: v
         for k, v in state.items()
-        if not (k not in expected and (BENIGN_UNEXPECTED.search(k) or (ignore is not None and ignore(k))))
+        if not (
+            k not in expected
+            and (BENIGN_UNEXPECTED.search(k) or (ignore is not None and ignore(k)))
+        )
     }
     missing = expected.keys() - state.keys()
     unexpected = state.keys() - expected.keys()
@@ -144,7 +170,9 @@ def load_strict(
     if shapes:
         problems.append(f"shape mismatch: {'; '.join(shapes[:5])}")
     if problems:
-        raise WeightLoadError(f"{source} does not match {type(module).__name__}: " + " | ".join(problems))
+        raise WeightLoadError(
+            f"{source} does not match {type(module).__name__}: " + " | ".join(problems)
+        )
     module.load_state_dict(state, strict=True, assign=True)
 
 
@@ -153,7 +181,11 @@ def _dtype_kwarg() -> str:
     from packaging.version import Version
 
     # ``dtype=`` replaced ``torch_dtype=`` in transformers 4.56
-    return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+    return (
+        "dtype"
+        if Version(transformers.__version__) >= Version("4.56")
+        else "torch_dtype"
+    )
 
 
 def strict_from_pretrained(
@@ -173,5 +205,7 @@ def strict_from_pretrained(
     if info.get("error_msgs"):
         problems.append(f"errors: {info['error_msgs'][:3]}")
     if problems:
-        raise WeightLoadError(f"{model_id} does not match {type(model).__name__}: " + " | ".join(problems))
+        raise WeightLoadError(
+            f"{model_id} does not match {type(model).__name__}: " + " | ".join(problems)
+        )
     return model

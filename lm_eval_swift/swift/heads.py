@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from lm_eval_swift.errors import UsageError
 
+
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
@@ -36,7 +37,9 @@ FORMAT = "swift-head"
 FORMAT_VERSION = 1
 HEADS_ENV = "LM_EVAL_SWIFT_HEADS"
 
-Entry = int | Literal["logits"]  # an index into output_hidden_states, or the final logits
+Entry = (
+    int | Literal["logits"]
+)  # an index into output_hidden_states, or the final logits
 
 
 class HeadError(UsageError):
@@ -47,7 +50,9 @@ class HeadMismatchError(HeadError):
     """A head that was made for another base model."""
 
 
-def swift_reward(parts: torch.Tensor, mask: torch.Tensor, gate: bool = True) -> torch.Tensor:
+def swift_reward(
+    parts: torch.Tensor, mask: torch.Tensor, gate: bool = True
+) -> torch.Tensor:
     """SWIFT's pooled reward. parts [..., T, 2] = (gate logit, reward) per token, mask [..., T] -> R [...] (fp32).
 
     R = sum_t g_t r_t / max(sum_t g_t, 1e-8) with g_t = sigmoid(gate logit), over masked-in tokens; without a gate
@@ -74,14 +79,22 @@ class BaseModel:
 
     def __post_init__(self):
         if self.embedding_probe is not None:  # a JSON list when read from config.json
-            object.__setattr__(self, "embedding_probe", tuple(map(float, self.embedding_probe)))
+            object.__setattr__(
+                self, "embedding_probe", tuple(map(float, self.embedding_probe))
+            )
 
     @classmethod
     def from_config(
-        cls, config, name_or_path: str, revision: str | None = None, weights: nn.Module | None = None
+        cls,
+        config,
+        name_or_path: str,
+        revision: str | None = None,
+        weights: nn.Module | None = None,
     ) -> BaseModel:
         """The facts of the model with HF ``config``; with the model itself (``weights``) also its probe."""
-        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        text = (
+            config.get_text_config() if hasattr(config, "get_text_config") else config
+        )
         return cls(
             name_or_path=str(name_or_path),
             num_hidden_layers=int(text.num_hidden_layers),
@@ -113,8 +126,14 @@ def embedding_probe(model: nn.Module) -> tuple[float, ...] | None:
         weight = model.get_input_embeddings().weight
         if weight.device.type == "meta" or weight.dim() != 2:
             return None
-        rows = torch.linspace(0, weight.shape[0] - 1, PROBE_ROWS).long().to(weight.device)
-        cols = torch.linspace(0, weight.shape[1] - 1, PROBE_COLUMNS).long().to(weight.device)
+        rows = (
+            torch.linspace(0, weight.shape[0] - 1, PROBE_ROWS).long().to(weight.device)
+        )
+        cols = (
+            torch.linspace(0, weight.shape[1] - 1, PROBE_COLUMNS)
+            .long()
+            .to(weight.device)
+        )
         values = weight.detach()[rows][:, cols].float().flatten().cpu()
     except (AttributeError, NotImplementedError, RuntimeError):
         return None
@@ -150,7 +169,11 @@ class SwiftHead(nn.Module):
                 if layers is None
                 else tuple(i + n_entries if i < 0 else i for i in map(int, layers))
             )
-            if not layers or len(set(layers)) != len(layers) or not all(0 <= i < n_entries for i in layers):
+            if (
+                not layers
+                or len(set(layers)) != len(layers)
+                or not all(0 <= i < n_entries for i in layers)
+            ):
                 raise HeadError(
                     f"head {name!r}: layers must be distinct hidden_states indices in 0..{n_entries - 1}, got {layers}"
                 )
@@ -160,18 +183,33 @@ class SwiftHead(nn.Module):
                 raise HeadError(f"head {name!r}: a logits head takes no layers")
             layers, n_features = (), base.vocab_size
         else:
-            raise HeadError(f"head {name!r}: unknown feature kind {kind!r} (expected 'hidden_states' or 'logits')")
-        self.base, self.kind, self.layers, self.gate, self.name = base, kind, layers, gate, name
+            raise HeadError(
+                f"head {name!r}: unknown feature kind {kind!r} (expected 'hidden_states' or 'logits')"
+            )
+        self.base, self.kind, self.layers, self.gate, self.name = (
+            base,
+            kind,
+            layers,
+            gate,
+            name,
+        )
         self.training_info = dict(training or {})
         self.linear = nn.Linear(n_features, 2 if gate else 1)
 
     @classmethod
     def for_model(
-        cls, config, name_or_path: str, revision: str | None = None, weights: nn.Module | None = None, **kwargs
+        cls,
+        config,
+        name_or_path: str,
+        revision: str | None = None,
+        weights: nn.Module | None = None,
+        **kwargs,
     ) -> SwiftHead:
         """A freshly initialised head for the model with HF ``config`` (kwargs as in ``__init__``); given the model
         itself (``weights``), the head records its :func:`embedding_probe` and later refuses other weights."""
-        return cls(BaseModel.from_config(config, name_or_path, revision, weights), **kwargs)
+        return cls(
+            BaseModel.from_config(config, name_or_path, revision, weights), **kwargs
+        )
 
     @property
     def entries(self) -> tuple[Entry, ...]:
@@ -182,14 +220,23 @@ class SwiftHead(nn.Module):
         """Weight [2, F] and bias [2] with rows (gate, reward); a gateless head has a zero gate row."""
         w, b = self.linear.weight, self.linear.bias
         if not self.gate:
-            w, b = torch.cat([torch.zeros_like(w), w]), torch.cat([torch.zeros_like(b), b])
+            w, b = (
+                torch.cat([torch.zeros_like(w), w]),
+                torch.cat([torch.zeros_like(b), b]),
+            )
         return w, b
 
     def projections(self) -> tuple[dict[Entry, torch.Tensor], torch.Tensor]:
         """Per-entry weights {entry: [2, d_entry]} (fp32) and bias [2]: parts = sum_e h_e @ W_e^T + bias."""
         w, b = self.fused()
-        width = self.base.hidden_size if self.kind == "hidden_states" else self.base.vocab_size
-        return dict(zip(self.entries, w.detach().float().split(width, dim=1))), b.detach().float()
+        width = (
+            self.base.hidden_size
+            if self.kind == "hidden_states"
+            else self.base.vocab_size
+        )
+        return dict(
+            zip(self.entries, w.detach().float().split(width, dim=1))
+        ), b.detach().float()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features [..., T, F] (entries concatenated in ``entries`` order) -> parts [..., T, 2] fp32."""
@@ -202,7 +249,9 @@ class SwiftHead(nn.Module):
 
     # ---- compatibility -------------------------------------------------------------------------------------------
 
-    def check_compatible(self, model_config, name_or_path: str, model: nn.Module | None = None) -> None:
+    def check_compatible(
+        self, model_config, name_or_path: str, model: nn.Module | None = None
+    ) -> None:
         """Raise :class:`HeadMismatchError` naming expected vs actual if this head was not made for that model:
         its sizes and name differ, or (given the ``model`` and a head that recorded a probe) its weights do."""
         actual = BaseModel.from_config(model_config, name_or_path)
@@ -217,14 +266,19 @@ class SwiftHead(nn.Module):
             )
         if not problems and model is not None and self.base.embedding_probe is not None:
             probe = embedding_probe(model)
-            if probe is not None and (diff := probe_difference(self.base.embedding_probe, probe)) > PROBE_TOLERANCE:
+            if (
+                probe is not None
+                and (diff := probe_difference(self.base.embedding_probe, probe))
+                > PROBE_TOLERANCE
+            ):
                 problems.append(
                     f"weights: the model's embedding probe differs from the one the head was trained on by "
                     f"{diff:.0%} (tolerance {PROBE_TOLERANCE:.0%}): same name and shapes, other weights"
                 )
         if problems:
             raise HeadMismatchError(
-                f"SWIFT head {self.name!r} does not fit model {name_or_path!r}: " + "; ".join(problems)
+                f"SWIFT head {self.name!r} does not fit model {name_or_path!r}: "
+                + "; ".join(problems)
             )
 
     # ---- disk format ---------------------------------------------------------------------------------------------
@@ -243,8 +297,15 @@ class SwiftHead(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().float().contiguous().cpu() for k, v in self.linear.state_dict().items()}
-        save_file({f"linear.{k}": v for k, v in tensors.items()}, directory / WEIGHTS_NAME, metadata={"format": "pt"})
+        tensors = {
+            k: v.detach().float().contiguous().cpu()
+            for k, v in self.linear.state_dict().items()
+        }
+        save_file(
+            {f"linear.{k}": v for k, v in tensors.items()},
+            directory / WEIGHTS_NAME,
+            metadata={"format": "pt"},
+        )
         (directory / CONFIG_NAME).write_text(json.dumps(self.config(), indent=2) + "\n")
         return directory
 
@@ -266,7 +327,9 @@ class SwiftHead(nn.Module):
                 training=config.get("training"),
             )
         except (KeyError, TypeError) as e:
-            raise HeadError(f"{directory / CONFIG_NAME}: missing or malformed field {e}") from e
+            raise HeadError(
+                f"{directory / CONFIG_NAME}: missing or malformed field {e}"
+            ) from e
         head.linear.load_state_dict(_read_weights(directory, head.linear))
         return head
 
@@ -281,9 +344,13 @@ def read_config(directory: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise HeadError(f"{path}: unreadable ({e})") from e
     if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise HeadError(f'{path}: not a SWIFT head config (expected "format": "{FORMAT}")')
+        raise HeadError(
+            f'{path}: not a SWIFT head config (expected "format": "{FORMAT}")'
+        )
     if config.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-        raise HeadError(f"{path}: format_version {config['format_version']} is newer than this code ({FORMAT_VERSION})")
+        raise HeadError(
+            f"{path}: format_version {config['format_version']} is newer than this code ({FORMAT_VERSION})"
+        )
     return config
 
 
@@ -297,11 +364,15 @@ def _read_weights(directory: Path, linear: nn.Linear) -> dict[str, torch.Tensor]
         raise HeadError(f"{path}: corrupt safetensors file ({e})") from e
     expected = {f"linear.{k}": v.shape for k, v in linear.state_dict().items()}
     if set(tensors) != set(expected):
-        raise HeadError(f"{path}: tensors {sorted(tensors)}, expected {sorted(expected)}")
+        raise HeadError(
+            f"{path}: tensors {sorted(tensors)}, expected {sorted(expected)}"
+        )
     for key, shape in expected.items():
         t = tensors[key]
         if t.shape != shape:
-            raise HeadError(f"{path}: {key} has shape {tuple(t.shape)}, config implies {tuple(shape)}")
+            raise HeadError(
+                f"{path}: {key} has shape {tuple(t.shape)}, config implies {tuple(shape)}"
+            )
         if not torch.isfinite(t).all():
             raise HeadError(f"{path}: {key} contains NaN or inf")
     return {k.removeprefix("linear."): v.float() for k, v in tensors.items()}
@@ -311,9 +382,15 @@ def _download(hub_id: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(repo_id=hub_id, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
+        return Path(
+            snapshot_download(
+                repo_id=hub_id, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]
+            )
+        )
     except Exception as e:  # offline, unknown repo, bad id: all mean "no such head"
-        raise HeadError(f"SWIFT head {hub_id!r}: not a local directory and not loadable from the Hub ({e})") from e
+        raise HeadError(
+            f"SWIFT head {hub_id!r}: not a local directory and not loadable from the Hub ({e})"
+        ) from e
 
 
 # ---- discovery -------------------------------------------------------------------------------------------------
@@ -321,13 +398,18 @@ def _download(hub_id: str) -> Path:
 
 def registry_dir() -> Path:
     """The heads registry: ``heads/`` of the repository, shipped in the wheel as ``lm_eval_swift/head_registry``."""
-    shipped = Path(__file__).parent / "head_registry"
-    return shipped if shipped.is_dir() else Path(__file__).resolve().parents[1] / "heads"
+    package = Path(__file__).resolve().parents[1]  # lm_eval_swift/
+    shipped = package / "head_registry"
+    return shipped if shipped.is_dir() else package.parent / "heads"
 
 
 def heads_dirs() -> list[Path]:
     """Where heads are looked up by name: ``$LM_EVAL_SWIFT_HEADS`` (os.pathsep-separated), then the registry."""
-    env = [Path(p).expanduser() for p in os.environ.get(HEADS_ENV, "").split(os.pathsep) if p]
+    env = [
+        Path(p).expanduser()
+        for p in os.environ.get(HEADS_ENV, "").split(os.pathsep)
+        if p
+    ]
     return [*env, registry_dir()]
 
 
@@ -341,7 +423,9 @@ def find_head(ref: str) -> str | Path:
             return d / ref
     if ref.count("/") == 1 and not ref.startswith((".", "/", "~")):
         return ref
-    raise HeadError(f"SWIFT head {ref!r} not found: not a directory, nor a head under {[str(d) for d in heads_dirs()]}")
+    raise HeadError(
+        f"SWIFT head {ref!r} not found: not a directory, nor a head under {[str(d) for d in heads_dirs()]}"
+    )
 
 
 def available_heads() -> dict[str, Path]:
@@ -371,7 +455,10 @@ def heads_disabled(spec: str | None) -> bool:
 
 
 def resolve_heads(
-    spec: str | None, model_name_or_path: str, model_config, model: nn.Module | None = None
+    spec: str | None,
+    model_name_or_path: str,
+    model_config,
+    model: nn.Module | None = None,
 ) -> dict[str, SwiftHead]:
     """Heads to score with, by alias, loaded and checked against the model.
 
@@ -390,13 +477,17 @@ def resolve_heads(
         head = SwiftHead.from_pretrained(find_head(ref))
         alias = alias or ("swift" if not heads else head.name)
         if alias in heads:
-            raise HeadError(f"two SWIFT heads are called {alias!r} in {spec!r}; name them with alias=path")
+            raise HeadError(
+                f"two SWIFT heads are called {alias!r} in {spec!r}; name them with alias=path"
+            )
         head.check_compatible(model_config, model_name_or_path, model)
         heads[alias] = head
     return heads
 
 
-def _auto_heads(model_name_or_path: str, model_config, model: nn.Module | None) -> dict[str, SwiftHead]:
+def _auto_heads(
+    model_name_or_path: str, model_config, model: nn.Module | None
+) -> dict[str, SwiftHead]:
     want = model_basename(model_name_or_path)
     matches = []
     for path in available_heads().values():
@@ -415,7 +506,9 @@ def _auto_heads(model_name_or_path: str, model_config, model: nn.Module | None) 
     if not matches:
         log.warning(
             "heads=auto: no SWIFT head for model %r under %s: no SWIFT rewards. Give one with heads=PATH, or "
-            "heads=none to say so.", want, ", ".join(map(str, heads_dirs())),
+            "heads=none to say so.",
+            want,
+            ", ".join(map(str, heads_dirs())),
         )
         return {}
     head = SwiftHead.from_pretrained(matches[0])

@@ -15,9 +15,9 @@ rows still refill the batch when N > B). The KV cache holds at most B rows of th
 Sample i of a question draws its uniforms from its own seed (``sample_seed``), so samples do not depend on the
 batch size or on which rows share a batch (up to the last bits of floating point, which can flip a token only when
 a uniform falls within about 1e-7 of a CDF boundary). The heads' outputs of each fed token are captured by a
-:class:`~lm_eval_swift.capture.HeadProjector`; the last sampled token of a row is fed once more to be captured.
+:class:`~lm_eval_swift.swift.capture.HeadProjector`; the last sampled token of a row is fed once more to be captured.
 
-Finished samples are kept in a :class:`~lm_eval_swift.sample_cache.SampleCache` (one commit per question after
+Finished samples are kept in a :class:`~lm_eval_swift.harness.sample_cache.SampleCache` (one commit per question after
 each decode step in which some of its samples finished), so a run started again after a kill samples only what
 was not finished.
 """
@@ -51,22 +51,34 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from lm_eval_swift.capture import HeadProjector
-from lm_eval_swift.distributed import destroy_gloo_group_at_exit, padding_copies, process_share, use_cpu_process_group
-from lm_eval_swift.heads import resolve_heads, swift_reward
-from lm_eval_swift.responses import ScoredText, response_tokens
-from lm_eval_swift.sample_cache import (
+from lm_eval_swift.harness.distributed import (
+    destroy_gloo_group_at_exit,
+    padding_copies,
+    process_share,
+    use_cpu_process_group,
+)
+from lm_eval_swift.harness.sample_cache import (
     SampleCache,
     head_fingerprint,
     model_fingerprint,
     question_key,
     resolve_path,
 )
+from lm_eval_swift.responses import ScoredText, response_tokens
+from lm_eval_swift.swift.capture import HeadProjector
+from lm_eval_swift.swift.heads import resolve_heads, swift_reward
+
 
 log = logging.getLogger(__name__)
 
 # transformers' GenerationConfig defaults, used where neither the request nor the model's generation_config says
-HF_SAMPLING_DEFAULTS = {"do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": 1.0, "min_p": None}
+HF_SAMPLING_DEFAULTS = {
+    "do_sample": False,
+    "temperature": 1.0,
+    "top_k": 50,
+    "top_p": 1.0,
+    "min_p": None,
+}
 
 
 class Sampling:
@@ -83,7 +95,9 @@ class Sampling:
         if do_sample and not temperature > 0:
             raise ValueError(f"do_sample=True needs temperature > 0, got {temperature}")
         self.do_sample = do_sample
-        self.warpers = LogitsProcessorList()  # HF's order: temperature, top-k, top-p, min-p
+        self.warpers = (
+            LogitsProcessorList()
+        )  # HF's order: temperature, top-k, top-p, min-p
         if do_sample and temperature != 1.0:
             self.warpers.append(TemperatureLogitsWarper(temperature))
         if do_sample and top_k:
@@ -104,10 +118,16 @@ class Sampling:
         """The effective ``__init__`` arguments for normalized lm-eval gen_kwargs over ``generation_config``."""
         unknown = set(kwargs) - set(HF_SAMPLING_DEFAULTS)
         if unknown:
-            raise ValueError(f"hf-swift does not support generation kwargs {sorted(unknown)}")
+            raise ValueError(
+                f"hf-swift does not support generation kwargs {sorted(unknown)}"
+            )
 
         def get(key):
-            for value in (kwargs.get(key), getattr(generation_config, key, None), HF_SAMPLING_DEFAULTS[key]):
+            for value in (
+                kwargs.get(key),
+                getattr(generation_config, key, None),
+                HF_SAMPLING_DEFAULTS[key],
+            ):
                 if value is not None:
                     return value
 
@@ -126,7 +146,11 @@ class Sampling:
             return logits.argmax(-1)
         cdf = self.warpers(None, logits).softmax(-1).double().cumsum(-1)
         target = (u.to(cdf.device, torch.float64) * cdf[:, -1]).unsqueeze(-1)
-        return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_max(cdf.shape[-1] - 1)
+        return (
+            torch.searchsorted(cdf, target, right=True)
+            .squeeze(-1)
+            .clamp_max(cdf.shape[-1] - 1)
+        )
 
 
 def sample_seed(seed: int, context: str, gen_kwargs: dict, i: int) -> int:
@@ -142,12 +166,25 @@ class StopCheck:
         self.tokenizer, self.eos = tokenizer, set(eos_token_ids)
         self.until = [s for s in until if s]
         # like lm-eval: look back as many tokens as the longest stop string encodes to, plus 2
-        self.window = max((len(tokenizer.encode(s, add_special_tokens=False)) for s in self.until), default=0) + 2
+        self.window = (
+            max(
+                (
+                    len(tokenizer.encode(s, add_special_tokens=False))
+                    for s in self.until
+                ),
+                default=0,
+            )
+            + 2
+        )
 
     def __call__(self, ids: Sequence[int]) -> bool:
         if ids[-1] in self.eos:
             return True
-        tail = self.tokenizer.decode(ids[-self.window :], skip_special_tokens=True) if self.until else ""
+        tail = (
+            self.tokenizer.decode(ids[-self.window :], skip_special_tokens=True)
+            if self.until
+            else ""
+        )
         return any(s in tail for s in self.until)
 
 
@@ -166,7 +203,9 @@ class PackedCache(Cache):
 
     def __init__(self, model: nn.Module, rows: int):
         super().__init__(layers=[])
-        self.windows: list[int | None] = []  # per layer: sliding window, or None (full attention)
+        self.windows: list[
+            int | None
+        ] = []  # per layer: sliding window, or None (full attention)
         for layer in DynamicCache(config=model.config).layers:
             if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer):
                 raise NotImplementedError(
@@ -181,9 +220,15 @@ class PackedCache(Cache):
             )
         self.layer_types = getattr(model.config, "layer_types", None)
         self.rows, self.capacity, self.live = rows, 0, 0
-        self.lengths = torch.zeros(rows, dtype=torch.long)  # filled positions per row (cpu)
-        self.buffers: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer: keys, values
-        self._write: tuple[torch.Tensor, torch.Tensor] | None = None  # (rows, positions) of the step's new entries
+        self.lengths = torch.zeros(
+            rows, dtype=torch.long
+        )  # filled positions per row (cpu)
+        self.buffers: list[
+            tuple[torch.Tensor, torch.Tensor]
+        ] = []  # per layer: keys, values
+        self._write: tuple[torch.Tensor, torch.Tensor] | None = (
+            None  # (rows, positions) of the step's new entries
+        )
         self._span = 0
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -206,10 +251,15 @@ class PackedCache(Cache):
         layer holds only its last positions, the others are never attended again); ``length``: positions the rows
         will need (prompt + new tokens)."""
         if self.live + k > self.rows:
-            raise RuntimeError(f"PackedCache: {self.live + k} rows exceed the {self.rows} allocated")
+            raise RuntimeError(
+                f"PackedCache: {self.live + k} rows exceed the {self.rows} allocated"
+            )
         if not self.buffers:
             self.buffers = [
-                tuple(x.new_zeros(self.rows, x.shape[1], 0, x.shape[-1]) for x in (layer.keys, layer.values))
+                tuple(
+                    x.new_zeros(self.rows, x.shape[1], 0, x.shape[-1])
+                    for x in (layer.keys, layer.values)
+                )
                 for layer in prefill.layers
             ]
         self._reserve(length)
@@ -241,23 +291,32 @@ class PackedCache(Cache):
         self.live = n
         return order
 
-    def step_inputs(self) -> tuple[torch.Tensor, torch.Tensor | dict[str, torch.Tensor]]:
+    def step_inputs(
+        self,
+    ) -> tuple[torch.Tensor, torch.Tensor | dict[str, torch.Tensor]]:
         """position_ids [live, 1] and the attention mask(s) [live, 1, 1, span] of a one-token decode step of every
         live row: one mask, or a dict by layer type when full and sliding-window layers are mixed."""
         device = self.buffers[0][0].device
         pos = self.lengths[: self.live].to(device)
         self._span = int(self.lengths[: self.live].max()) + 1
         if self._span > self.capacity:
-            raise RuntimeError(f"PackedCache: {self._span} positions exceed the {self.capacity} reserved")
+            raise RuntimeError(
+                f"PackedCache: {self._span} positions exceed the {self.capacity} reserved"
+            )
         self._write = (torch.arange(self.live, device=device), pos)
         kv = torch.arange(self._span, device=device)
         seen = kv <= pos[:, None]
-        masks = {w: seen if w is None else seen & (kv > pos[:, None] - w) for w in set(self.windows)}
+        masks = {
+            w: seen if w is None else seen & (kv > pos[:, None] - w)
+            for w in set(self.windows)
+        }
         masks = {w: self._attention_mask(m[:, None, None]) for w, m in masks.items()}
         if len(masks) == 1:
             return pos[:, None], next(iter(masks.values()))
         if self.layer_types is None:
-            raise NotImplementedError("hf-swift: mixed sliding-window and full layers need config.layer_types")
+            raise NotImplementedError(
+                "hf-swift: mixed sliding-window and full layers need config.layer_types"
+            )
         by_type = {}
         for kind, w in zip(self.layer_types, self.windows):
             by_type[kind] = masks[w]
@@ -267,14 +326,16 @@ class PackedCache(Cache):
         if self.attn_implementation == "sdpa":
             return allowed
         dtype = self.buffers[0][0].dtype
-        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
-            ~allowed, torch.finfo(dtype).min
-        )
+        return torch.zeros(
+            allowed.shape, dtype=dtype, device=allowed.device
+        ).masked_fill(~allowed, torch.finfo(dtype).min)
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
         """Write the step's keys/values [live, kv_heads, 1, d] at each row's length; return [live, kv_heads, span, d]."""
         if key_states.shape[-2] != 1 or self._write is None:
-            raise RuntimeError("PackedCache takes one-token decode steps after step_inputs()")
+            raise RuntimeError(
+                "PackedCache takes one-token decode steps after step_inputs()"
+            )
         keys, values = self.buffers[layer_idx]
         rows, pos = (x.to(keys.device) for x in self._write)
         keys[rows, :, pos] = key_states[:, :, 0]
@@ -312,7 +373,10 @@ class Finished(NamedTuple):
 # inference_mode, not no_grad: no autograd bookkeeping per op (about 12% faster decoding on the demo model)
 @torch.inference_mode()
 def decode(
-    model: nn.Module, jobs: Sequence[Job], batch_size: int, projector: HeadProjector | None = None
+    model: nn.Module,
+    jobs: Sequence[Job],
+    batch_size: int,
+    projector: HeadProjector | None = None,
 ) -> Iterator[list[Finished]]:
     """Draw every job's samples, at most ``batch_size`` rows per decode step, packed and continuously batched.
 
@@ -331,7 +395,9 @@ def decode(
     rows = min(batch_size, total)
     cache = PackedCache(model, rows)
     t_max = max(job.max_new_tokens for job in jobs)
-    u = torch.zeros(rows, t_max, dtype=torch.float64)  # per row: its seed's uniforms, one per new token
+    u = torch.zeros(
+        rows, t_max, dtype=torch.float64
+    )  # per row: its seed's uniforms, one per new token
     parts = None  # [rows, t_max, H, 2]: head outputs at the position where generated token t is the input
     owner: list[tuple[int, int]] = []  # per live row: (job, sample)
     generated: list[list[int]] = []
@@ -349,7 +415,12 @@ def decode(
                 prefill = DynamicCache(config=model.config)
                 prompt = torch.tensor([list(jobs[j].prompt_ids)], device=model.device)
                 with projector.paused() if projector is not None else nullcontext():
-                    out = model(input_ids=prompt, cache=prefill, use_cache=True, logits_to_keep=1)
+                    out = model(
+                        input_ids=prompt,
+                        cache=prefill,
+                        use_cache=True,
+                        logits_to_keep=1,
+                    )
                 current = [j, prefill, out.logits[:, -1].float(), 0]
             j, prefill, first, s = current
             job = jobs[j]
@@ -363,7 +434,11 @@ def decode(
                 )
                 owner.append((j, i))
                 generated.append([])
-            logits = first.expand(k, -1) if logits is None else torch.cat([logits, first.expand(k, -1)])
+            logits = (
+                first.expand(k, -1)
+                if logits is None
+                else torch.cat([logits, first.expand(k, -1)])
+            )
             current = None if s + k == len(job.seeds) else [j, prefill, first, s + k]
 
     def pick() -> torch.Tensor:
@@ -371,7 +446,9 @@ def decode(
         uniforms = u[torch.arange(live), torch.tensor([len(g) for g in generated])]
         samplers: dict[int, tuple[Sampling, list[int]]] = {}
         for r, (j, _) in enumerate(owner):
-            samplers.setdefault(id(jobs[j].sampling), (jobs[j].sampling, []))[1].append(r)
+            samplers.setdefault(id(jobs[j].sampling), (jobs[j].sampling, []))[1].append(
+                r
+            )
         if len(samplers) == 1:
             return next(iter(samplers.values()))[0].pick(logits, uniforms)
         tokens = torch.empty(live, dtype=torch.long, device=logits.device)
@@ -384,7 +461,11 @@ def decode(
         """Remove the finished rows -> (them, order of the rows kept)."""
         done = [
             Finished(
-                *owner[r], generated[r], None if parts is None else parts[r, : len(generated[r])].to("cpu", copy=True)
+                *owner[r],
+                generated[r],
+                None
+                if parts is None
+                else parts[r, : len(generated[r])].to("cpu", copy=True),
             )
             for r, a in enumerate(alive)
             if not a
@@ -396,7 +477,10 @@ def decode(
             u[dst] = u[src]
             if parts is not None:
                 parts[dst.to(parts.device)] = parts[src.to(parts.device)]
-        owner[:], generated[:] = [owner[o] for o in order], [generated[o] for o in order]
+        owner[:], generated[:] = (
+            [owner[o] for o in order],
+            [generated[o] for o in order],
+        )
         return done, order
 
     with projector if projector is not None else nullcontext():
@@ -407,11 +491,17 @@ def decode(
             tokens = pick()
             for g, tok in zip(generated, tokens.tolist()):
                 g.append(tok)
-            alive = [len(g) < jobs[j].max_new_tokens and not jobs[j].stop(g) for g, (j, _) in zip(generated, owner)]
+            alive = [
+                len(g) < jobs[j].max_new_tokens and not jobs[j].stop(g)
+                for g, (j, _) in zip(generated, owner)
+            ]
             done: list[Finished] = []
             if projector is None:  # nothing to capture: finished rows are not fed again
                 done, order = drop(alive)
-                tokens, alive = tokens[torch.tensor(order, dtype=torch.long, device=tokens.device)], [True] * cache.live
+                tokens, alive = (
+                    tokens[torch.tensor(order, dtype=torch.long, device=tokens.device)],
+                    [True] * cache.live,
+                )
             if cache.live:
                 position_ids, mask = cache.step_inputs()
                 out = model(
@@ -428,11 +518,15 @@ def decode(
                     step = projector.take()[:, 0]  # [live, H, 2]
                     if parts is None:
                         parts = step.new_zeros(rows, t_max, *step.shape[1:])
-                    at = torch.tensor([len(g) - 1 for g in generated], device=parts.device)
+                    at = torch.tensor(
+                        [len(g) - 1 for g in generated], device=parts.device
+                    )
                     parts[torch.arange(cache.live, device=parts.device), at] = step
             if not all(alive):
                 done, order = drop(alive)
-                logits = logits[torch.tensor(order, dtype=torch.long, device=logits.device)]
+                logits = logits[
+                    torch.tensor(order, dtype=torch.long, device=logits.device)
+                ]
             elif cache.live == 0:
                 logits = None
             if done:
@@ -452,7 +546,12 @@ def sample_continuations(
     """Sample one continuation of one prompt per seed: (generated ids, head outputs [T, H, 2] of those tokens, fp32
     cpu, or None), in seed order; see :func:`decode`."""
     rows: list[tuple[list[int], torch.Tensor | None] | None] = [None] * len(seeds)
-    for finished in decode(model, [Job(prompt_ids, seeds, sampling, max_new_tokens, stop)], batch_size, projector):
+    for finished in decode(
+        model,
+        [Job(prompt_ids, seeds, sampling, max_new_tokens, stop)],
+        batch_size,
+        projector,
+    ):
         for f in finished:
             rows[f.sample] = (f.ids, f.parts)
     return rows
@@ -462,8 +561,12 @@ def encode_prompt(lm: HFLM, context: str, max_gen_toks: int) -> list[int]:
     """The prompt ids HFLM's ``generate_until`` feeds for ``context``: same special tokens, same left truncation."""
     max_ctx_len = lm.max_length - max_gen_toks
     if max_ctx_len <= 0:
-        raise ValueError(f"max_gen_toks={max_gen_toks} must be less than the model's maximum length {lm.max_length}")
-    ids, _ = lm.tok_batch_encode([context], left_truncate_len=max_ctx_len, truncation=lm.truncation)
+        raise ValueError(
+            f"max_gen_toks={max_gen_toks} must be less than the model's maximum length {lm.max_length}"
+        )
+    ids, _ = lm.tok_batch_encode(
+        [context], left_truncate_len=max_ctx_len, truncation=lm.truncation
+    )
     return ids[0].tolist()
 
 
@@ -486,8 +589,12 @@ class _Question:
     until: list[str]
     eos: set[int]
     seeds: list[int]  # of samples 0..count-1
-    responses: dict[int, ScoredText] = field(default_factory=dict)  # sample index -> response
-    missing: list[int] = field(default_factory=list)  # sample indices to draw, in job.seeds' order
+    responses: dict[int, ScoredText] = field(
+        default_factory=dict
+    )  # sample index -> response
+    missing: list[int] = field(
+        default_factory=list
+    )  # sample indices to draw, in job.seeds' order
     job: Job | None = None
     key: str | None = None  # in the sample cache
     description: str | None = None
@@ -497,9 +604,9 @@ class _Question:
 class HFSwiftLM(HFLM):
     """HFLM plus best-of-N sampling with SWIFT rewards: ``generate_until`` returns :class:`ScoredText` responses.
 
-    ``heads``: head spec as in :func:`~lm_eval_swift.heads.resolve_heads` (default "auto"; None, "none", "off" or ""
+    ``heads``: head spec as in :func:`~lm_eval_swift.swift.heads.resolve_heads` (default "auto"; None, "none", "off" or ""
     mean no heads: plain sampling). ``seed``: sampling seed. ``sample_cache``: where finished samples are kept so
-    that a run started again samples only what is missing (see :mod:`~lm_eval_swift.sample_cache`): a SQLite
+    that a run started again samples only what is missing (see :mod:`~lm_eval_swift.harness.sample_cache`): a SQLite
     file or a directory for one; "auto" (default): ``hf-swift-samples.sqlite`` in the user's cache folder
     (``$XDG_CACHE_HOME/lm-eval-swift/``, default ``~/.cache/lm-eval-swift/``); None or "none": no cache.
     ``packing`` (default true): the samples of all the questions of a call share the decode batches
@@ -520,7 +627,9 @@ class HFSwiftLM(HFLM):
         **kwargs,
     ):
         if str(packing).lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"hf-swift: packing must be true or false, got {packing!r}")
+            raise ValueError(
+                f"hf-swift: packing must be true or false, got {packing!r}"
+            )
         use_cpu_process_group(kwargs.get("device"))
         super().__init__(pretrained, **kwargs)
         if self.backend != "causal":
@@ -531,25 +640,40 @@ class HFSwiftLM(HFLM):
             destroy_gloo_group_at_exit()
         self.seed = int(seed)
         self.packing = str(packing).lower() in ("true", "1")
-        PackedCache(self.model, 1)  # refuses, now, a model whose layers or attention cannot be decoded in rows
+        PackedCache(
+            self.model, 1
+        )  # refuses, now, a model whose layers or attention cannot be decoded in rows
         self.heads_spec = "none" if heads is None else str(heads)
-        self.heads = resolve_heads(self.heads_spec, self.model.name_or_path, self.model.config, model=self.model)
-        self.projector = HeadProjector(self.model, list(self.heads.values())) if self.heads else None
+        self.heads = resolve_heads(
+            self.heads_spec,
+            self.model.name_or_path,
+            self.model.config,
+            model=self.model,
+        )
+        self.projector = (
+            HeadProjector(self.model, list(self.heads.values())) if self.heads else None
+        )
         if self.projector is not None:
             self.projector.check()
         self.sample_cache = self._open_sample_cache(sample_cache)
-        self._fingerprints: dict[str, tuple[object, str]] = {}  # "model" or head alias -> (object, fingerprint)
+        self._fingerprints: dict[
+            str, tuple[object, str]
+        ] = {}  # "model" or head alias -> (object, fingerprint)
         self._counts = {"cached": 0, "sampled": 0}  # of the last generate_until
 
     @property
     def rank(self) -> int:
         """Index of this process: every process of a launch takes a share of the documents, on CPU too (sampling
-        here needs no collective op; see :func:`~lm_eval_swift.distributed.process_share`)."""
-        return process_share(super().rank, super().world_size, getattr(self, "accelerator", None))[0]
+        here needs no collective op; see :func:`~lm_eval_swift.harness.distributed.process_share`)."""
+        return process_share(
+            super().rank, super().world_size, getattr(self, "accelerator", None)
+        )[0]
 
     @property
     def world_size(self) -> int:
-        return process_share(super().rank, super().world_size, getattr(self, "accelerator", None))[1]
+        return process_share(
+            super().rank, super().world_size, getattr(self, "accelerator", None)
+        )[1]
 
     def _open_sample_cache(self, spec) -> SampleCache | None:
         path = resolve_path(spec)
@@ -560,7 +684,11 @@ class HFSwiftLM(HFLM):
         except (OSError, sqlite3.Error) as e:
             if spec not in ("auto", "default"):
                 raise
-            log.warning("hf-swift: cannot open the default sample cache %s (%s); running without one", path, e)
+            log.warning(
+                "hf-swift: cannot open the default sample cache %s (%s); running without one",
+                path,
+                e,
+            )
             return None
         log.info("hf-swift: sample cache %s", path)
         return cache
@@ -576,39 +704,64 @@ class HFSwiftLM(HFLM):
             return held[1]
 
         model = memo("model", self.model, model_fingerprint, self.model)
-        heads = [(alias, memo(alias, head, head_fingerprint, alias, head)) for alias, head in self.heads.items()]
+        heads = [
+            (alias, memo(alias, head, head_fingerprint, alias, head))
+            for alias, head in self.heads.items()
+        ]
         return model, heads
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[ScoredText]:
         copies = padding_copies(requests) if self.world_size > 1 else {}
-        grouped: dict[tuple[str, str], list[int]] = {}  # identical (context, gen_kwargs) -> request indices
+        grouped: dict[
+            tuple[str, str], list[int]
+        ] = {}  # identical (context, gen_kwargs) -> request indices
         for i, req in enumerate(requests):
             if i in copies:
                 continue
             context, gen_kwargs = req.args
-            grouped.setdefault((context, json.dumps(gen_kwargs, sort_keys=True, default=str)), []).append(i)
-        batch_size = self._detect_batch_size() if self.batch_size == "auto" else int(self.batch_size)
+            grouped.setdefault(
+                (context, json.dumps(gen_kwargs, sort_keys=True, default=str)), []
+            ).append(i)
+        batch_size = (
+            self._detect_batch_size()
+            if self.batch_size == "auto"
+            else int(self.batch_size)
+        )
         self._counts = {"cached": 0, "sampled": 0}
         samplers: dict[str, Sampling] = {}
-        questions = [self._plan(*requests[idxs[0]].args, idxs, samplers) for idxs in grouped.values()]
-        bar = tqdm(total=len(questions), desc="hf-swift: sampling questions", disable=disable_tqdm or self.rank != 0)
-        bar.update(sum(not q.job.seeds for q in questions))
+        questions = [
+            self._plan(*requests[idxs[0]].args, idxs, samplers)
+            for idxs in grouped.values()
+        ]
         autocast = torch.autocast(
-            self.device.type, self.mixed_precision_dtype, enabled=self.mixed_precision_dtype is not None
+            self.device.type,
+            self.mixed_precision_dtype,
+            enabled=self.mixed_precision_dtype is not None,
         )
-        with autocast:
+        bar = tqdm(
+            total=len(questions),
+            desc="hf-swift: sampling questions",
+            disable=disable_tqdm or self.rank != 0,
+        )
+        # the bar closes before an error or Ctrl-C propagates, so nothing is printed after its message
+        with bar, autocast:
+            bar.update(sum(not q.job.seeds for q in questions))
             for group in [questions] if self.packing else [[q] for q in questions]:
-                decoded = decode(self.model, [q.job for q in group], batch_size, self.projector)
-                with closing(decoded):  # leaves the projector's hooks now, not when the generator is collected
+                decoded = decode(
+                    self.model, [q.job for q in group], batch_size, self.projector
+                )
+                # closing: leaves the projector's hooks now, not when the generator is collected
+                with closing(decoded):
                     for finished in decoded:
                         self._store(group, finished, bar)
-        bar.close()
         results: list[ScoredText | None] = [None] * len(requests)
         for q in questions:
             ordered = [q.responses[i] for i in range(q.count)]
             for i, response in zip(q.requests, ordered * (len(q.requests) // q.count)):
                 results[i] = response
-                self.cache_hook.add_partial("generate_until", requests[i].args, response)
+                self.cache_hook.add_partial(
+                    "generate_until", requests[i].args, response
+                )
         for i, original in copies.items():
             results[i] = results[original]
         if self.sample_cache is not None:
@@ -621,17 +774,26 @@ class HFSwiftLM(HFLM):
             )
         return results
 
-    def _plan(self, context: str, gen_kwargs: dict, requests: list[int], samplers: dict[str, Sampling]) -> _Question:
+    def _plan(
+        self,
+        context: str,
+        gen_kwargs: dict,
+        requests: list[int],
+        samplers: dict[str, Sampling],
+    ) -> _Question:
         """What to sample for one question (its ``requests``: n identical requests): n samples, or one greedy
         response for all n when not sampling; those found in the sample cache are not drawn again. ``samplers``:
         one :class:`Sampling` per distinct setting, shared by the questions that use it."""
         kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
         until = handle_stop_sequences(
-            kwargs.pop("until", None), eos=self.tok_decode(self.eot_token_id, skip_special_tokens=False)
+            kwargs.pop("until", None),
+            eos=self.tok_decode(self.eot_token_id, skip_special_tokens=False),
         )
         max_gen_toks = kwargs.pop("max_gen_toks")
         settings = Sampling.resolve(kwargs, self.model.generation_config)
-        sampling = samplers.setdefault(json.dumps(settings, sort_keys=True), Sampling(**settings))
+        sampling = samplers.setdefault(
+            json.dumps(settings, sort_keys=True), Sampling(**settings)
+        )
         prompt = encode_prompt(self, context, max_gen_toks)
         eos = eos_token_ids(self)
         count = len(requests) if sampling.do_sample else 1
@@ -650,28 +812,40 @@ class HFSwiftLM(HFLM):
                     "until": until,
                     "max_gen_toks": max_gen_toks,
                     "eos": sorted(eos),
-                    "autocast": str(self.mixed_precision_dtype),  # mixed_precision_dtype changes the numbers
+                    "autocast": str(
+                        self.mixed_precision_dtype
+                    ),  # mixed_precision_dtype changes the numbers
                 },
                 seed=self.seed,
             )
             q.responses = self.sample_cache.get(q.key, range(count))
         q.missing = [i for i in range(count) if i not in q.responses]
         q.job = Job(
-            prompt, [seeds[i] for i in q.missing], sampling, max_gen_toks, StopCheck(self.tokenizer, until, eos)
+            prompt,
+            [seeds[i] for i in q.missing],
+            sampling,
+            max_gen_toks,
+            StopCheck(self.tokenizer, until, eos),
         )
         self._counts["cached"] += len(q.responses)
         return q
 
-    def _store(self, questions: Sequence[_Question], finished: Sequence[Finished], bar: tqdm) -> None:
+    def _store(
+        self, questions: Sequence[_Question], finished: Sequence[Finished], bar: tqdm
+    ) -> None:
         """Score the samples that finished in one decode step, and commit each question's to the sample cache."""
         fresh: dict[int, dict[int, ScoredText]] = {}
         for f in finished:
             q = questions[f.job]
-            fresh.setdefault(f.job, {})[q.missing[f.sample]] = self._scored(f.ids, f.parts, q.until, q.eos, q.prompt)
+            fresh.setdefault(f.job, {})[q.missing[f.sample]] = self._scored(
+                f.ids, f.parts, q.until, q.eos, q.prompt
+            )
         for j, samples in fresh.items():
             q = questions[j]
             if self.sample_cache is not None:
-                self.sample_cache.put(q.key, q.description, samples, {i: q.seeds[i] for i in samples})
+                self.sample_cache.put(
+                    q.key, q.description, samples, {i: q.seeds[i] for i in samples}
+                )
             q.responses.update(samples)
             self._counts["sampled"] += len(samples)
             bar.update(int(len(q.responses) == q.count))

@@ -7,7 +7,7 @@ the SHA-256 of the canonical JSON of everything a sample depends on besides its 
 :func:`question_key`): the sampler version, a fingerprint of the model's weights, the heads (alias and a hash of
 each head's config and weights), the context text, the request's gen_kwargs, the prompt token ids, the
 resolved generation settings (stop strings, EOS ids, max_gen_toks, sampling parameters, autocast dtype) and the
-run's seed. Sample i's own seed is a function of the same things and i (:func:`~lm_eval_swift.models.sample_seed`),
+run's seed. Sample i's own seed is a function of the same things and i (:func:`~lm_eval_swift.harness.models.sample_seed`),
 so a cached sample is the sample a fresh run on the same kind of device draws. The device is not part of the key:
 a run resumed on another device type (or GPU model) keeps the samples drawn before, whose numbers may differ from
 that device's in the last bits.
@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from lm_eval_swift.responses import ScoredText
+
 
 FILE_NAME = "hf-swift-samples.sqlite"
 CACHE_DIR_NAME = "lm-eval-swift"
@@ -88,10 +89,14 @@ def resolve_path(spec: str | os.PathLike | None) -> Path | None:
 
 
 def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    ).hexdigest()
 
 
-def tensor_fingerprint(tensors: Iterable[tuple[str, torch.Tensor]], samples: int = 4096) -> str:
+def tensor_fingerprint(
+    tensors: Iterable[tuple[str, torch.Tensor]], samples: int = 4096
+) -> str:
     """SHA-256 over each named tensor's name, shape, dtype and up to ``samples`` evenly strided elements plus its
     last 256 (copied to the CPU: cheap for any model size, on any device). Tensors on the meta device (offloaded)
     contribute their name, shape and dtype only."""
@@ -114,7 +119,10 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     fingerprint = tensor_fingerprint(state.items())
     if any(t.device.type == "meta" for t in state.values()):
         config = getattr(model, "config", None)
-        where = [getattr(config, "_name_or_path", None), getattr(config, "_commit_hash", None)]
+        where = [
+            getattr(config, "_name_or_path", None),
+            getattr(config, "_commit_hash", None),
+        ]
         fingerprint = _digest([fingerprint, where])
     return fingerprint
 
@@ -124,7 +132,9 @@ def head_fingerprint(alias: str, head) -> str:
     weights = {k: v.detach().float().cpu() for k, v in head.linear.state_dict().items()}
     h = hashlib.sha256(_digest([alias, head.config()]).encode())
     for k in sorted(weights):
-        h.update(k.encode() + weights[k].contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(
+            k.encode() + weights[k].contiguous().view(torch.uint8).numpy().tobytes()
+        )
     return h.hexdigest()
 
 
@@ -149,7 +159,9 @@ def question_key(
         "model": model,
         "heads": [list(h) for h in heads],
         "context_sha256": hashlib.sha256(context.encode()).hexdigest(),
-        "gen_kwargs": json.loads(json.dumps(dict(gen_kwargs), sort_keys=True, default=str)),
+        "gen_kwargs": json.loads(
+            json.dumps(dict(gen_kwargs), sort_keys=True, default=str)
+        ),
         "prompt_sha256": _digest([int(t) for t in prompt_token_ids]),
         "settings": json.loads(json.dumps(dict(settings), sort_keys=True, default=str)),
         "seed": int(seed),
@@ -169,14 +181,21 @@ class SampleCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # autocommit off at the Python level; transactions are explicit (``with self._conn``)
-        self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level="DEFERRED")
+        self._conn = sqlite3.connect(
+            self.path, timeout=timeout, isolation_level="DEFERRED"
+        )
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         with self._conn:
             self._conn.executescript(_SCHEMA)
-            row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            row = self._conn.execute(
+                "SELECT value FROM meta WHERE key = 'schema_version'"
+            ).fetchone()
             if row is None:
-                self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                self._conn.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
             elif int(row[0]) != SCHEMA_VERSION:
                 raise RuntimeError(
                     f"{self.path}: sample cache schema version {row[0]}, this code reads {SCHEMA_VERSION}; "
@@ -195,9 +214,13 @@ class SampleCache:
 
     def _prompt(self, digest: str) -> tuple[int, ...]:
         if digest not in self._prompts:
-            if len(self._prompts) >= 16:  # the samples of a question share one prompt: keep a few, not all
+            if (
+                len(self._prompts) >= 16
+            ):  # the samples of a question share one prompt: keep a few, not all
                 self._prompts.clear()
-            row = self._conn.execute("SELECT token_ids FROM prompts WHERE hash = ?", (digest,)).fetchone()
+            row = self._conn.execute(
+                "SELECT token_ids FROM prompts WHERE hash = ?", (digest,)
+            ).fetchone()
             self._prompts[digest] = tuple(json.loads(row[0]))
         return self._prompts[digest]
 
@@ -205,10 +228,13 @@ class SampleCache:
         """The cached samples of ``question`` among ``indices``, by index."""
         wanted = set(indices)
         rows = self._conn.execute(
-            "SELECT idx, prompt, text, token_ids, finish, scores FROM samples WHERE question = ?", (question,)
+            "SELECT idx, prompt, text, token_ids, finish, scores FROM samples WHERE question = ?",
+            (question,),
         ).fetchall()
         return {
-            idx: ScoredText(text, json.loads(ids), finish, json.loads(scores), self._prompt(prompt))
+            idx: ScoredText(
+                text, json.loads(ids), finish, json.loads(scores), self._prompt(prompt)
+            )
             for idx, prompt, text, ids, finish, scores in rows
             if idx in wanted
         }
@@ -245,7 +271,13 @@ class SampleCache:
             )
         with self._conn:  # BEGIN ... COMMIT, or ROLLBACK on error
             self._conn.execute(
-                "INSERT OR IGNORE INTO questions VALUES (?, ?)", (question, json.dumps(description, sort_keys=True))
+                "INSERT OR IGNORE INTO questions VALUES (?, ?)",
+                (question, json.dumps(description, sort_keys=True)),
             )
-            self._conn.executemany("INSERT OR IGNORE INTO prompts VALUES (?, ?)", prompts.items())
-            self._conn.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO prompts VALUES (?, ?)", prompts.items()
+            )
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )

@@ -4,8 +4,8 @@
 ``#### N`` / ``The answer is N`` / ``Final Answer: ...``; for GSM8K, a number, falling back to the last number).
 ``is_equivalent`` compares two answers: first in-process, on canonical spellings (stray characters, braces,
 units, mixed numbers, times of day, labelled equations, vectors as lists) and exact arithmetic
-(``lm_eval_swift._numeric``), which settle most comparisons; everything else with Math-Verify in a persistent
-worker process (``lm_eval_swift._grading_worker``). A comparison past its time limit is abandoned (SIGUSR1), and
+(``lm_eval_swift.grading.numeric``), which settle most comparisons; everything else with Math-Verify in a persistent
+worker process (``lm_eval_swift.grading.worker``). A comparison past its time limit is abandoned (SIGUSR1), and
 its worker killed and lazily restarted when it does not give up. That works off the main thread and inside
 daemonic ``multiprocessing`` workers, where Math-Verify's own SIGALRM timeouts cannot. ``grade`` is extraction
 followed by comparison; ``grade_all`` grades a batch with all workers busy. Results are cached per pair of
@@ -40,7 +40,8 @@ from functools import lru_cache
 from itertools import chain
 from pathlib import Path
 
-from lm_eval_swift._numeric import Value, evaluate
+from lm_eval_swift.grading.numeric import Value, evaluate
+
 
 __all__ = ["extract_answer", "grade", "grade_all", "is_equivalent", "verify_strings"]
 
@@ -50,9 +51,14 @@ KINDS = ("math", "gsm8k")
 TIMEOUT_ENV = "LM_EVAL_SWIFT_GRADE_TIMEOUT"
 WORKERS_ENV = "LM_EVAL_SWIFT_GRADE_WORKERS"
 DEFAULT_TIMEOUT = 2.0
-MODES = {"default": 0.0, "paper": 1e-4}  # grading mode -> relative tolerance for numbers (see the README)
+MODES = {
+    "default": 0.0,
+    "paper": 1e-4,
+}  # grading mode -> relative tolerance for numbers (see the README)
 MATCH_TYPES = ("latex", "expr")
-_START_TIMEOUT = 60.0  # a worker's one-off start (importing sympy) is not charged to any comparison
+_START_TIMEOUT = (
+    60.0  # a worker's one-off start (importing sympy) is not charged to any comparison
+)
 _ABANDON_GRACE = 0.25  # seconds a worker past its time limit has to give up its comparison before it is killed
 _SEGMENT_CHARS = 512  # how far past "The answer is" an answer may reach
 
@@ -62,7 +68,9 @@ _BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])\s*")
 _BRACE_OR_ESCAPE = re.compile(r"\\.|[{}]", re.DOTALL)
 _BOX_TOKEN = re.compile(r"[^\s${}]{1,64}")  # \boxed 5
 _TEXT_ANCHOR = re.compile(r"####|\banswer(?:\s*:|\s+is\b)", re.IGNORECASE)
-_MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
+_MATH_SPAN = re.compile(
+    r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL
+)
 _SENTENCE_END = re.compile(r"\.(?:\s|$)")
 _NUMBER = re.compile(
     r"(-?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+))"
@@ -102,7 +110,9 @@ def _boxed_answers(text: str) -> Iterator[str]:
     for i, m in enumerate(reversed(boxes)):
         start = m.end()
         if text.startswith("{", start):
-            if i == 0:  # usually the answer: find its brace alone, without mapping the whole text
+            if (
+                i == 0
+            ):  # usually the answer: find its brace alone, without mapping the whole text
                 end = _matching_brace(text, start)
             else:
                 closing = closing if closing is not None else _closing_braces(text)
@@ -118,7 +128,9 @@ def _boxed_answers(text: str) -> Iterator[str]:
 def _anchored_answers(text: str) -> Iterator[str]:
     """What follows ``####``, ``answer is`` or ``answer:`` (up to the end of the sentence), last first."""
     anchors = list(_TEXT_ANCHOR.finditer(text))
-    starts = [m.start() for m in anchors] + [len(text)]  # a segment stops at the next anchor: linear time
+    starts = [m.start() for m in anchors] + [
+        len(text)
+    ]  # a segment stops at the next anchor: linear time
     for m, end in zip(reversed(anchors), reversed(starts[1:]), strict=True):
         segment = text[m.end() : min(end, m.end() + _SEGMENT_CHARS)].lstrip(" \t\r\n:*")
         span = _MATH_SPAN.match(segment)
@@ -135,7 +147,10 @@ def _numbers(text: str) -> list[str]:
     """The numbers in ``text`` without ``$`` or thousands separators: ``"$1,234.50 or 7"`` -> ``["1234.50", "7"]``;
     scientific notation is kept as ``e`` notation (``"2.5\\times10^{-3}"`` -> ``["2.5e-3"]``)."""
     text = text.replace("{,}", ",").replace("\\!", "")
-    return [n.replace(",", "") + (f"e{e1 or e2}" if e1 or e2 else "") for n, e1, e2 in _NUMBER.findall(text)]
+    return [
+        n.replace(",", "") + (f"e{e1 or e2}" if e1 or e2 else "")
+        for n, e1, e2 in _NUMBER.findall(text)
+    ]
 
 
 def _check_kind(kind: str) -> None:
@@ -164,17 +179,28 @@ def extract_answer(response: str, kind: str) -> str | None:
 # ---------------------------------------------------------------------------------------------- normalisation
 
 _REWRITES = [
-    (re.compile(r"\\(?:left|right|displaystyle)(?![A-Za-z])|(?<!\\)\\\$"), ""),  # sizing; \$ is a currency sign
-    (re.compile(r"(?<!\\)\\[,!;: ]"), " "),  # spacing commands (not a line break "\\" before a space)
+    (
+        re.compile(r"\\(?:left|right|displaystyle)(?![A-Za-z])|(?<!\\)\\\$"),
+        "",
+    ),  # sizing; \$ is a currency sign
+    (
+        re.compile(r"(?<!\\)\\[,!;: ]"),
+        " ",
+    ),  # spacing commands (not a line break "\\" before a space)
     (re.compile(r"\\[dtc]frac(?![A-Za-z])"), r"\\frac"),
     (re.compile(r"\{\s*,\s*\}"), ","),  # 12{,}000 and 12{, }000
-    (re.compile(r"\\sqrt\(([^()]*)\)"), r"\\sqrt{\1}"),  # \sqrt(2) means \sqrt{2}, not \sqrt{} times (2)
+    (
+        re.compile(r"\\sqrt\(([^()]*)\)"),
+        r"\\sqrt{\1}",
+    ),  # \sqrt(2) means \sqrt{2}, not \sqrt{} times (2)
     (re.compile(r"\\(?:[lc]?dots|dotsc)(?![A-Za-z])"), r"\\ldots "),
 ]
 _DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 _UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
 _MATH_MODE = re.compile(r"(?<!\\)\$|\\[(\[]|\\boxed|\\fbox|\n")
-_INNER_SPACE = re.compile(r"(?<![A-Za-z])\s+|\s+(?![A-Za-z])")  # keeps the space in "\pi r"
+_INNER_SPACE = re.compile(
+    r"(?<![A-Za-z])\s+|\s+(?![A-Za-z])"
+)  # keeps the space in "\pi r"
 _PLAIN_NUMBER = re.compile(
     r"(?P<sign>-?)\$?(?:(?P<decimal>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)"
     r"|\\frac\{(?P<num>\d+)\}\{(?P<den>\d+)\}|\\frac(?P<num1>\d)(?P<den1>\d)|(?P<num2>\d+)/(?P<den2>\d+))"
@@ -189,7 +215,12 @@ def _clean(answer: str) -> str:
     answer = answer.strip().rstrip(".").strip()
     for left, right in _DELIMITERS:
         inner = answer[len(left) : -len(right)]
-        if answer.startswith(left) and answer.endswith(right) and inner and not _UNESCAPED_DOLLAR.search(inner):
+        if (
+            answer.startswith(left)
+            and answer.endswith(right)
+            and inner
+            and not _UNESCAPED_DOLLAR.search(inner)
+        ):
             return inner.strip().rstrip(".").strip()
     return answer
 
@@ -201,9 +232,16 @@ def _plain_number(compact: str) -> tuple[Fraction, bool] | None:
         return None
     try:
         if m["decimal"]:
-            value, exact = Fraction(m["decimal"].replace(",", "")), "." not in m["decimal"]
+            value, exact = (
+                Fraction(m["decimal"].replace(",", "")),
+                "." not in m["decimal"],
+            )
         else:
-            num, den = (m[g] for g in ("num", "den", "num1", "den1", "num2", "den2") if m[g] is not None)
+            num, den = (
+                m[g]
+                for g in ("num", "den", "num1", "den1", "num2", "den2")
+                if m[g] is not None
+            )
             value, exact = Fraction(int(num), int(den)), True
     except (ValueError, ZeroDivisionError):  # over int's digit limit, or x/0
         return None
@@ -217,7 +255,9 @@ def _gsm8k_number(compact: str) -> Fraction | None:
         return plain[0]
     numbers = _numbers(compact)
     value = evaluate(numbers[0]) if numbers else None
-    return value.exact if value is not None else None  # None also for numbers too large to hold (1e1000000)
+    return (
+        value.exact if value is not None else None
+    )  # None also for numbers too large to hold (1e1000000)
 
 
 def _as_latex(answer: str) -> str:
@@ -240,7 +280,11 @@ def _strip_outer_braces(answer: str) -> str:
     if answer.startswith("((") and answer.endswith("))"):
         closing = _closing_parentheses(answer)
         start, end = 0, len(answer)
-        while answer[start + 1] == "(" and closing.get(start) == end - 1 and closing.get(start + 1) == end - 2:
+        while (
+            answer[start + 1] == "("
+            and closing.get(start) == end - 1
+            and closing.get(start + 1) == end - 2
+        ):
             start, end = start + 1, end - 1
         answer = answer[start:end]
     start, end, closing = 0, len(answer), None
@@ -274,15 +318,21 @@ def _canonical(answer: str) -> str:
     ``+``, braces around the whole answer, and degrees inside trigonometric functions written as radians."""
     answer = _EMPTY_SCRIPT.sub("", _STRAY_TAIL.sub("", _clean(answer)))
     answer = _LEADING_PLUS.sub("", _strip_outer_braces(answer.strip()))
-    if _TRIG.search(answer):  # Math-Verify reads \cos(90^\circ - x) as cos(90 - x), in radians
+    if _TRIG.search(
+        answer
+    ):  # Math-Verify reads \cos(90^\circ - x) as cos(90 - x), in radians
         answer = _DEGREES.sub(r"(\\frac{\1\\pi}{180})", answer)
     return answer
 
 
 # Units and words after a number: 12 days, 7 m^2, 15\text{ dollars}, 864 \mbox{ inches}^2
 _POWER = r"(?:\^\{?[23]\}?)?"
-_TEXT_UNIT = re.compile(rf"(?:\\(?:text|textrm|mbox|mathrm|textnormal)\s*\{{[^{{}}]*\}}{_POWER}\s*)+$")
-_WORD_UNIT = re.compile(rf"\s(?:[A-Za-z]{{2,}}|[mgsL]){_POWER}(?:\s+[A-Za-z]{{2,}}{_POWER})*$")
+_TEXT_UNIT = re.compile(
+    rf"(?:\\(?:text|textrm|mbox|mathrm|textnormal)\s*\{{[^{{}}]*\}}{_POWER}\s*)+$"
+)
+_WORD_UNIT = re.compile(
+    rf"\s(?:[A-Za-z]{{2,}}|[mgsL]){_POWER}(?:\s+[A-Za-z]{{2,}}{_POWER})*$"
+)
 _UNIT_WORD = re.compile(r"[A-Za-z]+|\^\{?(\d)")
 _UNIT_ALIASES = {
     "m": "meter",
@@ -354,7 +404,9 @@ def _split_unit(answer: str) -> tuple[str, str]:
 
 
 # Mixed numbers: 2 3/4, 2\frac34, -1\frac{1}{2}
-_MIXED = re.compile(r"(-?)(\d+)\s*(?:\\frac\s*(?:\{(\d+)\}|(\d))\s*(?:\{(\d+)\}|(\d))|\s(\d+)\s*/\s*(\d+))")
+_MIXED = re.compile(
+    r"(-?)(\d+)\s*(?:\\frac\s*(?:\{(\d+)\}|(\d))\s*(?:\{(\d+)\}|(\d))|\s(\d+)\s*/\s*(\d+))"
+)
 
 
 def _mixed_number(answer: str) -> Value | None:
@@ -371,7 +423,9 @@ def _mixed_number(answer: str) -> Value | None:
 
 
 # Times of day: 9:15, 09:15:00, 9:15 p.m.
-_TIME = re.compile(r"(\d{1,2}):([0-5]\d)(?::([0-5]\d))?\s*(?:([ap])\.?\s*m\.?)?", re.IGNORECASE)
+_TIME = re.compile(
+    r"(\d{1,2}):([0-5]\d)(?::([0-5]\d))?\s*(?:([ap])\.?\s*m\.?)?", re.IGNORECASE
+)
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textrm|mbox|mathrm)\s*\{([^{}]*)\}")
 
 
@@ -384,13 +438,19 @@ def _time_of_day(answer: str) -> tuple[int, bool] | None:
     m = _TIME.fullmatch(text)
     if m is None or int(m[1]) > 23:
         return None
-    hour = int(m[1]) % 12 + (12 if m[4] and m[4].lower() == "p" else 0) if m[4] else int(m[1])
+    hour = (
+        int(m[1]) % 12 + (12 if m[4] and m[4].lower() == "p" else 0)
+        if m[4]
+        else int(m[1])
+    )
     seconds = hour * 3600 + int(m[2]) * 60 + int(m[3] or 0)
     return seconds, bool(m[3] or m[4] or len(m[1]) == 2)
 
 
 # Equations whose left side only names the answer: y = 5t - 1, g(t) = 5t - 1, a_n = 2n
-_LABEL = re.compile(r"([A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?'*)\s*(?:\(\s*[A-Za-z](?:\s*,\s*[A-Za-z])*\s*\))?\s*=")
+_LABEL = re.compile(
+    r"([A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?'*)\s*(?:\(\s*[A-Za-z](?:\s*,\s*[A-Za-z])*\s*\))?\s*="
+)
 
 
 def _label_rhs(answer: str) -> str | None:
@@ -421,7 +481,9 @@ def _vector_items(answer: str) -> list[str] | None:
     rows = [row.split("&") for row in re.split(r"\\\\", m[2]) if row.strip()]
     if len(rows) == 1:
         return [cell.strip() for cell in rows[0]]
-    return [row[0].strip() for row in rows] if all(len(row) == 1 for row in rows) else None
+    return (
+        [row[0].strip() for row in rows] if all(len(row) == 1 for row in rows) else None
+    )
 
 
 def _tuple_items(answer: str) -> list[str] | None:
@@ -446,9 +508,15 @@ def _tuple_items(answer: str) -> list[str] | None:
 
 # Shapes that cannot equal a number: text, collections, expressions in a variable
 _PLAIN_TEXT = re.compile(r"\(?\\text\{[^{}\d]*\}\)?")
-_BASE_NUMBER = re.compile(r"\d+_\{?\d+\}?")  # 4210_7: Math-Verify equates it with no number
-_SYMBOLIC = re.compile(r"(?:[0-9a-zA-Z+\-*/^_(){}. ]|\\(?:frac|sqrt|cdot|times|pi|sin|cos|tan|log|ln)(?![A-Za-z]))+")
-_VARIABLE = re.compile(r"(?<![\\A-Za-z])(?:[a-df-zA-Z])(?![A-Za-z])")  # one-letter names, not e (Euler's number)
+_BASE_NUMBER = re.compile(
+    r"\d+_\{?\d+\}?"
+)  # 4210_7: Math-Verify equates it with no number
+_SYMBOLIC = re.compile(
+    r"(?:[0-9a-zA-Z+\-*/^_(){}. ]|\\(?:frac|sqrt|cdot|times|pi|sin|cos|tan|log|ln)(?![A-Za-z]))+"
+)
+_VARIABLE = re.compile(
+    r"(?<![\\A-Za-z])(?:[a-df-zA-Z])(?![A-Za-z])"
+)  # one-letter names, not e (Euler's number)
 _PROSE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}\s+[A-Za-z]{2,}")
 _COLLECTION = re.compile(r"\\cup(?![A-Za-z])")
 
@@ -471,11 +539,21 @@ def _top_level_comma(answer: str) -> bool | None:
 def _cannot_be_a_number(answer: str) -> bool:
     """Text without digits (``\\text{Monday}``), a list, tuple or union, or an expression in a variable
     (``x^2 - 10x + 41``): Math-Verify never equates these with a number."""
-    if "\n" in answer or _PROSE.search(answer):  # a sentence: Math-Verify picks a number out of it
+    if "\n" in answer or _PROSE.search(
+        answer
+    ):  # a sentence: Math-Verify picks a number out of it
         return False
-    if _PLAIN_TEXT.fullmatch(answer) or _BASE_NUMBER.fullmatch(answer) or _COLLECTION.search(answer):
+    if (
+        _PLAIN_TEXT.fullmatch(answer)
+        or _BASE_NUMBER.fullmatch(answer)
+        or _COLLECTION.search(answer)
+    ):
         return True
-    if _MATRIX.fullmatch(answer) and _top_level_comma(answer) is not None and re.search(r"&|\\\\", answer):
+    if (
+        _MATRIX.fullmatch(answer)
+        and _top_level_comma(answer) is not None
+        and re.search(r"&|\\\\", answer)
+    ):
         return True  # a matrix or vector of two or more entries
     inner = answer[1:-1] if answer[:1] in "([" and answer[-1:] in ")]" else answer
     if "\\begin" in answer or "\\%" in answer or _top_level_comma(inner) is None:
@@ -486,7 +564,9 @@ def _cannot_be_a_number(answer: str) -> bool:
 
 
 _PLAIN_VALUE = r"-?(?:\d+(?:\.\d+)?|\\frac\{\d+\}\{\d+\})"
-_TRUNCATED = re.compile(rf"\(\s*({_PLAIN_VALUE})\s*\]|\\begin\{{pmatrix\}}\s*({_PLAIN_VALUE})\s*&")
+_TRUNCATED = re.compile(
+    rf"\(\s*({_PLAIN_VALUE})\s*\]|\\begin\{{pmatrix\}}\s*({_PLAIN_VALUE})\s*&"
+)
 
 
 def _truncated_reading(answer: str) -> str | None:
@@ -509,7 +589,9 @@ def _ratio(compact: str) -> Value | None:
     return Value(value, float(value))
 
 
-def _rounded_verdict(x: Fraction | tuple[Fraction, str], y: Fraction | tuple[Fraction, str]) -> bool | None:
+def _rounded_verdict(
+    x: Fraction | tuple[Fraction, str], y: Fraction | tuple[Fraction, str]
+) -> bool | None:
     """Math-Verify's rule for a decimal number (given as ``(value, text)``) against a fraction or another decimal:
     equal when both round to the same 6 decimal places. None at a rounding tie, or for a decimal with more
     digits than a float holds (its float, not its digits, is what gets rounded)."""
@@ -533,13 +615,23 @@ def _percent_differs(number: Value | None, other: str) -> bool:
     x = evaluate(other[:-2])
     return x is not None and all(
         _numeric_verdict(number, v, 0.0) is False
-        for v in (x, Value(x.exact / 100 if x.exact is not None else None, x.approx / 100, x.decimal))
+        for v in (
+            x,
+            Value(
+                x.exact / 100 if x.exact is not None else None,
+                x.approx / 100,
+                x.decimal,
+            ),
+        )
     )
 
 
 # Rational points at which two expressions in one-letter variables are evaluated exactly
 _POINTS = [
-    {c: Fraction(37 + 7 * j + 29 * k, 53 + 2 * k) * (-1) ** (j + k) for j, c in enumerate(string.ascii_lowercase)}
+    {
+        c: Fraction(37 + 7 * j + 29 * k, 53 + 2 * k) * (-1) ** (j + k)
+        for j, c in enumerate(string.ascii_lowercase)
+    }
     for k in range(3)
 ]
 
@@ -583,13 +675,20 @@ class _GradingFailed(Exception):
 
 
 class _Worker:
-    """One ``python -m lm_eval_swift._grading_worker`` process: a JSON line in, ``1``/``0`` out."""
+    """One ``python -m lm_eval_swift.grading.worker`` process: a JSON line in, ``1``/``0`` out."""
 
     def __init__(self) -> None:
-        package_root = str(Path(__file__).resolve().parents[1])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        package_root = str(
+            Path(__file__).resolve().parents[2]
+        )  # the folder holding lm_eval_swift/
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [package_root, os.environ.get("PYTHONPATH")])
+            ),
+        }
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "lm_eval_swift._grading_worker"],
+            [sys.executable, "-m", "lm_eval_swift.grading.worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -714,7 +813,12 @@ class _Pool:
     def close(self) -> None:
         """Kill every worker (at interpreter exit)."""
         with self._cond:
-            workers, self._idle, self._workers, self._count = list(self._workers), [], set(), 0
+            workers, self._idle, self._workers, self._count = (
+                list(self._workers),
+                [],
+                set(),
+                0,
+            )
         for worker in workers:
             worker.close()
 
@@ -752,7 +856,9 @@ def _verify(
 ) -> bool:
     """Ask a grading worker (``rel_tol``, ``identities``: see ``_grading_worker.verify_now``); raises
     _GradingFailed on timeout."""
-    if not timeout > 0:  # also NaN: nothing can finish, and no worker should be killed for it
+    if (
+        not timeout > 0
+    ):  # also NaN: nothing can finish, and no worker should be killed for it
         raise _GradingFailed("no time to grade")
     request = {
         "gold": gold,
@@ -783,7 +889,15 @@ def verify_strings(
     if unknown:
         raise ValueError(f"unknown match types {sorted(unknown)}; use {MATCH_TYPES}")
     try:
-        return _verify(gold, pred, match_types, precision, strict, allow_set_relation_comp, _timeout(timeout))
+        return _verify(
+            gold,
+            pred,
+            match_types,
+            precision,
+            strict,
+            allow_set_relation_comp,
+            _timeout(timeout),
+        )
     except _GradingFailed:
         return False
 
@@ -797,11 +911,15 @@ def _check_mode(mode: str) -> float:
     try:
         return MODES[mode]
     except KeyError:
-        raise ValueError(f"grading mode must be one of {tuple(MODES)}, not {mode!r}") from None
+        raise ValueError(
+            f"grading mode must be one of {tuple(MODES)}, not {mode!r}"
+        ) from None
 
 
 @lru_cache(maxsize=65536)
-def _equivalent(pred: str, gold: str, kind: str, timeout: float, mode: str = "default") -> bool:
+def _equivalent(
+    pred: str, gold: str, kind: str, timeout: float, mode: str = "default"
+) -> bool:
     """Equivalence of two canonical answers (see ``_canonical``); cached, so the N samples of a question that
     repeat an answer, in any of its canonical spellings, are compared once."""
     p, g = _INNER_SPACE.sub("", pred), _INNER_SPACE.sub("", gold)
@@ -812,10 +930,16 @@ def _equivalent(pred: str, gold: str, kind: str, timeout: float, mode: str = "de
     rel_tol = MODES[mode]
     if kind == "gsm8k":
         a, b = _gsm8k_number(p), _gsm8k_number(g)
-        return a is not None and b is not None and (a == b or _within(float(a), float(b), rel_tol))
+        return (
+            a is not None
+            and b is not None
+            and (a == b or _within(float(a), float(b), rel_tol))
+        )
     if _math_verdict(pred, gold, p, g, timeout, mode):
         return True
-    if rel_tol:  # paper: a number within the tolerance of the other, whatever Math-Verify said
+    if (
+        rel_tol
+    ):  # paper: a number within the tolerance of the other, whatever Math-Verify said
         a, b = _value(pred, p), _value(gold, g)
         return a is not None and b is not None and _within(a.approx, b.approx, rel_tol)
     return False
@@ -823,38 +947,62 @@ def _equivalent(pred: str, gold: str, kind: str, timeout: float, mode: str = "de
 
 def _value(answer: str, compact: str) -> Value | None:
     """The number an answer is, read in-process (mixed numbers, ratios, arithmetic), else None."""
-    if "," in compact and _plain_number(compact) is not None:  # 1,000: thousands separators
+    if (
+        "," in compact and _plain_number(compact) is not None
+    ):  # 1,000: thousands separators
         compact = compact.replace(",", "")
-    return _mixed_number(answer) or _ratio(compact) or evaluate(_DEGREE_SIGN.sub("", compact))
+    return (
+        _mixed_number(answer)
+        or _ratio(compact)
+        or evaluate(_DEGREE_SIGN.sub("", compact))
+    )
 
 
 def _within(a: float, b: float, rel_tol: float) -> bool:
-    return rel_tol > 0 and math.isfinite(a) and math.isfinite(b) and math.isclose(a, b, rel_tol=rel_tol)
+    return (
+        rel_tol > 0
+        and math.isfinite(a)
+        and math.isfinite(b)
+        and math.isclose(a, b, rel_tol=rel_tol)
+    )
 
 
-def _math_verdict(pred: str, gold: str, p: str, g: str, timeout: float, mode: str) -> bool:
+def _math_verdict(
+    pred: str, gold: str, p: str, g: str, timeout: float, mode: str
+) -> bool:
     """``_equivalent`` for MATH answers under the default rules (``p``, ``g``: the answers without spaces)."""
     rel_tol = MODES[mode]
     verdict = _structural_verdict(pred, gold, "math", timeout, mode)
     if verdict is not None:
         return verdict
-    if "\\ldots" in p or "\\ldots" in g:  # sequences: Math-Verify reads "1, 2, \ldots, n" as 2
+    if (
+        "\\ldots" in p or "\\ldots" in g
+    ):  # sequences: Math-Verify reads "1, 2, \ldots, n" as 2
         return False
     for broken, other in ((pred, g), (gold, p)):
         reading = _truncated_reading(broken)
         value = evaluate(_INNER_SPACE.sub("", reading)) if reading is not None else None
         other_value = evaluate(other) if value is not None else None
-        verdict = _numeric_verdict(value, other_value, rel_tol) if other_value is not None else None
+        verdict = (
+            _numeric_verdict(value, other_value, rel_tol)
+            if other_value is not None
+            else None
+        )
         if verdict is not None:
             return verdict
-    mixed_p, mixed_g = _mixed_number(pred), _mixed_number(gold)  # before "2 3/4" is compacted to 23/4
+    mixed_p, mixed_g = (
+        _mixed_number(pred),
+        _mixed_number(gold),
+    )  # before "2 3/4" is compacted to 23/4
     x, y = _plain_number(p), _plain_number(g)
     if x is not None and y is not None and mixed_p is None and mixed_g is None:
         if x[0] == y[0]:
             return True
         if x[1] and y[1]:
             return False
-        verdict = _rounded_verdict(x[0] if x[1] else (x[0], p), y[0] if y[1] else (y[0], g))
+        verdict = _rounded_verdict(
+            x[0] if x[1] else (x[0], p), y[0] if y[1] else (y[0], g)
+        )
         if verdict is not None:
             return verdict
     a, b = _value(pred, p), _value(gold, g)
@@ -870,10 +1018,22 @@ def _math_verdict(pred: str, gold: str, p: str, g: str, timeout: float, mode: st
         or (a is None and b is None and _differ_somewhere(pred, gold, p, g))
     ):
         return False
-    return _verify(_as_latex(gold), _as_latex(pred), MATCH_TYPES, 6, True, False, timeout, rel_tol, True)
+    return _verify(
+        _as_latex(gold),
+        _as_latex(pred),
+        MATCH_TYPES,
+        6,
+        True,
+        False,
+        timeout,
+        rel_tol,
+        True,
+    )
 
 
-def _structural_verdict(pred: str, gold: str, kind: str, timeout: float, mode: str) -> bool | None:
+def _structural_verdict(
+    pred: str, gold: str, kind: str, timeout: float, mode: str
+) -> bool | None:
     """Verdicts settled by an answer's shape: units, times of day, labelled equations, vectors against tuples;
     None when no shape applies."""
     tp, tg = _time_of_day(pred), _time_of_day(gold)
@@ -890,18 +1050,23 @@ def _structural_verdict(pred: str, gold: str, kind: str, timeout: float, mode: s
         and (rp is not None or "=" not in pred)
         and (rg is not None or "=" not in gold)
     ):
-        return _equivalent(rp or pred, rg or gold, kind, timeout, mode)  # y = 5t - 1 and g(t) = 5t - 1 name 5t - 1
+        return _equivalent(
+            rp or pred, rg or gold, kind, timeout, mode
+        )  # y = 5t - 1 and g(t) = 5t - 1 name 5t - 1
     vp, vg = _vector_items(pred), _vector_items(gold)
     tp_items, tg_items = _tuple_items(pred), _tuple_items(gold)
     for vector, items in ((vp, tg_items), (tp_items, vg)):
         if vector is not None and items is not None:
             return len(vector) == len(items) and all(
-                _equivalent(_canonical(a), _canonical(b), kind, timeout, mode) for a, b in zip(vector, items)
+                _equivalent(_canonical(a), _canonical(b), kind, timeout, mode)
+                for a, b in zip(vector, items)
             )
     return None
 
 
-def is_equivalent(pred: str, gold: str, kind: str, timeout: float | None = None, mode: str = "default") -> bool:
+def is_equivalent(
+    pred: str, gold: str, kind: str, timeout: float | None = None, mode: str = "default"
+) -> bool:
     """Whether answer ``pred`` equals answer ``gold`` (``kind`` ``"math"`` or ``"gsm8k"``) under grading ``mode``
     (``"default"``, or ``"paper"``: also a relative difference up to 1e-4, as the SWIFT authors' grader).
 
@@ -912,7 +1077,9 @@ def is_equivalent(pred: str, gold: str, kind: str, timeout: float | None = None,
     _check_kind(kind)
     _check_mode(mode)
     try:
-        return _equivalent(_canonical(pred), _canonical(gold), kind, _timeout(timeout), mode)
+        return _equivalent(
+            _canonical(pred), _canonical(gold), kind, _timeout(timeout), mode
+        )
     except Exception:  # noqa: BLE001 - timeouts, lost workers and odd inputs all grade as "not equal"
         return False
 
@@ -923,7 +1090,9 @@ def grade(response: str, gold: str, kind: str, mode: str = "default") -> bool:
     return pred is not None and is_equivalent(pred, gold, kind, mode=mode)
 
 
-def grade_all(responses: Sequence[str], golds: Sequence[str], kind: str, mode: str = "default") -> list[bool]:
+def grade_all(
+    responses: Sequence[str], golds: Sequence[str], kind: str, mode: str = "default"
+) -> list[bool]:
     """``grade`` for each (response, gold) pair, in order. The pairs are graded by ``2 x`` as many threads as
     there are grading workers, so every worker stays busy while the threads extract and compare in-process."""
     if len(responses) != len(golds):
@@ -932,5 +1101,7 @@ def grade_all(responses: Sequence[str], golds: Sequence[str], kind: str, mode: s
     _check_mode(mode)
     if len(responses) < 2:
         return [grade(r, g, kind, mode) for r, g in zip(responses, golds)]
-    with ThreadPoolExecutor(min(len(responses), 2 * _max_workers()), thread_name_prefix="grade") as pool:
+    with ThreadPoolExecutor(
+        min(len(responses), 2 * _max_workers()), thread_name_prefix="grade"
+    ) as pool:
         return list(pool.map(lambda r, g: grade(r, g, kind, mode), responses, golds))

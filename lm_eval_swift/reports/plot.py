@@ -12,11 +12,17 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lm_eval_swift.leaderboard import add_source_arguments, leaderboard
+from lm_eval_swift.reports.leaderboard import add_source_arguments, leaderboard
 
-POWERS_OF_TWO = tuple(2**i for i in range(13))  # k = 1 .. 4096; the files' N bounds what is drawn
+
+POWERS_OF_TWO = tuple(
+    2**i for i in range(13)
+)  # k = 1 .. 4096; the files' N bounds what is drawn
 TITLE_WIDTH = 44  # characters per title line over a 5.5-inch panel
-REFERENCE_STYLES = {"oracle": {"color": "black", "linestyle": "--"}, "maj": {"color": "gray", "linestyle": ":"}}
+REFERENCE_STYLES = {
+    "oracle": {"color": "black", "linestyle": "--"},
+    "maj": {"color": "gray", "linestyle": ":"},
+}
 
 
 def plot_bon_curves(
@@ -38,17 +44,23 @@ def plot_bon_curves(
     axes = list(fig.subplots(1, len(groups), squeeze=False)[0])
     for ax, group in zip(axes, groups):
         for row in board.rows:
-            points = sorted((k, c) for (r, k), c in board.cells[group].items() if r == row)
+            points = sorted(
+                (k, c) for (r, k), c in board.cells[group].items() if r == row
+            )
             if len(points) < 2:
                 continue
             xs = [k for k, _ in points]
             ys = [c.value for _, c in points]
-            (line,) = ax.plot(xs, ys, marker="o", label=row, **REFERENCE_STYLES.get(row, {}))
+            (line,) = ax.plot(
+                xs, ys, marker="o", label=row, **REFERENCE_STYLES.get(row, {})
+            )
             errs = [c.stderr for _, c in points]
             if not any(math.isnan(e) for e in errs):
                 lo = [y - e for y, e in zip(ys, errs)]
                 hi = [y + e for y, e in zip(ys, errs)]
-                ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
+                ax.fill_between(
+                    xs, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0
+                )
         ax.set_xscale("log", base=2)
         ax.set_xlabel("N (samples per question)")
         ax.set_ylabel("accuracy")
@@ -64,7 +76,10 @@ def panel_title(label: str, width: int = TITLE_WIDTH) -> str:
     """``label`` on lines of at most ``width`` characters (model and task on lines of their own when it is long),
     so that it fits over its panel."""
     parts = label.split(" / ") if len(label) > width else [label]
-    return "\n".join(textwrap.fill(part, width, break_long_words=True, break_on_hyphens=False) for part in parts)
+    return "\n".join(
+        textwrap.fill(part, width, break_long_words=True, break_on_hyphens=False)
+        for part in parts
+    )
 
 
 def add_plot_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,5 +89,9 @@ def add_plot_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_plot(args: argparse.Namespace) -> None:
     """Write the best-of-N curves of ``args.files`` to ``args.output``."""
-    axes = plot_bon_curves(args.files, args.output, args.estimator, subsets=args.subsets, seed=args.seed)
-    print(f"Wrote {args.output} ({sum(len(ax.get_lines()) for ax in axes)} curves, {len(axes)} panels)")
+    axes = plot_bon_curves(
+        args.files, args.output, args.estimator, subsets=args.subsets, seed=args.seed
+    )
+    print(
+        f"Wrote {args.output} ({sum(len(ax.get_lines()) for ax in axes)} curves, {len(axes)} panels)"
+    )

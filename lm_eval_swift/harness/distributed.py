@@ -18,6 +18,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -45,11 +46,17 @@ def use_cpu_process_group(device: str | None) -> None:
     """Under a multi-process launch (``WORLD_SIZE`` > 1: ``accelerate launch --multi_gpu``, ``torchrun``) on a
     machine without CUDA, or with ``device=cpu``, let accelerate form a CPU (gloo) process group: it does so only
     when ``ACCELERATE_USE_CPU`` is set, and otherwise every process would run the whole evaluation alone."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "ACCELERATE_USE_CPU" in os.environ:
+    if (
+        int(os.environ.get("WORLD_SIZE", "1")) <= 1
+        or "ACCELERATE_USE_CPU" in os.environ
+    ):
         return
     if torch.cuda.is_available() and not str(device or "").startswith("cpu"):
         return
-    log.info("hf-swift: %s processes on CPU: setting ACCELERATE_USE_CPU=true (gloo)", os.environ["WORLD_SIZE"])
+    log.info(
+        "hf-swift: %s processes on CPU: setting ACCELERATE_USE_CPU=true (gloo)",
+        os.environ["WORLD_SIZE"],
+    )
     os.environ["ACCELERATE_USE_CPU"] = "true"
 
 
@@ -89,7 +96,9 @@ def padding_copies(requests: Sequence) -> dict[int, int]:
     for where in positions.values():
         repeats = getattr(requests[where[0]], "repeats", None)
         if isinstance(repeats, int) and repeats > 0:
-            copies.update({i: where[j % repeats] for j, i in enumerate(where[repeats:])})
+            copies.update(
+                {i: where[j % repeats] for j, i in enumerate(where[repeats:])}
+            )
     return copies
 
 

@@ -15,10 +15,13 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from lm_eval_swift.heads import SwiftHead, resolve_heads
 from lm_eval_swift.rollouts import QuestionRollout
+from lm_eval_swift.swift.heads import SwiftHead, resolve_heads
 
-RESCORING_BATCH_SIZE = 8  # lm-eval's --batch_size is not among the model arguments a task sees
+
+RESCORING_BATCH_SIZE = (
+    8  # lm-eval's --batch_size is not among the model arguments a task sees
+)
 
 
 def _hflm_parameters() -> set[str]:
@@ -39,7 +42,7 @@ class GeneratorModel:
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> GeneratorModel | None:
         """The model of a task's metadata (None without a ``pretrained`` path or Hub id, e.g. when the caller
-        passed a model object). ``heads`` (as in :func:`~lm_eval_swift.heads.resolve_heads`) are loaded and
+        passed a model object). ``heads`` (as in :func:`~lm_eval_swift.swift.heads.resolve_heads`) are loaded and
         checked against the model's config now: a wrong or misspelt head fails before any sampling."""
         from transformers import AutoConfig
 
@@ -48,14 +51,18 @@ class GeneratorModel:
             return None
         args = {k: v for k, v in metadata.items() if k in _hflm_parameters()}
         config = AutoConfig.from_pretrained(pretrained, **_hub_kwargs(args))
-        return cls(args, resolve_heads(metadata.get("heads"), pretrained, config), config)
+        return cls(
+            args, resolve_heads(metadata.get("heads"), pretrained, config), config
+        )
 
     @cached_property
     def tokenizer(self):
         from transformers import AutoTokenizer
 
         tokenizer = self.model_args.get("tokenizer")
-        source = tokenizer if isinstance(tokenizer, str) else self.model_args["pretrained"]
+        source = (
+            tokenizer if isinstance(tokenizer, str) else self.model_args["pretrained"]
+        )
         return AutoTokenizer.from_pretrained(source, **_hub_kwargs(self.model_args))
 
     @property
@@ -64,7 +71,11 @@ class GeneratorModel:
         ``n_positions``, ``max_position_embeddings`` or ``n_ctx``, else the tokenizer's (else 2048)."""
         if self.model_args.get("max_length"):
             return int(self.model_args["max_length"])
-        text = self.config.get_text_config() if hasattr(self.config, "get_text_config") else self.config
+        text = (
+            self.config.get_text_config()
+            if hasattr(self.config, "get_text_config")
+            else self.config
+        )
         for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
             if getattr(text, attr, None):
                 return int(getattr(text, attr))
@@ -77,19 +88,25 @@ class GeneratorModel:
 
         return prompt_tokens(self.tokenizer, context)
 
-    def add_head_scores(self, rollouts: Sequence[QuestionRollout], max_gen_toks: int) -> None:
+    def add_head_scores(
+        self, rollouts: Sequence[QuestionRollout], max_gen_toks: int
+    ) -> None:
         """Add every head's reward to every response by one teacher-forced pass of the model, loaded now (as
         lm-eval's ``hf`` loads it, so prompts are encoded as it encoded them) and freed after."""
         import torch
         from lm_eval.models.huggingface import HFLM
 
-        from lm_eval_swift.models import encode_prompt
+        from lm_eval_swift.harness.models import encode_prompt
         from lm_eval_swift.scoring import add_head_scores
 
         if not self.heads:
             return
-        device = self.model_args.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-        lm = HFLM(**{**self.model_args, "device": device, "batch_size": RESCORING_BATCH_SIZE})
+        device = self.model_args.get("device") or (
+            "cuda" if torch.cuda.is_available() else "cpu"
+        )
+        lm = HFLM(
+            **{**self.model_args, "device": device, "batch_size": RESCORING_BATCH_SIZE}
+        )
         add_head_scores(
             rollouts,
             lm.model,

@@ -16,6 +16,7 @@ from lm_eval.api.registry import register_filter
 
 from lm_eval_swift.rollouts import Response
 
+
 Selector = Callable[..., Response]
 
 
@@ -64,12 +65,17 @@ def argmax(rs: Sequence[Response], score: str = "swift") -> Response:
     return rs[max(range(len(rs)), key=lambda i: (values[i], -i))]
 
 
-def weighted_vote(rs: Sequence[Response], score: str = "swift", weight: str = "sigmoid") -> Response:
+def weighted_vote(
+    rs: Sequence[Response], score: str = "swift", weight: str = "sigmoid"
+) -> Response:
     """Vote with each response weighted by its score: ``sigmoid`` of it (SWIFT's R is a logit) or its
     per-question ``minmax``-normalised value in [0, 1] (a constant set maps to 1.0)."""
     values = [_score(r, score) for r in rs]
     if weight == "sigmoid":
-        weights = [0.0 if v == -math.inf else 1.0 / (1.0 + math.exp(-max(min(v, 50.0), -50.0))) for v in values]
+        weights = [
+            0.0 if v == -math.inf else 1.0 / (1.0 + math.exp(-max(min(v, 50.0), -50.0)))
+            for v in values
+        ]
     elif weight == "minmax":
         weights = minmax(values)
     else:
@@ -83,7 +89,10 @@ def minmax(values: Sequence[float]) -> list[float]:
     if not finite:
         return [0.0] * len(values)
     lo, hi = min(finite), max(finite)
-    return [0.0 if v == -math.inf else (1.0 if hi == lo else (v - lo) / (hi - lo)) for v in values]
+    return [
+        0.0 if v == -math.inf else (1.0 if hi == lo else (v - lo) / (hi - lo))
+        for v in values
+    ]
 
 
 def _ranks(values: Sequence[float]) -> list[int]:
@@ -91,7 +100,9 @@ def _ranks(values: Sequence[float]) -> list[int]:
     return [sum(1 for w in values if w > v) for v in values]
 
 
-def combined(rs: Sequence[Response], scores: Sequence[str] = ("swift",), method: str = "scaling") -> Response:
+def combined(
+    rs: Sequence[Response], scores: Sequence[str] = ("swift",), method: str = "scaling"
+) -> Response:
     """Argmax of a combination of several scores over the same candidates (SWIFT + a reward model, say).
 
     ``scaling``: min-max normalise each score over the candidates and average. ``ranking``: each candidate's
@@ -130,7 +141,10 @@ class BestOfNFilter(Filter):
         self.selector_kwargs = selector_kwargs
 
     def apply(self, resps, docs):
-        return [type(self).selector(list(rs)[: self.k], **self.selector_kwargs) for rs in resps]
+        return [
+            type(self).selector(list(rs)[: self.k], **self.selector_kwargs)
+            for rs in resps
+        ]
 
 
 @register_filter("bon_first")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
+
 __all__ = ["Value", "evaluate"]
 
 MAX_BITS = 200_000  # an exact value with a larger numerator or denominator is kept as a float only
@@ -59,11 +60,16 @@ def _float(x: Fraction) -> float:
         return float(x)
     except OverflowError:  # too large, or a huge numerator over a huge denominator
         log = math.log(abs(x.numerator)) - math.log(x.denominator)
-        return (-1.0 if x < 0 else 1.0) * (math.exp(log) if abs(log) <= 709 else math.inf if log > 0 else 0.0)
+        return (-1.0 if x < 0 else 1.0) * (
+            math.exp(log) if abs(log) <= 709 else math.inf if log > 0 else 0.0
+        )
 
 
 def _make(exact: Fraction | None, approx: float, decimal: bool) -> Value:
-    if exact is not None and max(exact.numerator.bit_length(), exact.denominator.bit_length()) > MAX_BITS:
+    if (
+        exact is not None
+        and max(exact.numerator.bit_length(), exact.denominator.bit_length()) > MAX_BITS
+    ):
         exact = None
     if math.isnan(approx):
         raise _Unreadable("undefined")
@@ -95,13 +101,21 @@ def _power(base: Value, exp: Value) -> Value:
         if b in (0, 1, -1) or abs(n) * bits <= MAX_BITS:
             value = b**n
             return _make(value, _float(value), decimal)
-    if b is not None and e is not None and b > 0 and abs(e.numerator) <= 64 and e.denominator <= 64:
+    if (
+        b is not None
+        and e is not None
+        and b > 0
+        and abs(e.numerator) <= 64
+        and e.denominator <= 64
+    ):
         root = _exact_root(b, e.denominator)  # 8^{2/3} = 4
         if root is not None:
             value = root**e.numerator
             return _make(value, _float(value), decimal)
     if base.approx < 0 and (e is None or e.denominator != 1):
-        raise _Unreadable("root of a negative number")  # complex or branch-dependent: Math-Verify decides
+        raise _Unreadable(
+            "root of a negative number"
+        )  # complex or branch-dependent: Math-Verify decides
     return _make(None, _float_power(base.approx, exp.approx), decimal)
 
 
@@ -134,7 +148,11 @@ def _float_power(b: float, e: float) -> float:
     if b == 0:
         return 0.0 if e > 0 else math.inf
     sign = -1.0 if b < 0 and e % 2 == 1 else 1.0
-    log = e * math.log(abs(b)) if math.isfinite(e) else (math.inf if (abs(b) > 1) == (e > 0) else -math.inf)
+    log = (
+        e * math.log(abs(b))
+        if math.isfinite(e)
+        else (math.inf if (abs(b) > 1) == (e > 0) else -math.inf)
+    )
     if math.isnan(log):
         raise _Unreadable("undefined power")
     if abs(b) == 1:
@@ -165,7 +183,9 @@ class _Group:
 class _Parser:
     """Operator precedence over one bracket-free token sequence (groups arrive evaluated, so nothing recurses)."""
 
-    def __init__(self, tokens: list[str | _Group], point: Mapping[str, Fraction]) -> None:
+    def __init__(
+        self, tokens: list[str | _Group], point: Mapping[str, Fraction]
+    ) -> None:
         self.tokens = tokens
         self.point = point
         self.i = 0
@@ -212,9 +232,18 @@ class _Parser:
             elif (
                 isinstance(tok, _Group)
                 and tok.opening != "["
-                or (isinstance(tok, str) and (tok[0].isalnum() or tok[0] == "." or tok in ("\\pi", "\\frac", "\\sqrt")))
+                or (
+                    isinstance(tok, str)
+                    and (
+                        tok[0].isalnum()
+                        or tok[0] == "."
+                        or tok in ("\\pi", "\\frac", "\\sqrt")
+                    )
+                )
             ):
-                value = _mul(value, self.power())  # implicit product: 2\pi, 3(4), 2\sqrt{2}
+                value = _mul(
+                    value, self.power()
+                )  # implicit product: 2\pi, 3(4), 2\sqrt{2}
             else:
                 return value
 
@@ -223,7 +252,15 @@ class _Parser:
         while self.peek() in ("-", "+"):
             negative ^= self.take() == "-"
         value = self.power()
-        return _make(None if value.exact is None else -value.exact, -value.approx, value.decimal) if negative else value
+        return (
+            _make(
+                None if value.exact is None else -value.exact,
+                -value.approx,
+                value.decimal,
+            )
+            if negative
+            else value
+        )
 
     def power(self) -> Value:
         value = self.postfix()
@@ -261,17 +298,32 @@ class _Parser:
             return _div(self.group("{"), self.group("{"))
         if tok == "\\sqrt":
             nxt = self.peek()
-            index = self.group("[") if isinstance(nxt, _Group) and nxt.opening == "[" else Value(Fraction(2), 2.0)
+            index = (
+                self.group("[")
+                if isinstance(nxt, _Group) and nxt.opening == "["
+                else Value(Fraction(2), 2.0)
+            )
             radicand = self.group("{")
             if index.exact is None or index.exact.denominator != 1 or index.exact < 2:
                 raise _Unreadable("odd root index")
-            return _power(radicand, Value(Fraction(1, index.exact.numerator), 1 / index.exact.numerator))
+            return _power(
+                radicand,
+                Value(Fraction(1, index.exact.numerator), 1 / index.exact.numerator),
+            )
         raise _Unreadable(f"unexpected {tok!r}")
 
 
 def _add(a: Value, b: Value, sign: int) -> Value:
-    exact = a.exact + sign * b.exact if a.exact is not None and b.exact is not None else None
-    return _make(exact, _float(exact) if exact is not None else a.approx + sign * b.approx, a.decimal or b.decimal)
+    exact = (
+        a.exact + sign * b.exact
+        if a.exact is not None and b.exact is not None
+        else None
+    )
+    return _make(
+        exact,
+        _float(exact) if exact is not None else a.approx + sign * b.approx,
+        a.decimal or b.decimal,
+    )
 
 
 def _mul(a: Value, b: Value) -> Value:

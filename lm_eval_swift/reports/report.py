@@ -10,7 +10,14 @@ from lm_eval_swift.pipeline import BON_KS as DEFAULT_KS
 from lm_eval_swift.pipeline import bon_table, sample_counts
 from lm_eval_swift.rollouts import QuestionRollout, read_rollouts
 
-__all__ = ["DEFAULT_KS", "add_report_arguments", "bon_table", "cmd_report", "format_table"]
+
+__all__ = [
+    "DEFAULT_KS",
+    "add_report_arguments",
+    "bon_table",
+    "cmd_report",
+    "format_table",
+]
 
 
 def format_table(table: dict[str, dict[int, float]], title: str = "") -> str:
@@ -26,8 +33,18 @@ def format_table(table: dict[str, dict[int, float]], title: str = "") -> str:
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("rollouts", nargs="+", help="rollouts_*.jsonl files written next to lm_eval's results")
-    parser.add_argument("--k", type=int, nargs="+", default=list(DEFAULT_KS), help="values of k (default 1 4 16 64)")
+    parser.add_argument(
+        "rollouts",
+        nargs="+",
+        help="rollouts_*.jsonl files written next to lm_eval's results",
+    )
+    parser.add_argument(
+        "--k",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_KS),
+        help="values of k (default 1 4 16 64)",
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -39,5 +56,10 @@ def cmd_report(args: argparse.Namespace) -> None:
     for task, rollouts in by_task.items():
         n_min, n = sample_counts(rollouts)
         sizes = f"N={n}" if n_min == n else f"N={n_min}..{n}"
-        print(format_table(bon_table(rollouts, args.k), f"{task}: {len(rollouts)} questions, {sizes}"))
+        print(
+            format_table(
+                bon_table(rollouts, args.k),
+                f"{task}: {len(rollouts)} questions, {sizes}",
+            )
+        )
         print()

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lm_eval_swift.heads import Entry, SwiftHead
+from lm_eval_swift.swift.heads import Entry, SwiftHead
 
 
 class CaptureLayoutError(RuntimeError):
@@ -35,14 +35,27 @@ def entry_modules(model: nn.Module) -> tuple[dict[Entry, nn.Module], int]:
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
     layers = getattr(decoder, "layers", None)
     norm = getattr(decoder, "norm", None)
-    lm_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if not isinstance(layers, nn.ModuleList) or not isinstance(norm, nn.Module) or lm_head is None:
+    lm_head = (
+        model.get_output_embeddings()
+        if hasattr(model, "get_output_embeddings")
+        else None
+    )
+    if (
+        not isinstance(layers, nn.ModuleList)
+        or not isinstance(norm, nn.Module)
+        or lm_head is None
+    ):
         raise CaptureLayoutError(
             f"SWIFT capture supports Llama/Mistral/Qwen2-like models (decoder.layers, decoder.norm, lm_head); "
             f"{type(model).__name__} does not have that layout"
         )
     n = len(layers)
-    return {0: layers[0], **{i: layers[i - 1] for i in range(1, n)}, n: norm, "logits": lm_head}, n
+    return {
+        0: layers[0],
+        **{i: layers[i - 1] for i in range(1, n)},
+        n: norm,
+        "logits": lm_head,
+    }, n
 
 
 DEFER_MAX_POSITIONS = 256  # inputs with at most this many positions (B*S: decode steps) are projected at take()
@@ -78,9 +91,15 @@ class HeadProjector:
             biases.append(bias)
         self.bias = torch.stack(biases)  # [H, 2]
         self.uses_logits = "logits" in self.weights
-        self._acc: dict[torch.device, torch.Tensor] = {}  # per device: [B*S, 2H] running sum
-        self._pending: list[tuple[Entry, torch.Tensor]] = []  # narrow inputs [B, S, d_e], projected at take()
-        self._stacked: dict[tuple, torch.Tensor] = {}  # (device, entries) -> their weights stacked, [2H, sum d_e]
+        self._acc: dict[
+            torch.device, torch.Tensor
+        ] = {}  # per device: [B*S, 2H] running sum
+        self._pending: list[
+            tuple[Entry, torch.Tensor]
+        ] = []  # narrow inputs [B, S, d_e], projected at take()
+        self._stacked: dict[
+            tuple, torch.Tensor
+        ] = {}  # (device, entries) -> their weights stacked, [2H, sum d_e]
         self._shape: torch.Size | None = None  # [B, S] of the forward being captured
         self._handles: list = []
         self._paused = False
@@ -94,9 +113,13 @@ class HeadProjector:
         for e in self.weights:
             module = self.modules[e]
             if e == 0:
-                self._handles.append(module.register_forward_pre_hook(self._on_input, with_kwargs=True))
+                self._handles.append(
+                    module.register_forward_pre_hook(self._on_input, with_kwargs=True)
+                )
             else:
-                self._handles.append(module.register_forward_hook(partial(self._on_output, e)))
+                self._handles.append(
+                    module.register_forward_hook(partial(self._on_output, e))
+                )
         if not self._checked:
             try:
                 self._self_check()
@@ -164,7 +187,9 @@ class HeadProjector:
             self._note_shape(items[0][0], x)
             self._project(device, tuple(e for e, _ in items), x)
 
-    def _project(self, device: torch.device, entries: tuple[Entry, ...], x: torch.Tensor) -> None:
+    def _project(
+        self, device: torch.device, entries: tuple[Entry, ...], x: torch.Tensor
+    ) -> None:
         """Add x [B, S, sum d_e] (the entries' features side by side) times their weights, in fp32, to the device's
         accumulator; the entries' weights are stacked [2H, sum d_e] once per device and entry tuple."""
         w = self._stacked.get((device, entries))
@@ -192,8 +217,15 @@ class HeadProjector:
         """[B, S, H, 2] fp32 head outputs of the forward(s) since the last take, bias included; resets."""
         self._flush()
         if not self._acc:
-            raise RuntimeError("HeadProjector.take(): no forward pass since the last take()")
-        accs, self._acc, shape, self._shape = list(self._acc.values()), {}, self._shape, None
+            raise RuntimeError(
+                "HeadProjector.take(): no forward pass since the last take()"
+            )
+        accs, self._acc, shape, self._shape = (
+            list(self._acc.values()),
+            {},
+            self._shape,
+            None,
+        )
         total = accs[0]
         for acc in accs[1:]:
             total = total + acc.to(total.device)
@@ -207,12 +239,16 @@ class HeadProjector:
     def _self_check(self) -> None:
         """One tiny forward: hooked projection == projection of ``output_hidden_states`` (and logits), else raise."""
         self._acc, self._pending, self._shape = {}, [], None
-        ids = torch.arange(min(6, self.heads[0].base.vocab_size), device=self.model.device)[None]
+        ids = torch.arange(
+            min(6, self.heads[0].base.vocab_size), device=self.model.device
+        )[None]
         out = self.model(input_ids=ids, output_hidden_states=True, use_cache=False)
         got = self.take().cpu()
         entries = {**dict(enumerate(out.hidden_states)), "logits": out.logits}
         with torch.autocast("cpu", enabled=False):
-            want = sum(entries[e][0].float().cpu() @ w.cpu() for e, w in self.weights.items())
+            want = sum(
+                entries[e][0].float().cpu() @ w.cpu() for e, w in self.weights.items()
+            )
         want = want.view(got.shape[1:]) + self.bias.cpu()
         err, scale = (got[0] - want).abs().max().item(), want.abs().max().item()
         if not err <= 1e-3 * (scale + 1e-6):

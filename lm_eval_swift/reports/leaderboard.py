@@ -23,18 +23,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lm_eval_swift.errors import UsageError
-from lm_eval_swift.heads import model_basename
-from lm_eval_swift.metrics import auroc, within_question_auroc
 from lm_eval_swift.pipeline import BON_KS as DEFAULT_KS
 from lm_eval_swift.pipeline import bon_table, sample_counts
+from lm_eval_swift.reports.metrics import auroc, within_question_auroc
 from lm_eval_swift.rollouts import QuestionRollout, read_rollouts
+from lm_eval_swift.swift.heads import model_basename
+
 
 ESTIMATORS = {
     "first": "the first k of the N samples (the paper's and lm-eval's rows)",
     "subsets": "the mean over random k-subsets of the N samples ({subsets} per question, every subset where C(N, k) "
     "is at most that; seed {seed})",
 }
-ROW_KEY = re.compile(r"acc,(?P<row>[^@]+)(?:@(?P<k>\d+))?")  # lm-eval's "acc,<row>[@k]"; a row without @k is k=1
+ROW_KEY = re.compile(
+    r"acc,(?P<row>[^@]+)(?:@(?P<k>\d+))?"
+)  # lm-eval's "acc,<row>[@k]"; a row without @k is k=1
 
 SCORES_HEAD = (
     "| model | task | score | kind | seconds/sample | parameters | tokens/sample | FLOPs/sample (est.) | AUROC "
@@ -79,10 +82,14 @@ class ScoreStats:
 
 def _check_estimator(estimator: str) -> None:
     if estimator not in ESTIMATORS:
-        raise UsageError(f"unknown estimator {estimator!r}: use one of {', '.join(ESTIMATORS)}")
+        raise UsageError(
+            f"unknown estimator {estimator!r}: use one of {', '.join(ESTIMATORS)}"
+        )
 
 
-def _subsets(n: int, k: int, estimator: str, count: int, rng: random.Random) -> list[tuple[int, ...]]:
+def _subsets(
+    n: int, k: int, estimator: str, count: int, rng: random.Random
+) -> list[tuple[int, ...]]:
     """The k-subsets of range(n) whose selections are averaged."""
     if estimator == "first":
         return [tuple(range(k))]
@@ -113,25 +120,44 @@ def bon_estimates(
     for q in rollouts:
         rng = random.Random(f"{seed}/{q.task}/{q.doc_id}")
         nq = len(q.responses)
-        values: dict[CellKey, float] = {("mean", n): statistics.fmean(r.correct for r in q.responses)}
-        for k in (k for k in sizes if k <= nq):  # only mean@N reaches past the smallest N
+        values: dict[CellKey, float] = {
+            ("mean", n): statistics.fmean(r.correct for r in q.responses)
+        }
+        for k in (
+            k for k in sizes if k <= nq
+        ):  # only mean@N reaches past the smallest N
             chosen = _subsets(nq, k, estimator, subsets, rng)
             picks = [replace(q, responses=[q.responses[i] for i in s]) for s in chosen]
             table = bon_table(picks, [k], warn=False)  # the whole set was checked above
-            values.update(((row, k), cols[k]) for row, cols in table.items() if k in cols and row != "mean")
+            values.update(
+                ((row, k), cols[k])
+                for row, cols in table.items()
+                if k in cols and row != "mean"
+            )
         for key, column in per_question.items():
             if key not in values:
-                raise UsageError(f"{q.task} question {q.doc_id} has no {key[0]!r} row: score every question alike")
+                raise UsageError(
+                    f"{q.task} question {q.doc_id} has no {key[0]!r} row: score every question alike"
+                )
             column.append(values[key])
-    return {key: Cell(statistics.fmean(v), _stderr(v), "rollouts") for key, v in per_question.items()}
+    return {
+        key: Cell(statistics.fmean(v), _stderr(v), "rollouts")
+        for key, v in per_question.items()
+    }
 
 
 def _stderr(values: Sequence[float]) -> float:
-    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
+    return (
+        statistics.stdev(values) / math.sqrt(len(values))
+        if len(values) > 1
+        else math.nan
+    )
 
 
 def score_stats(
-    group: Group, rollouts: Sequence[QuestionRollout], head_parameters: Mapping[str, float] | None = None
+    group: Group,
+    rollouts: Sequence[QuestionRollout],
+    head_parameters: Mapping[str, float] | None = None,
 ) -> list[ScoreStats]:
     """Each score's cost per sample and its global and within-question AUROC against correctness.
 
@@ -153,18 +179,38 @@ def score_stats(
             seconds = statistics.fmean(c["seconds_per_sample"] for c in costs)
             params = statistics.fmean(c["parameters"] for c in costs)
         else:
-            kind, tokens, seconds, params = "SWIFT head", response_tokens, None, (head_parameters or {}).get(name)
+            kind, tokens, seconds, params = (
+                "SWIFT head",
+                response_tokens,
+                None,
+                (head_parameters or {}).get(name),
+            )
         groups = [_scored(q, name) for q in rollouts]
-        out.append(ScoreStats(
-            *group, name, kind, seconds, params, tokens, None if params is None else 2 * params * tokens,
-            auroc([s for g in groups for s in g[0]], [y for g in groups for y in g[1]]), within_question_auroc(groups),
-        ))
+        out.append(
+            ScoreStats(
+                *group,
+                name,
+                kind,
+                seconds,
+                params,
+                tokens,
+                None if params is None else 2 * params * tokens,
+                auroc(
+                    [s for g in groups for s in g[0]], [y for g in groups for y in g[1]]
+                ),
+                within_question_auroc(groups),
+            )
+        )
     return out
 
 
 def _scored(q: QuestionRollout, name: str) -> tuple[list[float], list[float]]:
     """(scores, correctness) of the question's responses that carry a (non-NaN) value of ``name``."""
-    pairs = [(r.scores[name], r.correct) for r in q.responses if not math.isnan(r.scores.get(name, math.nan))]
+    pairs = [
+        (r.scores[name], r.correct)
+        for r in q.responses
+        if not math.isnan(r.scores.get(name, math.nan))
+    ]
     return [s for s, _ in pairs], [y for _, y in pairs]
 
 
@@ -172,7 +218,12 @@ def model_label(name_or_path: str) -> str:
     """A model's name in the table: a Hub id (``org/name``) as it is, a local path by its last component (so one
     model run from two folders is one model)."""
     name = str(name_or_path).rstrip("/\\")
-    local = name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1 or Path(name).expanduser().exists()
+    local = (
+        name.startswith(("/", ".", "~"))
+        or "\\" in name
+        or name.count("/") > 1
+        or Path(name).expanduser().exists()
+    )
     return model_basename(name) if local else name
 
 
@@ -191,7 +242,9 @@ def _results_model(data: dict) -> str | None:
     from lm_eval.loggers.evaluation_tracker import GeneralConfigTracker
 
     config = data.get("config") if isinstance(data.get("config"), dict) else {}
-    name = data.get("model_name") or GeneralConfigTracker._get_model_name(config.get("model_args"))
+    name = data.get("model_name") or GeneralConfigTracker._get_model_name(
+        config.get("model_args")
+    )
     return str(name) if name else None
 
 
@@ -199,11 +252,13 @@ def _read_json(path: str | os.PathLike) -> dict:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
-        raise UsageError(f"{path}: cannot read the results file ({e.strerror or e})") from e
+        raise UsageError(
+            f"{path}: cannot read the results file ({e.strerror or e})"
+        ) from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"{path}: not a JSON document ({e})") from e
     if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
-        raise UsageError(f"{path}: not an lm-eval results file (no \"results\" object)")
+        raise UsageError(f'{path}: not an lm-eval results file (no "results" object)')
     return data
 
 
@@ -223,10 +278,16 @@ def read_results(path: str | os.PathLike) -> tuple[str, dict[str, dict[CellKey, 
                 if not isinstance(value, (int, float)) or isinstance(value, bool):
                     raise UsageError(f"{path}: {task} {key} is {value!r}, not a number")
                 se = metrics.get(f"acc_stderr,{key[4:]}")
-                cell = Cell(float(value), float(se) if isinstance(se, (int, float)) else math.nan, "results")
+                cell = Cell(
+                    float(value),
+                    float(se) if isinstance(se, (int, float)) else math.nan,
+                    "results",
+                )
                 cells[(m["row"], int(m["k"] or 1))] = cell
         tasks[task] = cells
-    return (model_label(name) if name else folder_label(Path(path).resolve().parent.name)), tasks
+    return (
+        model_label(name) if name else folder_label(Path(path).resolve().parent.name)
+    ), tasks
 
 
 def rollouts_model(path: str | os.PathLike) -> str:
@@ -234,7 +295,10 @@ def rollouts_model(path: str | os.PathLike) -> str:
     ``rollouts_<task>_<date>.jsonl``, else the newest results file there), else its folder's :func:`folder_label`."""
     path = Path(path).resolve()
     date = path.stem.rsplit("_", 1)[-1]
-    candidates = [path.with_name(f"results_{date}.json"), *sorted(path.parent.glob("results_*.json"), reverse=True)]
+    candidates = [
+        path.with_name(f"results_{date}.json"),
+        *sorted(path.parent.glob("results_*.json"), reverse=True),
+    ]
     for results in candidates:
         try:
             name = _results_model(_read_json(results)) if results.is_file() else None
@@ -268,11 +332,20 @@ class Leaderboard:
 
     def label(self, group: Group) -> str:
         """The model, and the task too when the groups span several tasks."""
-        return group[0] if len({t for _, t in self.cells}) == 1 else f"{group[0]} / {group[1]}"
+        return (
+            group[0]
+            if len({t for _, t in self.cells}) == 1
+            else f"{group[0]} / {group[1]}"
+        )
 
     def columns(self) -> list[tuple[Group, int]]:
         """(group, k) of every column: each group's ks, in order."""
-        return [(g, k) for g in self.groups for k in self.ks if any(key[1] == k for key in self.cells[g])]
+        return [
+            (g, k)
+            for g in self.groups
+            for k in self.ks
+            if any(key[1] == k for key in self.cells[g])
+        ]
 
     def average(self, row: str, k: int) -> float | None:
         """Mean over the groups of the row at k; None unless every group has that cell."""
@@ -282,23 +355,44 @@ class Leaderboard:
     def note(self) -> str:
         """Which estimator made the cells, and what the ± means."""
         text = f"Estimator: {self.estimator} — {self.estimator_note}. ± is the standard error across questions."
-        if self.estimator != "first" and any(c.source == "results" for cs in self.cells.values() for c in cs.values()):
-            text += " Groups read from results JSON keep lm-eval's values (first k of N)."
+        if self.estimator != "first" and any(
+            c.source == "results" for cs in self.cells.values() for c in cs.values()
+        ):
+            text += (
+                " Groups read from results JSON keep lm-eval's values (first k of N)."
+            )
         return text
 
     def to_markdown(self) -> str:
         """The table (rows = selectors, columns = model x k, then Average per k) and the score diagnostics."""
         columns = self.columns()
-        head = [f"{self.label(g)} k={k}" for g, k in columns] + [f"Average k={k}" for k in self.ks]
-        lines = ["## Best-of-N leaderboard", "", self.note(), "",
-                 "| selector | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
+        head = [f"{self.label(g)} k={k}" for g, k in columns] + [
+            f"Average k={k}" for k in self.ks
+        ]
+        lines = [
+            "## Best-of-N leaderboard",
+            "",
+            self.note(),
+            "",
+            "| selector | " + " | ".join(head) + " |",
+            "|---|" + "---:|" * len(head),
+        ]
         for row in self.rows:
             cells = [_fmt_cell(self.cells[g].get((row, k))) for g, k in columns]
-            cells += ["" if (avg := self.average(row, k)) is None else f"{avg:.4f}" for k in self.ks]
+            cells += [
+                "" if (avg := self.average(row, k)) is None else f"{avg:.4f}"
+                for k in self.ks
+            ]
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
         if self.scores:
             rule = "|---" * 4 + "|---:" * 6 + "|"
-            lines += ["", "## Scores: cost per sample and ranking quality", "", SCORES_HEAD, rule]
+            lines += [
+                "",
+                "## Scores: cost per sample and ranking quality",
+                "",
+                SCORES_HEAD,
+                rule,
+            ]
             for s in self.scores:
                 lines.append(
                     f"| {s.model} | {s.task} | {s.score} | {s.kind} | {_fmt(s.seconds_per_sample, '.4g')} "
@@ -315,11 +409,33 @@ class Leaderboard:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
-            w.writerow(["estimator", "selector", "model", "task", "k", "accuracy", "stderr", "source"])
+            w.writerow(
+                [
+                    "estimator",
+                    "selector",
+                    "model",
+                    "task",
+                    "k",
+                    "accuracy",
+                    "stderr",
+                    "source",
+                ]
+            )
             for row in self.rows:
                 for (model, task), k in self.columns():
                     if cell := self.cells[(model, task)].get((row, k)):
-                        w.writerow([self.estimator, row, model, task, k, cell.value, _csv(cell.stderr), cell.source])
+                        w.writerow(
+                            [
+                                self.estimator,
+                                row,
+                                model,
+                                task,
+                                k,
+                                cell.value,
+                                _csv(cell.stderr),
+                                cell.source,
+                            ]
+                        )
                 for k in self.ks:
                     if (avg := self.average(row, k)) is not None:
                         w.writerow([self.estimator, row, "Average", "", k, avg, "", ""])
@@ -334,17 +450,25 @@ class Leaderboard:
 
 
 def _fmt(value: float | None, spec: str) -> str:
-    return "unknown" if value is None else "" if math.isnan(value) else format(value, spec)
+    return (
+        "unknown" if value is None else "" if math.isnan(value) else format(value, spec)
+    )
 
 
 def _fmt_cell(cell: Cell | None) -> str:
     if cell is None:
         return ""
-    return f"{cell.value:.4f}" + ("" if math.isnan(cell.stderr) else f" ± {cell.stderr:.4f}")
+    return f"{cell.value:.4f}" + (
+        "" if math.isnan(cell.stderr) else f" ± {cell.stderr:.4f}"
+    )
 
 
 def _csv(value: object) -> object:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
+    return (
+        ""
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else value
+    )
 
 
 def leaderboard(
@@ -365,7 +489,11 @@ def leaderboard(
     questions: dict[Group, dict[int, QuestionRollout]] = {}
     results: dict[Group, dict[CellKey, Cell]] = {}
     for path in files:
-        suffix = "".join(Path(path).suffixes[-2:]) if str(path).endswith(".gz") else Path(path).suffix
+        suffix = (
+            "".join(Path(path).suffixes[-2:])
+            if str(path).endswith(".gz")
+            else Path(path).suffix
+        )
         if suffix == ".json":
             model, tasks = read_results(path)
             for task, cells in tasks.items():
@@ -375,15 +503,27 @@ def leaderboard(
             for q in read_rollouts(path):
                 questions.setdefault((model, q.task), {})[q.doc_id] = q
         else:
-            raise UsageError(f"{path}: unknown file kind: give lm-eval results (.json) or rollouts (.jsonl, .jsonl.gz) files")
+            raise UsageError(
+                f"{path}: unknown file kind: give lm-eval results (.json) or rollouts (.jsonl, .jsonl.gz) files"
+            )
     cells = {
-        g: bon_estimates(list(qs.values()), ks, estimator, subsets=subsets, seed=seed) for g, qs in questions.items()
+        g: bon_estimates(list(qs.values()), ks, estimator, subsets=subsets, seed=seed)
+        for g, qs in questions.items()
     }
-    cells.update({g: {key: c for key, c in cs.items() if key[1] in ks}
-                  for g, cs in results.items() if g not in questions})
+    cells.update(
+        {
+            g: {key: c for key, c in cs.items() if key[1] in ks}
+            for g, cs in results.items()
+            if g not in questions
+        }
+    )
     if not any(cells.values()):
         raise UsageError("no best-of-N rows in the given files")
-    stats = [s for g in sorted(questions) for s in score_stats(g, list(questions[g].values()), head_parameters)]
+    stats = [
+        s
+        for g in sorted(questions)
+        for s in score_stats(g, list(questions[g].values()), head_parameters)
+    ]
     note = ESTIMATORS[estimator].format(subsets=subsets, seed=seed)
     return Leaderboard(estimator, note, cells, stats)
 
@@ -393,19 +533,43 @@ def leaderboard(
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     """The input files and estimator options shared by ``leaderboard`` and ``plot``."""
-    parser.add_argument("files", nargs="+", help="lm-eval results_*.json and/or rollouts_*.jsonl files")
-    parser.add_argument("--estimator", choices=list(ESTIMATORS), default="first",
-                        help="BoN@k from the first k of N samples (default) or the mean over random k-subsets")
-    parser.add_argument("--subsets", type=int, default=64, help="k-subsets per question for --estimator subsets")
+    parser.add_argument(
+        "files", nargs="+", help="lm-eval results_*.json and/or rollouts_*.jsonl files"
+    )
+    parser.add_argument(
+        "--estimator",
+        choices=list(ESTIMATORS),
+        default="first",
+        help="BoN@k from the first k of N samples (default) or the mean over random k-subsets",
+    )
+    parser.add_argument(
+        "--subsets",
+        type=int,
+        default=64,
+        help="k-subsets per question for --estimator subsets",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the k-subsets")
 
 
 def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> None:
     add_source_arguments(parser)
-    parser.add_argument("--k", type=int, nargs="+", default=list(DEFAULT_KS), help="values of k (default 1 4 16 64)")
-    parser.add_argument("--head-parameters", action="append", default=[], metavar="NAME=COUNT",
-                        help="parameter count of a SWIFT head score, for its FLOPs (repeatable)")
-    parser.add_argument("--csv", help="also write the table (and <stem>_scores.csv) here")
+    parser.add_argument(
+        "--k",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_KS),
+        help="values of k (default 1 4 16 64)",
+    )
+    parser.add_argument(
+        "--head-parameters",
+        action="append",
+        default=[],
+        metavar="NAME=COUNT",
+        help="parameter count of a SWIFT head score, for its FLOPs (repeatable)",
+    )
+    parser.add_argument(
+        "--csv", help="also write the table (and <stem>_scores.csv) here"
+    )
     parser.add_argument("--markdown", help="also write the Markdown here")
 
 
@@ -425,8 +589,14 @@ def parse_head_parameters(specs: Sequence[str]) -> dict[str, float]:
 
 def cmd_leaderboard(args: argparse.Namespace) -> None:
     """Print the leaderboard as Markdown; write it as CSV / Markdown when asked."""
-    board = leaderboard(args.files, args.k, args.estimator, subsets=args.subsets, seed=args.seed,
-                        head_parameters=parse_head_parameters(args.head_parameters))
+    board = leaderboard(
+        args.files,
+        args.k,
+        args.estimator,
+        subsets=args.subsets,
+        seed=args.seed,
+        head_parameters=parse_head_parameters(args.head_parameters),
+    )
     text = board.to_markdown()
     print(text)
     if args.markdown:

@@ -1,6 +1,6 @@
 """Grading worker: runs Math-Verify's ``parse``/``verify`` in its own process.
 
-``lm_eval_swift.grading`` starts ``python -m lm_eval_swift._grading_worker`` and talks to it over pipes: the
+``lm_eval_swift.grading`` starts ``python -m lm_eval_swift.grading.worker`` and talks to it over pipes: the
 worker prints ``ready``, then answers each JSON request line (the keyword arguments of :func:`verify_now`) with
 ``1`` or ``0``. Math-Verify's own SIGALRM timeouts are switched off here; the parent enforces the time limit: it
 sends SIGUSR1 (the comparison is abandoned and answered ``0``), and kills this process when no answer follows.
@@ -23,8 +23,12 @@ from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, veri
 from math_verify.grader import is_atomic_or_pct_atomic
 from sympy import Expr, Float, Number
 
+
 # The extraction targets of Math-Verify's test helper ``compare_strings``: a boxed answer has top priority.
-TARGETS = {"latex": LatexExtractionConfig(boxed_match_priority=0), "expr": ExprExtractionConfig()}
+TARGETS = {
+    "latex": LatexExtractionConfig(boxed_match_priority=0),
+    "expr": ExprExtractionConfig(),
+}
 _RELATIVE_TOLERANCE = 1e-20
 _POINTS = [
     (0.3719, 1.2183, 2.0377),
@@ -41,10 +45,14 @@ def _exactly_different(gold: object, pred: object) -> bool:
     Math-Verify compares numbers that are not plain (percent) numbers with ``(a - b).evalf(chop=True) == 0``,
     which calls any two tiny numbers equal (``1/2^{99}`` and ``1/2^{98}``); this check vetoes such matches.
     """
-    if not all(isinstance(x, Expr) and x.is_number and not x.has(Float) for x in (gold, pred)):
+    if not all(
+        isinstance(x, Expr) and x.is_number and not x.has(Float) for x in (gold, pred)
+    ):
         return False
     if is_atomic_or_pct_atomic(gold, Number) or is_atomic_or_pct_atomic(pred, Number):
-        return False  # Math-Verify compared these exactly already (and lets 28\% equal 28)
+        return (
+            False  # Math-Verify compared these exactly already (and lets 28\% equal 28)
+        )
     try:
         diff = (gold - pred).doit()
         if diff.is_Rational:
@@ -85,7 +93,9 @@ def verify_now(
     ):
         return True
     g, p = (gold_items[0], pred_items[0]) if gold_items and pred_items else (None, None)
-    return (rel_tol > 0 and _close(g, p, rel_tol)) or (identities and _same_function(g, p))
+    return (rel_tol > 0 and _close(g, p, rel_tol)) or (
+        identities and _same_function(g, p)
+    )
 
 
 def _close(gold: object, pred: object, rel_tol: float) -> bool:
@@ -102,14 +112,23 @@ def _close(gold: object, pred: object, rel_tol: float) -> bool:
 def _same_function(gold: object, pred: object) -> bool:
     """Both are expressions in the same symbols whose values agree (to 1e-9 relative) at a few fixed points,
     positive and negative, and are finite at some; an identity that sympy's simplification missed."""
-    if not all(isinstance(x, Expr) and not x.is_number for x in (gold, pred)) or gold.free_symbols != pred.free_symbols:
+    if (
+        not all(isinstance(x, Expr) and not x.is_number for x in (gold, pred))
+        or gold.free_symbols != pred.free_symbols
+    ):
         return False
     symbols = sorted(gold.free_symbols, key=str)
     finite = 0
     for point in _POINTS:
-        subs = {s: point[i % len(point)] + 0.1 * (i // len(point)) for i, s in enumerate(symbols)}
+        subs = {
+            s: point[i % len(point)] + 0.1 * (i // len(point))
+            for i, s in enumerate(symbols)
+        }
         try:
-            a, b = complex(gold.evalf(20, subs=subs)), complex(pred.evalf(20, subs=subs))
+            a, b = (
+                complex(gold.evalf(20, subs=subs)),
+                complex(pred.evalf(20, subs=subs)),
+            )
         except (TypeError, ValueError, ZeroDivisionError):
             continue  # a pole or a non-number (e.g. zoo) at this point
         if not (cmath.isfinite(a) and cmath.isfinite(b)):
@@ -135,7 +154,10 @@ _WARM_UP = [
     (r"\boxed{y = 2x + 3}", r"\boxed{\frac{x+1}{x-1}}"),
     (r"\boxed{x^2 + y^2 = 13}", r"\boxed{x=x^2-10x+41}"),
     (r"\boxed{(-\infty,-2)\cup (-2,3)}", r"\boxed{25\%}"),
-    (r"\boxed{( \frac{7}{45}, \frac{4}{45} )}", r"\boxed{\begin{pmatrix} ( \frac{7}{45}, \frac{4}{45} ) &}"),
+    (
+        r"\boxed{( \frac{7}{45}, \frac{4}{45} )}",
+        r"\boxed{\begin{pmatrix} ( \frac{7}{45}, \frac{4}{45} ) &}",
+    ),
     (r"\boxed{6x-5}", r"\boxed{( 6x-5 ]}"),
     (r"\boxed{8\pi}", r"(2\sqrt{2})^2\pi = \boxed{}"),
 ]
@@ -184,7 +206,9 @@ def main() -> None:
     # Keep the protocol channel private: anything a library prints goes to stderr.
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout is disabled" warnings: we enforce it
+    logging.getLogger("math_verify").setLevel(
+        logging.ERROR
+    )  # "timeout is disabled" warnings: we enforce it
     threading.Thread(target=_exit_with_parent, daemon=True).start()
     signal.signal(signal.SIGUSR1, _abandon)
     _warm_up()

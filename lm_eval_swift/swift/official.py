@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig
 
-from lm_eval_swift.heads import HeadError, SwiftHead
+from lm_eval_swift.swift.heads import HeadError, SwiftHead
+
 
 GATED = ("fused_layer.weight", "fused_layer.bias")
 GATELESS = ("reward_layer.weight", "reward_layer.bias")
@@ -37,12 +38,16 @@ def read_official(file: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, 
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
-        raise OfficialCheckpointError(f"{file}: not readable as a torch state dict ({e})") from e
+        raise OfficialCheckpointError(
+            f"{file}: not readable as a torch state dict ({e})"
+        ) from e
     keys = sorted(state) if isinstance(state, dict) else None
     for names, rows in ((GATED, 2), (GATELESS, 1)):
         if keys == sorted(names):
             weight, bias = (state[n] for n in names)
-            if not (weight.ndim == 2 and weight.shape[0] == rows and bias.shape == (rows,)):
+            if not (
+                weight.ndim == 2 and weight.shape[0] == rows and bias.shape == (rows,)
+            ):
                 raise OfficialCheckpointError(
                     f"{file}: {names[0]} {tuple(weight.shape)} / {names[1]} {tuple(bias.shape)}, expected [{rows}, F] / [{rows}]"
                 )
@@ -68,18 +73,27 @@ def import_official(
     """Convert the authors' checkpoint ``file`` for ``base_model`` (path or hub id; only its config is read), trained
     on hidden-state ``layers`` (default all) or on the ``logits``, into a head saved at ``out_dir``; returns it."""
     if logits and layers:
-        raise OfficialCheckpointError("an authors' checkpoint reads either hidden-state layers or the logits, not both")
+        raise OfficialCheckpointError(
+            "an authors' checkpoint reads either hidden-state layers or the logits, not both"
+        )
     weight, bias, gated = read_official(file)
-    config = AutoConfig.from_pretrained(base_model, revision=revision, trust_remote_code=trust_remote_code)
+    config = AutoConfig.from_pretrained(
+        base_model, revision=revision, trust_remote_code=trust_remote_code
+    )
     head = SwiftHead.for_model(
         config,
         base_model,
         revision,
         kind="logits" if logits else "hidden_states",
-        layers=sorted(layers) if layers else None,  # the authors concatenate the given indices in ascending order
+        layers=sorted(layers)
+        if layers
+        else None,  # the authors concatenate the given indices in ascending order
         gate=gated,
         name=name,
-        training={"imported_from": str(Path(file).resolve()), "format": "SWIFT authors' LinearRewardModel"},
+        training={
+            "imported_from": str(Path(file).resolve()),
+            "format": "SWIFT authors' LinearRewardModel",
+        },
     )
     expected = head.linear.in_features
     if weight.shape[1] != expected:
@@ -105,7 +119,10 @@ def _hint(n_features: int, head: SwiftHead) -> str:
     hidden = head.base.hidden_size
     if n_features == head.base.vocab_size:
         return ": it matches the logits (pass --logits)"
-    if n_features % hidden == 0 and n_features // hidden <= head.base.num_hidden_layers + 1:
+    if (
+        n_features % hidden == 0
+        and n_features // hidden <= head.base.num_hidden_layers + 1
+    ):
         return f": it matches {n_features // hidden} hidden-state entries (pass those --layers)"
     return ": the checkpoint was trained on another model or other features"
 
@@ -113,12 +130,27 @@ def _hint(n_features: int, head: SwiftHead) -> str:
 def add_import_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``lm-eval-swift import-official``."""
     parser.add_argument("file", help="the authors' reward model state dict (.pt)")
-    parser.add_argument("--base-model", required=True, help="the model it was trained on: path or hub id (config only)")
+    parser.add_argument(
+        "--base-model",
+        required=True,
+        help="the model it was trained on: path or hub id (config only)",
+    )
     parser.add_argument("--out", required=True, help="output head directory")
     features = parser.add_mutually_exclusive_group()
-    features.add_argument("--layers", type=int, nargs="+", help="the --layers of the authors' run (default: all)")
-    features.add_argument("--logits", action="store_true", help="the checkpoint was trained in --logits_mode")
-    parser.add_argument("--name", default="swift", help="the head's name (default swift)")
+    features.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        help="the --layers of the authors' run (default: all)",
+    )
+    features.add_argument(
+        "--logits",
+        action="store_true",
+        help="the checkpoint was trained in --logits_mode",
+    )
+    parser.add_argument(
+        "--name", default="swift", help="the head's name (default swift)"
+    )
     parser.add_argument("--revision")
     parser.add_argument("--trust-remote-code", action="store_true")
 
@@ -135,5 +167,9 @@ def cmd_import(args: argparse.Namespace) -> None:
         revision=args.revision,
         trust_remote_code=args.trust_remote_code,
     )
-    features = "logits" if head.kind == "logits" else f"hidden_states {list(head.layers)}"
-    print(f"SWIFT head {head.name!r} ({'gated' if head.gate else 'no gate'}, {features}) saved to {args.out}")
+    features = (
+        "logits" if head.kind == "logits" else f"hidden_states {list(head.layers)}"
+    )
+    print(
+        f"SWIFT head {head.name!r} ({'gated' if head.gate else 'no gate'}, {features}) saved to {args.out}"
+    )

@@ -1,5 +1,5 @@
 """SWIFT rewards of finished (prompt, response) token sequences by one teacher-forced pass, with the same capture
-as generation (:class:`~lm_eval_swift.capture.HeadProjector`)."""
+as generation (:class:`~lm_eval_swift.swift.capture.HeadProjector`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from lm_eval_swift.capture import HeadProjector
-from lm_eval_swift.heads import SwiftHead, swift_reward
+from lm_eval_swift.swift.capture import HeadProjector
+from lm_eval_swift.swift.heads import SwiftHead, swift_reward
 
 
 @torch.no_grad()
@@ -31,7 +31,9 @@ def rescore(
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     heads = list(heads.values() if isinstance(heads, Mapping) else heads)
     scores = torch.zeros(len(prompts), len(heads))
-    order = sorted(range(len(prompts)), key=lambda i: -(len(prompts[i]) + len(responses[i])))
+    order = sorted(
+        range(len(prompts)), key=lambda i: -(len(prompts[i]) + len(responses[i]))
+    )
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     device = model.device
     with HeadProjector(model, heads) as proj:
@@ -53,7 +55,9 @@ def rescore(
             t = torch.arange(int(lengths.max()))
             pos = (starts[:, None] + t).clamp_max(ids.shape[1] - 1)  # [B, T]
             mask = (t < lengths[:, None]).to(parts.device)
-            picked = parts[torch.arange(len(batch))[:, None], pos.to(parts.device)]  # [B, T, H, 2]
+            picked = parts[
+                torch.arange(len(batch))[:, None], pos.to(parts.device)
+            ]  # [B, T, H, 2]
             for h, head in enumerate(heads):
                 scores[batch, h] = swift_reward(picked[:, :, h], mask, head.gate).cpu()
     return scores

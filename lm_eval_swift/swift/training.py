@@ -3,7 +3,7 @@
     lm-eval-swift train rollouts_gsm8k.jsonl --base-model Qwen/Qwen2.5-1.5B-Instruct --out heads/qwen-gsm8k
 
 Every response of the rollouts files is an example, labelled by the grade it carries (``Response.correct``, the
-grader of the evaluation). Its features are those of its response tokens (:mod:`lm_eval_swift.features`), taken
+grader of the evaluation). Its features are those of its response tokens (:mod:`lm_eval_swift.swift.features`), taken
 from the rollout's token ids or, when absent, by the response-token rule from its text. A seeded 20% of the
 QUESTIONS is held out for validation (a question never has responses on both sides).
 
@@ -36,18 +36,19 @@ from torch import nn
 from tqdm import tqdm
 
 from lm_eval_swift.errors import UsageError
-from lm_eval_swift.features import (
+from lm_eval_swift.pipeline import bon_table
+from lm_eval_swift.reports.metrics import auroc, within_question_auroc
+from lm_eval_swift.responses import prompt_tokens, response_tokens_from_text
+from lm_eval_swift.rollouts import QuestionRollout, read_rollouts
+from lm_eval_swift.swift.features import (
     FeatureCache,
     FeatureExtractor,
     FeatureSource,
     feature_source,
     load_base_model,
 )
-from lm_eval_swift.heads import SwiftHead, swift_reward
-from lm_eval_swift.metrics import auroc, within_question_auroc
-from lm_eval_swift.pipeline import bon_table
-from lm_eval_swift.responses import prompt_tokens, response_tokens_from_text
-from lm_eval_swift.rollouts import QuestionRollout, read_rollouts
+from lm_eval_swift.swift.heads import SwiftHead, swift_reward
+
 
 Loss = Literal["bce", "hinge", "dpo"]
 EarlyStop = Literal["loss", "within_auroc"]
@@ -73,20 +74,29 @@ class TrainingData:
     spans: list[range]
 
     @classmethod
-    def load(cls, paths: Sequence[str | os.PathLike], tokenizer, max_gen_toks: int) -> TrainingData:
+    def load(
+        cls, paths: Sequence[str | os.PathLike], tokenizer, max_gen_toks: int
+    ) -> TrainingData:
         """Read rollouts files; token ids come from the file or, when absent, from the response-token rule."""
         rollouts = [r for path in paths for r in read_rollouts(path)]
         prompts, responses, labels, question, spans = [], [], [], [], []
         for q, rollout in enumerate(rollouts):
-            prompt = list(rollout.prompt_token_ids) or prompt_tokens(tokenizer, rollout.prompt)
+            prompt = list(rollout.prompt_token_ids) or prompt_tokens(
+                tokenizer, rollout.prompt
+            )
             spans.append(range(len(labels), len(labels) + len(rollout.responses)))
             for r in rollout.responses:
                 prompts.append(prompt)
-                responses.append(list(r.token_ids) or response_tokens_from_text(r.text, tokenizer, max_gen_toks))
+                responses.append(
+                    list(r.token_ids)
+                    or response_tokens_from_text(r.text, tokenizer, max_gen_toks)
+                )
                 labels.append(float(r.correct))
                 question.append(q)
         if not rollouts:
-            raise UsageError(f"no questions in rollouts files {[str(p) for p in paths]}")
+            raise UsageError(
+                f"no questions in rollouts files {[str(p) for p in paths]}"
+            )
         return cls(rollouts, prompts, responses, torch.tensor(labels), question, spans)
 
     def responses_of(self, questions: Sequence[int]) -> list[int]:
@@ -98,23 +108,31 @@ def question_key(rollout: QuestionRollout) -> tuple[str, int]:
     return rollout.task, rollout.doc_id
 
 
-def split_questions(keys: Sequence[Hashable], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+def split_questions(
+    keys: Sequence[Hashable], val_fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
     """(train, validation) item indices: round(val_fraction * #distinct keys) keys (at least 1, at most all but
     one), drawn with ``seed``, go to validation with all their items."""
     if not 0.0 < val_fraction < 1.0:
         raise UsageError(f"val_fraction must be in (0, 1), got {val_fraction}")
     distinct = list(dict.fromkeys(keys))
     if len(distinct) < 2:
-        raise UsageError(f"need at least 2 distinct questions to hold some out for validation, got {len(distinct)}")
+        raise UsageError(
+            f"need at least 2 distinct questions to hold some out for validation, got {len(distinct)}"
+        )
     n_val = min(max(round(val_fraction * len(distinct)), 1), len(distinct) - 1)
-    perm = torch.randperm(len(distinct), generator=torch.Generator().manual_seed(seed)).tolist()
+    perm = torch.randperm(
+        len(distinct), generator=torch.Generator().manual_seed(seed)
+    ).tolist()
     val_keys = {distinct[i] for i in perm[:n_val]}
     train = [i for i, k in enumerate(keys) if k not in val_keys]
     val = [i for i, k in enumerate(keys) if k in val_keys]
     return train, val
 
 
-def pack_steps(data: TrainingData, questions: Sequence[int], batch_size: int) -> list[list[int]]:
+def pack_steps(
+    data: TrainingData, questions: Sequence[int], batch_size: int
+) -> list[list[int]]:
     """Response indices of each step: whole questions, in the given order, up to ``batch_size`` responses a step
     (a question with more is cut into chunks)."""
     steps: list[list[int]] = []
@@ -131,7 +149,9 @@ def pack_steps(data: TrainingData, questions: Sequence[int], batch_size: int) ->
     return steps + [current] if current else steps
 
 
-def correct_incorrect_pairs(questions: Sequence[int], labels: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+def correct_incorrect_pairs(
+    questions: Sequence[int], labels: Sequence[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions (c, i) [P] of every (correct, incorrect) pair of items with the same question."""
     by_question: dict[int, tuple[list[int], list[int]]] = {}
     for j, (q, y) in enumerate(zip(questions, labels, strict=True)):
@@ -148,7 +168,12 @@ def correct_incorrect_pairs(questions: Sequence[int], labels: Sequence[float]) -
 # ---- losses and metrics -----------------------------------------------------------------------------------------
 
 
-def objective(rewards: torch.Tensor, labels: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor], loss: Loss) -> torch.Tensor | None:
+def objective(
+    rewards: torch.Tensor,
+    labels: torch.Tensor,
+    pairs: tuple[torch.Tensor, torch.Tensor],
+    loss: Loss,
+) -> torch.Tensor | None:
     """Mean loss of rewards R [n] against labels [n] (bce) or over the (correct, incorrect) ``pairs``; None when a
     pairwise loss has no pair."""
     if loss == "bce":
@@ -157,11 +182,17 @@ def objective(rewards: torch.Tensor, labels: torch.Tensor, pairs: tuple[torch.Te
     if not len(c):
         return None
     margin = rewards[c] - rewards[i]
-    return F.relu(1.0 - margin).mean() if loss == "hinge" else -F.logsigmoid(margin).mean()
+    return (
+        F.relu(1.0 - margin).mean() if loss == "hinge" else -F.logsigmoid(margin).mean()
+    )
 
 
 def validation_metrics(
-    data: TrainingData, questions: Sequence[int], rewards: torch.Tensor, loss: Loss, ks: Sequence[int] = BON_KS
+    data: TrainingData,
+    questions: Sequence[int],
+    rewards: torch.Tensor,
+    loss: Loss,
+    ks: Sequence[int] = BON_KS,
 ) -> dict[str, Any]:
     """Held-out metrics of rewards R [n_val] of ``data.responses_of(questions)`` (in that order).
 
@@ -176,7 +207,10 @@ def validation_metrics(
     scored, offset = [], 0
     for q in questions:
         rollout = data.rollouts[q]
-        rs = [replace(r, scores={SCORE: float(rewards[offset + j])}) for j, r in enumerate(rollout.responses)]
+        rs = [
+            replace(r, scores={SCORE: float(rewards[offset + j])})
+            for j, r in enumerate(rollout.responses)
+        ]
         scored.append(replace(rollout, responses=rs))
         offset += len(rs)
     metrics = {
@@ -184,14 +218,26 @@ def validation_metrics(
         "val_bce": float(F.binary_cross_entropy_with_logits(rewards, labels)),
         "auroc": auroc(rewards.tolist(), labels.tolist()),
         "within_auroc": within_question_auroc(
-            [([r.scores[SCORE] for r in q.responses], [r.correct for r in q.responses]) for q in scored]
+            [
+                (
+                    [r.scores[SCORE] for r in q.responses],
+                    [r.correct for r in q.responses],
+                )
+                for q in scored
+            ]
         ),
-        "bon": {row: {str(k): acc for k, acc in cols.items()} for row, cols in bon_table(scored, ks).items()},
+        "bon": {
+            row: {str(k): acc for k, acc in cols.items()}
+            for row, cols in bon_table(scored, ks).items()
+        },
         "n_questions": len(questions),
         "n_responses": len(idx),
         "n_pairs": len(pairs[0]),
     }
-    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
+    return {
+        k: None if isinstance(v, float) and math.isnan(v) else v
+        for k, v in metrics.items()
+    }
 
 
 # ---- logits heads through the output embedding -------------------------------------------------------------------
@@ -211,7 +257,9 @@ class ThroughOutputEmbedding(nn.Module):
     def reward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """hidden [..., T, d], mask [..., T] -> R [...], as ``head.reward(hidden @ w_out.T, mask)``."""
         w, b = self.head.fused()
-        return swift_reward(F.linear(hidden.float(), w @ self.w_out, b), mask, self.head.gate)
+        return swift_reward(
+            F.linear(hidden.float(), w @ self.w_out, b), mask, self.head.gate
+        )
 
 
 @torch.no_grad()
@@ -223,12 +271,19 @@ def output_embedding(model: nn.Module) -> torch.Tensor | None:
         return None
     vocab = lm_head.weight.shape[0]
     probe = (torch.arange(1, 9) * 7919 % vocab)[None].to(model.device)
-    out = model(input_ids=probe, output_hidden_states=True, use_cache=False, logits_to_keep=0)
+    out = model(
+        input_ids=probe, output_hidden_states=True, use_cache=False, logits_to_keep=0
+    )
     logits = out.logits.float()
-    recomputed = F.linear(out.hidden_states[-1].float(), lm_head.weight.float().to(out.hidden_states[-1].device))
+    recomputed = F.linear(
+        out.hidden_states[-1].float(),
+        lm_head.weight.float().to(out.hidden_states[-1].device),
+    )
     tol = 1e-4 if lm_head.weight.dtype == torch.float32 else 2e-2
     scale = logits.abs().max().clamp_min(1.0)
-    if not torch.allclose(recomputed.to(logits.device), logits, rtol=tol, atol=tol * scale):
+    if not torch.allclose(
+        recomputed.to(logits.device), logits, rtol=tol, atol=tol * scale
+    ):
         return None
     return lm_head.weight.detach()
 
@@ -291,30 +346,54 @@ def train_head(
     if loss not in LOSSES:
         raise UsageError(f"unknown loss {loss!r}: choose from {LOSSES}")
     if early_stop not in EARLY_STOPS:
-        raise UsageError(f"unknown early_stop {early_stop!r}: choose from {EARLY_STOPS}")
+        raise UsageError(
+            f"unknown early_stop {early_stop!r}: choose from {EARLY_STOPS}"
+        )
     if logits and layers:
-        raise UsageError("a head reads either hidden-state layers or the logits, not both")
+        raise UsageError(
+            "a head reads either hidden-state layers or the logits, not both"
+        )
     if batch_size < 1 or epochs < 1 or patience < 1:
-        raise UsageError(f"batch_size, epochs and patience must be >= 1 (got {batch_size}, {epochs}, {patience})")
+        raise UsageError(
+            f"batch_size, epochs and patience must be >= 1 (got {batch_size}, {epochs}, {patience})"
+        )
     out_dir = Path(out_dir)
     model, tokenizer = load_base_model(
-        base_model, device=device, dtype=dtype, parallelize=parallelize, revision=revision, trust_remote_code=trust_remote_code
+        base_model,
+        device=device,
+        dtype=dtype,
+        parallelize=parallelize,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
     )
     data = TrainingData.load(rollouts, tokenizer, max_gen_toks)
-    train_q, val_q = split_questions([question_key(r) for r in data.rollouts], val_fraction, seed)
+    train_q, val_q = split_questions(
+        [question_key(r) for r in data.rollouts], val_fraction, seed
+    )
     _check_pairs(data, train_q, val_q, loss, early_stop)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         head = SwiftHead.for_model(
-            model.config, base_model, revision, model, kind="logits" if logits else "hidden_states", layers=layers,
-            gate=gate, name=name,
+            model.config,
+            base_model,
+            revision,
+            model,
+            kind="logits" if logits else "hidden_states",
+            layers=layers,
+            gate=gate,
+            name=name,
         )
     scorer: SwiftHead | ThroughOutputEmbedding = head
     entries = head.entries
     w_out = output_embedding(model) if head.kind == "logits" else None
-    if w_out is not None:  # features: the final hidden state (entry L), mapped to logits inside the scorer
-        scorer, entries = ThroughOutputEmbedding(head, w_out), (model.config.get_text_config().num_hidden_layers,)
+    if (
+        w_out is not None
+    ):  # features: the final hidden state (entry L), mapped to logits inside the scorer
+        scorer, entries = (
+            ThroughOutputEmbedding(head, w_out),
+            (model.config.get_text_config().num_hidden_layers,),
+        )
     extractor = FeatureExtractor(model, entries, tokenizer.pad_token_id)
     source = feature_source(
         extractor,
@@ -351,22 +430,54 @@ def train_head(
     rng = torch.Generator().manual_seed(seed)
     state = _resume(out_dir / CHECKPOINT, config, head, optimizer, rng) or TrainState()
 
-    epochs_bar = tqdm(range(state.epoch, epochs), initial=state.epoch, total=epochs, desc="SWIFT training", unit="epoch", disable=not progress)
+    epochs_bar = tqdm(
+        range(state.epoch, epochs),
+        initial=state.epoch,
+        total=epochs,
+        desc="SWIFT training",
+        unit="epoch",
+        disable=not progress,
+    )
     for epoch in epochs_bar:
         if state.bad_epochs >= patience:
             break
-        order = [train_q[i] for i in torch.randperm(len(train_q), generator=rng).tolist()]
-        train_loss = _train_epoch(scorer, optimizer, source, data, pack_steps(data, order, batch_size), loss, state, f"epoch {epoch + 1}", progress)
-        rewards = _rewards(scorer, source, data.responses_of(val_q), batch_size, progress)
+        order = [
+            train_q[i] for i in torch.randperm(len(train_q), generator=rng).tolist()
+        ]
+        train_loss = _train_epoch(
+            scorer,
+            optimizer,
+            source,
+            data,
+            pack_steps(data, order, batch_size),
+            loss,
+            state,
+            f"epoch {epoch + 1}",
+            progress,
+        )
+        rewards = _rewards(
+            scorer, source, data.responses_of(val_q), batch_size, progress
+        )
         metrics = validation_metrics(data, val_q, rewards, loss)
-        score = metrics["val_loss"] if early_stop == "loss" else -metrics["within_auroc"]
+        score = (
+            metrics["val_loss"] if early_stop == "loss" else -metrics["within_auroc"]
+        )
         state.epoch = epoch + 1
         if score < state.best_score:
-            state.best_epoch, state.best_score, state.best_metrics, state.bad_epochs = epoch + 1, score, metrics, 0
-            state.best_head = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
+            state.best_epoch, state.best_score, state.best_metrics, state.bad_epochs = (
+                epoch + 1,
+                score,
+                metrics,
+                0,
+            )
+            state.best_head = {
+                k: v.detach().cpu().clone() for k, v in head.state_dict().items()
+            }
         else:
             state.bad_epochs += 1
-        summary = {k: metrics[k] for k in ("val_loss", "val_bce", "auroc", "within_auroc")}
+        summary = {
+            k: metrics[k] for k in ("val_loss", "val_bce", "auroc", "within_auroc")
+        }
         state.history.append({"epoch": epoch + 1, "train_loss": train_loss, **summary})
         shown = {"train_loss": train_loss, **summary, "best": state.best_epoch}
         epochs_bar.set_postfix({k: v for k, v in shown.items() if v is not None})
@@ -374,7 +485,9 @@ def train_head(
     epochs_bar.close()
 
     if not state.best_head:
-        raise RuntimeError(f"no epoch gave a finite validation {early_stop}: history {state.history}")
+        raise RuntimeError(
+            f"no epoch gave a finite validation {early_stop}: history {state.history}"
+        )
     head.load_state_dict(state.best_head)
     head.training_info = {
         **config,
@@ -382,7 +495,9 @@ def train_head(
         "epochs_run": state.epoch,
         "metrics": state.best_metrics,
         "history": state.history,
-        "train_tokens_per_s": state.train_tokens / state.train_seconds if state.train_seconds else None,
+        "train_tokens_per_s": state.train_tokens / state.train_seconds
+        if state.train_seconds
+        else None,
         "n_train_questions": len(train_q),
         "n_train_responses": len(data.responses_of(train_q)),
         "validation_questions": [list(question_key(data.rollouts[q])) for q in val_q],
@@ -391,15 +506,27 @@ def train_head(
     return head
 
 
-def _check_pairs(data: TrainingData, train_q: Sequence[int], val_q: Sequence[int], loss: Loss, early_stop: EarlyStop) -> None:
+def _check_pairs(
+    data: TrainingData,
+    train_q: Sequence[int],
+    val_q: Sequence[int],
+    loss: Loss,
+    early_stop: EarlyStop,
+) -> None:
     """Refuse settings that need (correct, incorrect) pairs where there are none."""
 
     def n_pairs(questions: Sequence[int]) -> int:
         idx = data.responses_of(questions)
-        return len(correct_incorrect_pairs([data.question[i] for i in idx], data.labels[idx].tolist())[0])
+        return len(
+            correct_incorrect_pairs(
+                [data.question[i] for i in idx], data.labels[idx].tolist()
+            )[0]
+        )
 
     if loss != "bce" and not n_pairs(train_q):
-        raise UsageError(f"loss {loss!r} needs questions with both correct and incorrect responses; the training split has none")
+        raise UsageError(
+            f"loss {loss!r} needs questions with both correct and incorrect responses; the training split has none"
+        )
     if (loss != "bce" or early_stop == "within_auroc") and not n_pairs(val_q):
         raise UsageError(
             "the validation questions have no correct/incorrect response pair, so the pairwise validation metric is "
@@ -426,8 +553,12 @@ def _train_epoch(
     for idx in bar:
         features, mask = source(idx)
         labels = data.labels[idx]
-        pairs = correct_incorrect_pairs([data.question[i] for i in idx], labels.tolist())
-        value = objective(head.reward(features, mask), labels.to(source.device), pairs, loss)
+        pairs = correct_incorrect_pairs(
+            [data.question[i] for i in idx], labels.tolist()
+        )
+        value = objective(
+            head.reward(features, mask), labels.to(source.device), pairs, loss
+        )
         state.train_tokens += sum(len(data.responses[i]) for i in idx)
         if value is None:
             continue
@@ -441,37 +572,68 @@ def _train_epoch(
 
 
 @torch.no_grad()
-def _rewards(head: SwiftHead | ThroughOutputEmbedding, source: FeatureSource, indices: Sequence[int], batch_size: int, progress: bool) -> torch.Tensor:
+def _rewards(
+    head: SwiftHead | ThroughOutputEmbedding,
+    source: FeatureSource,
+    indices: Sequence[int],
+    batch_size: int,
+    progress: bool,
+) -> torch.Tensor:
     """R [len(indices)] (fp32, cpu) of the head for those responses."""
     out = []
-    for s in tqdm(range(0, len(indices), batch_size), desc="validation", unit="batch", leave=False, disable=not progress):
+    for s in tqdm(
+        range(0, len(indices), batch_size),
+        desc="validation",
+        unit="batch",
+        leave=False,
+        disable=not progress,
+    ):
         features, mask = source(indices[s : s + batch_size])
         out.append(head.reward(features, mask).cpu())
     return torch.cat(out)
 
 
 def _save_checkpoint(
-    path: Path, config: dict, head: SwiftHead, optimizer: torch.optim.Optimizer, rng: torch.Generator, state: TrainState
+    path: Path,
+    config: dict,
+    head: SwiftHead,
+    optimizer: torch.optim.Optimizer,
+    rng: torch.Generator,
+    state: TrainState,
 ) -> None:
     """Write atomically (temp file + rename): a kill mid-write keeps the previous checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(
-        {"config": config, "head": head.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng.get_state(), "state": asdict(state)},
+        {
+            "config": config,
+            "head": head.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": rng.get_state(),
+            "state": asdict(state),
+        },
         tmp,
     )
     os.replace(tmp, path)
 
 
 def _resume(
-    path: Path, config: dict, head: SwiftHead, optimizer: torch.optim.Optimizer, rng: torch.Generator
+    path: Path,
+    config: dict,
+    head: SwiftHead,
+    optimizer: torch.optim.Optimizer,
+    rng: torch.Generator,
 ) -> TrainState | None:
     """Restore head, optimizer and RNG from a checkpoint of the same configuration; None when there is none."""
     if not path.is_file():
         return None
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if ckpt["config"] != config:
-        changed = sorted(k for k in {*config, *ckpt["config"]} if config.get(k) != ckpt["config"].get(k))
+        changed = sorted(
+            k
+            for k in {*config, *ckpt["config"]}
+            if config.get(k) != ckpt["config"].get(k)
+        )
         raise UsageError(
             f"{path} is a checkpoint of a run with other settings ({', '.join(changed)}): train into another "
             f"output directory, or delete {path.parent} to start over"
@@ -487,31 +649,101 @@ def _resume(
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``lm-eval-swift train``."""
-    parser.add_argument("rollouts", nargs="+", help="graded rollouts_*.jsonl files (all their questions are used)")
-    parser.add_argument("--base-model", required=True, help="the model that generated the rollouts: path or hub id")
-    parser.add_argument("--out", required=True, help="output head directory (checkpoints go to OUT/checkpoints)")
+    parser.add_argument(
+        "rollouts",
+        nargs="+",
+        help="graded rollouts_*.jsonl files (all their questions are used)",
+    )
+    parser.add_argument(
+        "--base-model",
+        required=True,
+        help="the model that generated the rollouts: path or hub id",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output head directory (checkpoints go to OUT/checkpoints)",
+    )
     features = parser.add_mutually_exclusive_group()
-    features.add_argument("--layers", type=int, nargs="+", help="hidden_states indices to read (default: all, 0..L)")
-    features.add_argument("--logits", action="store_true", help="read the final logits instead of hidden states")
-    parser.add_argument("--no-gate", dest="gate", action="store_false", help="mean reward over tokens instead of the gated one")
-    parser.add_argument("--loss", choices=LOSSES, default="bce", help="bce (default), or pairwise hinge / dpo")
+    features.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        help="hidden_states indices to read (default: all, 0..L)",
+    )
+    features.add_argument(
+        "--logits",
+        action="store_true",
+        help="read the final logits instead of hidden states",
+    )
+    parser.add_argument(
+        "--no-gate",
+        dest="gate",
+        action="store_false",
+        help="mean reward over tokens instead of the gated one",
+    )
+    parser.add_argument(
+        "--loss",
+        choices=LOSSES,
+        default="bce",
+        help="bce (default), or pairwise hinge / dpo",
+    )
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--weight-decay", type=float, default=1e-5)
     parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--patience", type=int, default=3, help="epochs without improvement before stopping")
-    parser.add_argument("--early-stop", choices=EARLY_STOPS, default="loss", help="validation loss, or within-question AUROC")
-    parser.add_argument("--val-fraction", type=float, default=0.2, help="fraction of questions held out (default 0.2)")
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=3,
+        help="epochs without improvement before stopping",
+    )
+    parser.add_argument(
+        "--early-stop",
+        choices=EARLY_STOPS,
+        default="loss",
+        help="validation loss, or within-question AUROC",
+    )
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="fraction of questions held out (default 0.2)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=16, help="responses per step / base-model forward")
-    parser.add_argument("--cache-dir", help="cache fp16 features here (when they fit --cache-budget-gb)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="responses per step / base-model forward",
+    )
+    parser.add_argument(
+        "--cache-dir", help="cache fp16 features here (when they fit --cache-budget-gb)"
+    )
     parser.add_argument("--cache-budget-gb", type=float, default=50.0)
-    parser.add_argument("--device", help="e.g. cuda, cuda:1, cpu (default: cuda when available)")
-    parser.add_argument("--dtype", default="auto", help="base model dtype: auto, bfloat16, float16, float32")
-    parser.add_argument("--parallelize", action="store_true", help="spread the base model over all GPUs (accelerate)")
+    parser.add_argument(
+        "--device", help="e.g. cuda, cuda:1, cpu (default: cuda when available)"
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        help="base model dtype: auto, bfloat16, float16, float32",
+    )
+    parser.add_argument(
+        "--parallelize",
+        action="store_true",
+        help="spread the base model over all GPUs (accelerate)",
+    )
     parser.add_argument("--revision")
     parser.add_argument("--trust-remote-code", action="store_true")
-    parser.add_argument("--max-gen-toks", type=int, default=1024, help="max_gen_toks of the sampling run (default 1024)")
-    parser.add_argument("--name", default="swift", help="the head's name (default swift)")
+    parser.add_argument(
+        "--max-gen-toks",
+        type=int,
+        default=1024,
+        help="max_gen_toks of the sampling run (default 1024)",
+    )
+    parser.add_argument(
+        "--name", default="swift", help="the head's name (default swift)"
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -543,5 +775,15 @@ def cmd_train(args: argparse.Namespace) -> None:
         name=args.name,
     )
     info = head.training_info
-    print(f"SWIFT head saved to {args.out} (best epoch {info['best_epoch']} of {info['epochs_run']})")
-    print(json.dumps({"metrics": info["metrics"], "train_tokens_per_s": info["train_tokens_per_s"]}, indent=2))
+    print(
+        f"SWIFT head saved to {args.out} (best epoch {info['best_epoch']} of {info['epochs_run']})"
+    )
+    print(
+        json.dumps(
+            {
+                "metrics": info["metrics"],
+                "train_tokens_per_s": info["train_tokens_per_s"],
+            },
+            indent=2,
+        )
+    )

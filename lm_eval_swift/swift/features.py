@@ -25,9 +25,15 @@ import torch
 from lm_eval.models.utils_hf import get_dtype
 from torch import nn
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
-from lm_eval_swift.heads import Entry
+from lm_eval_swift.swift.heads import Entry
+
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +60,9 @@ def load_base_model(
         trust_remote_code=trust_remote_code,
         device_map="auto" if parallelize else {"": str(device)},
     )
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(
+        name_or_path, revision=revision, trust_remote_code=trust_remote_code
+    )
     return model.eval().requires_grad_(False), tokenizer
 
 
@@ -68,7 +76,12 @@ class FeatureExtractor:
     """Response-token features of ``model`` for ``entries`` (hidden_states indices and/or "logits"), gathered on the
     device of the input embeddings (the first device of a model spread over several)."""
 
-    def __init__(self, model: nn.Module, entries: Sequence[Entry], pad_token_id: int | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        entries: Sequence[Entry],
+        pad_token_id: int | None = None,
+    ):
         if not entries:
             raise ValueError("FeatureExtractor needs at least one entry")
         self.model, self.entries = model, tuple(entries)
@@ -77,13 +90,20 @@ class FeatureExtractor:
         self.device: torch.device = model.get_input_embeddings().weight.device
 
     @torch.no_grad()
-    def __call__(self, prompts: Sequence[Ids], responses: Sequence[Ids]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, prompts: Sequence[Ids], responses: Sequence[Ids]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Features [B, T_max, F] fp32 (zero past each response) and mask [B, T_max] of responses[b] after prompts[b]."""
         seqs = [list(p) + list(r) for p, r in zip(prompts, responses, strict=True)]
-        ids = torch.full((len(seqs), max(map(len, seqs))), self.pad_token_id, dtype=torch.long)
+        ids = torch.full(
+            (len(seqs), max(map(len, seqs))), self.pad_token_id, dtype=torch.long
+        )
         attn = torch.zeros_like(ids)
         for b, seq in enumerate(seqs):
-            ids[b, : len(seq)], attn[b, : len(seq)] = torch.tensor(seq, dtype=torch.long), 1
+            ids[b, : len(seq)], attn[b, : len(seq)] = (
+                torch.tensor(seq, dtype=torch.long),
+                1,
+            )
         wants_logits = "logits" in self.entries
         out = self.model(
             input_ids=ids.to(self.model.device),
@@ -100,7 +120,9 @@ class FeatureExtractor:
         blocks = []
         for e in self.entries:
             x = out.logits if e == "logits" else out.hidden_states[e]
-            blocks.append(x[rows.to(x.device), pos.to(x.device)].to(self.device, torch.float32))
+            blocks.append(
+                x[rows.to(x.device), pos.to(x.device)].to(self.device, torch.float32)
+            )
         mask = (t < lengths[:, None]).to(self.device)
         return torch.cat(blocks, dim=-1).masked_fill_(~mask[..., None], 0.0), mask
 
@@ -117,12 +139,19 @@ class FeatureSource(Protocol):
 class StreamedFeatures:
     """A :class:`FeatureSource` that runs the base model on every call (nothing is kept)."""
 
-    def __init__(self, extractor: FeatureExtractor, prompts: Sequence[Ids], responses: Sequence[Ids]):
+    def __init__(
+        self,
+        extractor: FeatureExtractor,
+        prompts: Sequence[Ids],
+        responses: Sequence[Ids],
+    ):
         self.extractor, self.prompts, self.responses = extractor, prompts, responses
         self.n_features, self.device = extractor.n_features, extractor.device
 
     def __call__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.extractor([self.prompts[i] for i in indices], [self.responses[i] for i in indices])
+        return self.extractor(
+            [self.prompts[i] for i in indices], [self.responses[i] for i in indices]
+        )
 
 
 class FeatureCacheError(RuntimeError):
@@ -135,12 +164,24 @@ class FeatureCache:
 
     FEATURES, META = "features.f16", "meta.json"
 
-    def __init__(self, directory: Path, lengths: Sequence[int], n_features: int, device: torch.device):
-        self.directory, self.n_features, self.device = Path(directory), n_features, device
+    def __init__(
+        self,
+        directory: Path,
+        lengths: Sequence[int],
+        n_features: int,
+        device: torch.device,
+    ):
+        self.directory, self.n_features, self.device = (
+            Path(directory),
+            n_features,
+            device,
+        )
         self.lengths = list(lengths)
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)])
         shape = (max(int(self.offsets[-1]), 1), n_features)
-        self.rows = np.memmap(self.directory / self.FEATURES, dtype=np.float16, mode="r", shape=shape)
+        self.rows = np.memmap(
+            self.directory / self.FEATURES, dtype=np.float16, mode="r", shape=shape
+        )
 
     @classmethod
     def open_or_build(
@@ -159,7 +200,9 @@ class FeatureCache:
         base model. ``key`` names the model and features."""
         lengths = [len(r) for r in responses]
         data = _fingerprint(key, (), prompts, responses)
-        directory = Path(root) / _fingerprint(key, extractor.entries, prompts, responses)
+        directory = Path(root) / _fingerprint(
+            key, extractor.entries, prompts, responses
+        )
         meta = {
             "key": key,
             "data": data,
@@ -175,10 +218,19 @@ class FeatureCache:
         try:
             superset = cls._superset(Path(root), meta)
             if superset is not None:
-                columns = _columns(extractor.model.config, superset[1]["entries"], extractor.entries)
+                columns = _columns(
+                    extractor.model.config, superset[1]["entries"], extractor.entries
+                )
                 cls._copy_columns(directory / cls.FEATURES, superset, columns, progress)
             else:
-                cls._build(directory / cls.FEATURES, extractor, prompts, responses, batch_size, progress)
+                cls._build(
+                    directory / cls.FEATURES,
+                    extractor,
+                    prompts,
+                    responses,
+                    batch_size,
+                    progress,
+                )
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)  # a partial cache is of no use
             raise
@@ -191,36 +243,76 @@ class FeatureCache:
         ``meta``'s, or None."""
         for path in sorted(root.glob(f"*/{cls.META}")):
             other = json.loads(path.read_text())
-            same_data = all(other.get(k) == meta[k] for k in ("key", "data", "n_tokens"))
+            same_data = all(
+                other.get(k) == meta[k] for k in ("key", "data", "n_tokens")
+            )
             if same_data and set(meta["entries"]) < set(other["entries"]):
                 return path.parent, other
         return None
 
     @classmethod
-    def _copy_columns(cls, path: Path, superset: tuple[Path, dict], columns: np.ndarray, progress: bool) -> None:
+    def _copy_columns(
+        cls,
+        path: Path,
+        superset: tuple[Path, dict],
+        columns: np.ndarray,
+        progress: bool,
+    ) -> None:
         """Write ``superset``'s features restricted to ``columns`` (indices into its F), in chunks of rows."""
         directory, other = superset
         rows = max(int(other["n_tokens"]), 1)
-        src = np.memmap(directory / cls.FEATURES, dtype=np.float16, mode="r", shape=(rows, other["n_features"]))
+        src = np.memmap(
+            directory / cls.FEATURES,
+            dtype=np.float16,
+            mode="r",
+            shape=(rows, other["n_features"]),
+        )
         dst = np.memmap(path, dtype=np.float16, mode="w+", shape=(rows, len(columns)))
-        chunk = max(1, (256 << 20) // (2 * other["n_features"]))  # about 256 MB read per chunk
-        for start in tqdm(range(0, rows, chunk), desc="Copying cached SWIFT features", unit="chunk", disable=not progress):
+        chunk = max(
+            1, (256 << 20) // (2 * other["n_features"])
+        )  # about 256 MB read per chunk
+        for start in tqdm(
+            range(0, rows, chunk),
+            desc="Copying cached SWIFT features",
+            unit="chunk",
+            disable=not progress,
+        ):
             dst[start : start + chunk] = src[start : start + chunk][:, columns]
         dst.flush()
 
     @staticmethod
-    def _build(path: Path, extractor: FeatureExtractor, prompts: Sequence[Ids], responses: Sequence[Ids], batch_size: int, progress: bool) -> None:
+    def _build(
+        path: Path,
+        extractor: FeatureExtractor,
+        prompts: Sequence[Ids],
+        responses: Sequence[Ids],
+        batch_size: int,
+        progress: bool,
+    ) -> None:
         """Write every response's features to ``path`` in one pass, longest sequences first."""
         lengths = [len(r) for r in responses]
         offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
-        rows = np.memmap(path, dtype=np.float16, mode="w+", shape=(max(sum(lengths), 1), extractor.n_features))
-        order = sorted(range(len(responses)), key=lambda i: -(len(prompts[i]) + lengths[i]))
+        rows = np.memmap(
+            path,
+            dtype=np.float16,
+            mode="w+",
+            shape=(max(sum(lengths), 1), extractor.n_features),
+        )
+        order = sorted(
+            range(len(responses)), key=lambda i: -(len(prompts[i]) + lengths[i])
+        )
         batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
-        for batch in tqdm(batches, desc="Caching SWIFT features", unit="batch", disable=not progress):
-            feats, _ = extractor([prompts[i] for i in batch], [responses[i] for i in batch])
+        for batch in tqdm(
+            batches, desc="Caching SWIFT features", unit="batch", disable=not progress
+        ):
+            feats, _ = extractor(
+                [prompts[i] for i in batch], [responses[i] for i in batch]
+            )
             half = feats.to(torch.float16)
             if not torch.isfinite(half).all():
-                raise FeatureCacheError(f"features exceed the fp16 range ({feats.abs().max().item():.3g}); train without a feature cache")
+                raise FeatureCacheError(
+                    f"features exceed the fp16 range ({feats.abs().max().item():.3g}); train without a feature cache"
+                )
             half = half.cpu().numpy()
             for b, i in enumerate(batch):
                 rows[offsets[i] : offsets[i + 1]] = half[b, : lengths[i]]
@@ -230,7 +322,11 @@ class FeatureCache:
         lengths = torch.tensor([self.lengths[i] for i in indices])
         feats = torch.zeros(len(indices), max(int(lengths.max()), 1), self.n_features)
         for b, i in enumerate(indices):
-            feats[b, : lengths[b]] = torch.from_numpy(np.array(self.rows[self.offsets[i] : self.offsets[i + 1]], dtype=np.float32))
+            feats[b, : lengths[b]] = torch.from_numpy(
+                np.array(
+                    self.rows[self.offsets[i] : self.offsets[i + 1]], dtype=np.float32
+                )
+            )
         mask = torch.arange(feats.shape[1]) < lengths[:, None]
         return feats.to(self.device), mask.to(self.device)
 
@@ -255,9 +351,15 @@ def feature_source(
     else :class:`StreamedFeatures`."""
     size = cache_bytes(responses, extractor.n_features)
     if cache_dir is not None and size <= cache_budget_gb * 1e9:
-        return FeatureCache.open_or_build(cache_dir, extractor, prompts, responses, batch_size, key, progress)
+        return FeatureCache.open_or_build(
+            cache_dir, extractor, prompts, responses, batch_size, key, progress
+        )
     if cache_dir is not None:
-        log.warning("feature cache would take %.1f GB > budget %.1f GB: streaming features every epoch", size / 1e9, cache_budget_gb)
+        log.warning(
+            "feature cache would take %.1f GB > budget %.1f GB: streaming features every epoch",
+            size / 1e9,
+            cache_budget_gb,
+        )
     return StreamedFeatures(extractor, prompts, responses)
 
 
@@ -265,10 +367,14 @@ def _columns(config, have: Sequence[Entry], want: Sequence[Entry]) -> np.ndarray
     """Column indices, in a feature row laid out as the entries ``have``, of the entries ``want`` in order."""
     starts = np.concatenate([[0], np.cumsum([entry_width(config, e) for e in have])])
     where = {e: i for i, e in enumerate(have)}
-    return np.concatenate([np.arange(starts[where[e]], starts[where[e] + 1]) for e in want])
+    return np.concatenate(
+        [np.arange(starts[where[e]], starts[where[e] + 1]) for e in want]
+    )
 
 
-def _fingerprint(key: str, entries: Sequence[Entry], prompts: Sequence[Ids], responses: Sequence[Ids]) -> str:
+def _fingerprint(
+    key: str, entries: Sequence[Entry], prompts: Sequence[Ids], responses: Sequence[Ids]
+) -> str:
     h = hashlib.sha256(json.dumps([key, list(entries)]).encode())
     for p, r in zip(prompts, responses, strict=True):
         h.update(np.asarray([len(p), len(r), *p, *r], dtype=np.int64).tobytes())

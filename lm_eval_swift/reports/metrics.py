@@ -27,7 +27,9 @@ def auroc(scores: Sequence[float], labels: Sequence[float]) -> float:
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
-def within_question_auroc(groups: Sequence[tuple[Sequence[float], Sequence[float]]]) -> float:
+def within_question_auroc(
+    groups: Sequence[tuple[Sequence[float], Sequence[float]]],
+) -> float:
     """Over all pairs (a correct, an incorrect response to the SAME question), the share where the correct one
     scores higher (ties 1/2). ``groups``: one (scores, labels) per question. NaN when no question has a pair."""
     wins = pairs = 0.0

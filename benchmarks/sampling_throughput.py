@@ -287,7 +287,7 @@ def main() -> None:
     clock, where = c.clock_name(device), c.machine(device)
     print(c.describe(device))
     print(
-        f"model: random Llama {params / 1e6:.0f}M params ({c.dtype_name(dtype)}), N={args.n} samples x "
+        f"model: {model_name} ({c.dtype_name(dtype)}), N={args.n} samples x "
         f"{args.max_gen_toks} new tokens, batch size {batch_size}, hf-swift heads: {args.heads}"
         + (", parallelize=True" if args.parallelize else "")
     )
@@ -306,7 +306,7 @@ def main() -> None:
         for k in ("zero-shot", "few-shot")
     ]
     setup = (
-        f"{'quick' if args.quick else 'full'}: {params / 1e6:.0f}M Llama {c.dtype_name(dtype)}, N={args.n}, "
+        f"{'quick' if args.quick else 'full'}: {model_name} {c.dtype_name(dtype)}, N={args.n}, "
         f"T={args.max_gen_toks}, batch {batch_size}, heads {args.heads}, {args.pairs} pairs"
         + (", parallelize" if args.parallelize else "")
     )

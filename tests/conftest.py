@@ -6,6 +6,12 @@ import os
 import tempfile
 from pathlib import Path
 
+# standard library only: lm_eval is not imported yet
+from lm_eval_swift.smollm2 import user_cache_dir
+
+
+# real models built for the tests (lm_eval_swift.smollm2) are inputs, not results: they stay in the user's cache
+MODEL_CACHE = user_cache_dir() / "models"
 
 # before lm_eval is imported anywhere: this session's caches (lm-eval's, and hf-swift's sample cache in
 # $XDG_CACHE_HOME/lm-eval-swift) live in a fresh temp folder, so no test reads samples another session or another test
@@ -31,6 +37,12 @@ from lm_eval_swift.toy_models import random_causal_lm  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def model_cache() -> Path:
+    """Where real models built by :mod:`lm_eval_swift.smollm2` are kept between test runs."""
+    return MODEL_CACHE
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -34,9 +34,9 @@ SAMPLE = {
 
 
 @pytest.fixture(scope="module")
-def smollm2() -> Path:
+def smollm2(model_cache) -> Path:
     try:
-        return smollm2_dir()
+        return smollm2_dir(model_cache)
     except RuntimeError as e:  # no PyPI: the one thing these tests cannot do without
         pytest.fail(f"SmolLM2-135M-Instruct could not be built: {e}")
 
@@ -64,12 +64,12 @@ def chat_context(lm: HFLM, question: str = QUESTION) -> str:
     return lm.apply_chat_template([{"role": "user", "content": PROMPT + question}])
 
 
-def test_model_is_built_once_and_looks_like_the_hub_model(smollm2):
+def test_model_is_built_once_and_looks_like_the_hub_model(smollm2, model_cache):
     t0 = time.perf_counter()
     assert (
-        smollm2_dir() == smollm2 and time.perf_counter() - t0 < 1.0
+        smollm2_dir(model_cache) == smollm2 and time.perf_counter() - t0 < 1.0
     )  # the second call reads the cache
-    assert smollm2.name == MODEL_NAME and smollm2_gguf().name == GGUF_NAME
+    assert smollm2.name == MODEL_NAME and smollm2_gguf(model_cache).name == GGUF_NAME
     config = json.loads((smollm2 / "config.json").read_text())
     assert (
         config["model_type"],
@@ -84,7 +84,7 @@ def test_model_is_built_once_and_looks_like_the_hub_model(smollm2):
     )
     assert "quantization_config" not in config
     printed = subprocess.run(
-        [sys.executable, "-m", "lm_eval_swift", "smollm2"],
+        [sys.executable, "-m", "lm_eval_swift", "smollm2", "--cache-dir", str(model_cache)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -178,7 +178,7 @@ def test_cli_hf_from_gguf_and_hf_swift(smollm2, lm, shared_data, tmp_path):
     and ``lm-eval-swift eval --model hf-swift`` on the converted directory: every row, the same prompts, and prompt
     ids equal to HFLM's."""
     head = lm.heads["all"].save_pretrained(tmp_path / "head")
-    gguf = smollm2_gguf()
+    gguf = smollm2_gguf(smollm2.parent)
     run(
         [sys.executable, "-m", "lm_eval_swift", "eval", "--model", "hf",
          "--model_args", f"pretrained={gguf.parent},gguf_file={gguf.name}",

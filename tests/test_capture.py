@@ -55,6 +55,29 @@ def test_rescore_matches_reference(model_and_heads):
     assert (got[-1] == 0).all() and got[:-1].abs().min() > 1e-3
 
 
+def test_rescore_runs_each_prompt_once_per_batch(model_and_heads):
+    """Best-of-N: 3 prompts x 3 responses of different lengths, interleaved; a batch holds one prompt's responses
+    and feeds that prompt once."""
+    model, heads = model_and_heads
+    prompts, responses = random_pairs(9, model.config.vocab_size, seed=1)
+    prompts = [prompts[i % 3] for i in range(9)]
+    fed = []  # [B, S] of every forward
+    handle = model.get_input_embeddings().register_forward_hook(
+        lambda m, args, out: fed.append(tuple(args[0].shape))
+    )
+    try:
+        got = rescore(model, heads, prompts, responses, batch_size=2, disable_tqdm=True)
+    finally:
+        handle.remove()
+    want = reference_rewards(model, heads, prompts, responses)
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5)
+    fed = fed[
+        -12:
+    ]  # 6 batches, each a prompt then its responses (after the projector's self-check)
+    assert sorted(fed[::2]) == sorted((1, len(prompts[i])) for i in (0, 0, 1, 1, 2, 2))
+    assert sorted(b for b, _ in fed[1::2]) == [1, 1, 1, 2, 2, 2]
+
+
 def test_projector_hooks_only_used_entries(model_and_heads):
     model, heads = model_and_heads
     proj, before = HeadProjector(model, heads[1:2]), n_hooks(model)  # entries 1..4

@@ -385,19 +385,26 @@ def test_logits_head_trains_through_the_output_embedding(model):
 def test_layer_subset_features(model, rollouts):
     lm, tok = load_base_model(model, device="cpu")
     data = TrainingData.load([rollouts], tok, 1024)
-    idx = [0, 7, 13]  # a token-ids response, a text-only one, ...
+    twin = next(  # another response to question 0, of another length
+        i
+        for i in range(1, len(data.prompts))
+        if data.prompts[i] == data.prompts[0]
+        and len(data.responses[i]) != len(data.responses[0])
+    )
+    idx = [0, 7, twin, 13]  # a token-ids response, a text-only one, ...
     prompts, responses = (
         [data.prompts[i] for i in idx],
         [data.responses[i] for i in idx],
     )
+    assert prompts[0] == prompts[2] and len(responses[0]) != len(responses[2])
     feats, mask = FeatureExtractor(lm, (2, 0), tok.pad_token_id)(prompts, responses)
     assert feats.dtype == torch.float32 and feats.shape == (
-        3,
+        4,
         max(map(len, responses)),
         64,
     )
     for b in range(
-        3
+        4
     ):  # each response alone, unpadded, straight from output_hidden_states
         seq = torch.tensor([prompts[b] + responses[b]])
         hs = lm(input_ids=seq, output_hidden_states=True).hidden_states

@@ -33,6 +33,11 @@ from transformers import (
 )
 
 from lm_eval_swift.swift.heads import Entry
+from lm_eval_swift.swift.teacher_forcing import (
+    by_prompt,
+    forward_after_prompt,
+    prompt_batches,
+)
 
 
 log = logging.getLogger(__name__)
@@ -93,38 +98,35 @@ class FeatureExtractor:
     def __call__(
         self, prompts: Sequence[Ids], responses: Sequence[Ids]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features [B, T_max, F] fp32 (zero past each response) and mask [B, T_max] of responses[b] after prompts[b]."""
-        seqs = [list(p) + list(r) for p, r in zip(prompts, responses, strict=True)]
-        ids = torch.full(
-            (len(seqs), max(map(len, seqs))), self.pad_token_id, dtype=torch.long
-        )
-        attn = torch.zeros_like(ids)
-        for b, seq in enumerate(seqs):
-            ids[b, : len(seq)], attn[b, : len(seq)] = (
-                torch.tensor(seq, dtype=torch.long),
-                1,
-            )
-        wants_logits = "logits" in self.entries
-        out = self.model(
-            input_ids=ids.to(self.model.device),
-            attention_mask=attn.to(self.model.device),
-            output_hidden_states=any(e != "logits" for e in self.entries),
-            use_cache=False,
-            logits_to_keep=0 if wants_logits else 1,
-        )
-        starts = torch.tensor([len(p) for p in prompts])
+        """Features [B, T_max, F] fp32 (zero past each response) and mask [B, T_max] of responses[b] after prompts[b]
+        (one forward per distinct prompt, see :mod:`~lm_eval_swift.swift.teacher_forcing`)."""
         lengths = torch.tensor([len(r) for r in responses])
-        t = torch.arange(max(int(lengths.max()), 1))
-        pos = (starts[:, None] + t).clamp_max(ids.shape[1] - 1)  # [B, T]
-        rows = torch.arange(len(seqs))[:, None]
-        blocks = []
-        for e in self.entries:
-            x = out.logits if e == "logits" else out.hidden_states[e]
-            blocks.append(
-                x[rows.to(x.device), pos.to(x.device)].to(self.device, torch.float32)
+        feats = torch.zeros(
+            len(responses),
+            max(int(lengths.max()), 1),
+            self.n_features,
+            device=self.device,
+        )
+        wants_logits = "logits" in self.entries
+        for group in by_prompt(prompts, range(len(prompts))):
+            out, _ = forward_after_prompt(
+                self.model,
+                prompts[group[0]],
+                [responses[i] for i in group],
+                self.pad_token_id,
+                output_hidden_states=any(e != "logits" for e in self.entries),
+                logits_to_keep=0 if wants_logits else 1,
             )
-        mask = (t < lengths[:, None]).to(self.device)
-        return torch.cat(blocks, dim=-1).masked_fill_(~mask[..., None], 0.0), mask
+            blocks = [
+                (out.logits if e == "logits" else out.hidden_states[e]).to(
+                    self.device, torch.float32
+                )
+                for e in self.entries
+            ]
+            block = torch.cat(blocks, dim=-1)
+            feats[group, : block.shape[1]] = block
+        mask = (torch.arange(feats.shape[1]) < lengths[:, None]).to(self.device)
+        return feats.masked_fill_(~mask[..., None], 0.0), mask
 
 
 class FeatureSource(Protocol):
@@ -289,7 +291,7 @@ class FeatureCache:
         batch_size: int,
         progress: bool,
     ) -> None:
-        """Write every response's features to ``path`` in one pass, longest sequences first."""
+        """Write every response's features to ``path`` in one pass, a prompt's responses together."""
         lengths = [len(r) for r in responses]
         offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
         rows = np.memmap(
@@ -298,10 +300,7 @@ class FeatureCache:
             mode="w+",
             shape=(max(sum(lengths), 1), extractor.n_features),
         )
-        order = sorted(
-            range(len(responses)), key=lambda i: -(len(prompts[i]) + lengths[i])
-        )
-        batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+        batches = prompt_batches(prompts, responses, batch_size)
         for batch in tqdm(
             batches, desc="Caching SWIFT features", unit="batch", disable=not progress
         ):

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from lm_eval_swift.swift.capture import HeadProjector
 from lm_eval_swift.swift.heads import SwiftHead, swift_reward
+from lm_eval_swift.swift.teacher_forcing import forward_after_prompt, prompt_batches
 
 
 @torch.no_grad()
@@ -24,40 +25,26 @@ def rescore(
 ) -> torch.Tensor:
     """R [n, H] (fp32, cpu) of each head (in order; a mapping's values) for response i after prompt i.
 
-    ``responses`` hold response tokens (see :mod:`lm_eval_swift.responses`). Batches of prompt+response are
-    right-padded; only the positions where response tokens are the input count.
+    ``responses`` hold response tokens (see :mod:`lm_eval_swift.responses`); the responses of one prompt are batched
+    together and the prompt runs once (:mod:`~lm_eval_swift.swift.teacher_forcing`).
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     heads = list(heads.values() if isinstance(heads, Mapping) else heads)
     scores = torch.zeros(len(prompts), len(heads))
-    order = sorted(
-        range(len(prompts)), key=lambda i: -(len(prompts[i]) + len(responses[i]))
-    )
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    device = model.device
+    batches = prompt_batches(prompts, responses, batch_size)
     with HeadProjector(model, heads) as proj:
         for batch in tqdm(batches, desc="SWIFT rescoring", disable=disable_tqdm):
-            seqs = [list(prompts[i]) + list(responses[i]) for i in batch]
-            ids = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
-            attn = torch.zeros_like(ids)
-            for b, seq in enumerate(seqs):
-                ids[b, : len(seq)], attn[b, : len(seq)] = torch.tensor(seq), 1
-            model(
-                input_ids=ids.to(device),
-                attention_mask=attn.to(device),
-                use_cache=False,
+            _, mask = forward_after_prompt(
+                model,
+                prompts[batch[0]],
+                [responses[i] for i in batch],
+                prompt_context=proj.paused,
                 logits_to_keep=0 if proj.uses_logits else 1,
             )
-            parts = proj.take()  # [B, S, H, 2]
-            starts = torch.tensor([len(prompts[i]) for i in batch])
-            lengths = torch.tensor([len(responses[i]) for i in batch])
-            t = torch.arange(int(lengths.max()))
-            pos = (starts[:, None] + t).clamp_max(ids.shape[1] - 1)  # [B, T]
-            mask = (t < lengths[:, None]).to(parts.device)
-            picked = parts[
-                torch.arange(len(batch))[:, None], pos.to(parts.device)
-            ]  # [B, T, H, 2]
+            parts = proj.take()  # [B, T, H, 2]
             for h, head in enumerate(heads):
-                scores[batch, h] = swift_reward(picked[:, :, h], mask, head.gate).cpu()
+                scores[batch, h] = swift_reward(
+                    parts[:, :, h], mask.to(parts.device), head.gate
+                ).cpu()
     return scores

@@ -1,9 +1,9 @@
 """SWIFT on a real model: SmolLM2-135M-Instruct on GSM8K, reproducible from the repository root::
 
     python experiments/smollm2_gsm8k/run.py sample --split train [--workers 2] [--commit]
-    python experiments/smollm2_gsm8k/run.py sample --split test  [--workers 2] [--commit]
-    python experiments/smollm2_gsm8k/run.py heads      # four heads with ``lm-eval-swift train`` on the train shards
-    python experiments/smollm2_gsm8k/run.py rescore    # their rewards added to the test shards
+    python experiments/smollm2_gsm8k/run.py heads [--threads 2]  # four heads, ``lm-eval-swift train``, train shards
+    python experiments/smollm2_gsm8k/run.py sample --split test  [--workers 2] [--commit]   # with the four heads
+    python experiments/smollm2_gsm8k/run.py rescore    # the heads' rewards for test shards drawn without them
     python experiments/smollm2_gsm8k/run.py report     # results.md: table with SEs, AUROCs, paired bootstrap
     python experiments/smollm2_gsm8k/run.py status
 
@@ -15,9 +15,10 @@ from the shards in the repository, on any machine: the samples of a shard depend
 question (hf-swift's per-sample seeds), not on which machine or batch drew them. Within a shard, hf-swift's sample
 cache keeps finished questions on the machine that drew them.
 
-The test rollouts are drawn without heads (``heads=none``) so that sampling need not wait for training; the heads'
-rewards are added afterwards by the teacher-forced ``lm-eval-swift rescore``, which equals capture during sampling
-within 1e-3 (tests/test_capture.py, tests/test_real_model.py).
+Training shards are drawn without heads (``heads=none``). Test shards are drawn with the four trained heads, whose
+rewards hf-swift captures while sampling at about 1% extra time; shards drawn before the heads existed (questions
+0-39 here) get them from the teacher-forced ``lm-eval-swift rescore`` instead, which equals capture within 1e-3
+(tests/test_capture.py, tests/test_real_model.py). The samples themselves do not depend on the heads.
 """
 
 from __future__ import annotations
@@ -91,14 +92,15 @@ def model_dir() -> Path:
     return smollm2_dir()
 
 
-def sample_shard(split: str, start: int, stop: int, model: Path) -> Path:
-    """Sample questions [start, stop) of ``split`` through the CLI; write the shard file; return its path."""
+def sample_shard(split: str, start: int, stop: int, model: Path, heads: str) -> Path:
+    """Sample questions [start, stop) of ``split`` through the CLI with hf-swift's ``heads`` spec; write the shard
+    file; return its path."""
     spec = SPLITS[split]
     task = spec["task"]
     work = Path(tempfile.mkdtemp(prefix=f"smollm2-{split}-{start}-"))
     cmd = [
         sys.executable, "-m", "lm_eval_swift", "eval", "--model", "hf-swift",
-        "--model_args", f"pretrained={model},dtype=float32,heads=none,seed={SEED},sample_cache={SAMPLE_CACHE}",
+        "--model_args", f"pretrained={model},dtype=float32,heads={heads},seed={SEED},sample_cache={SAMPLE_CACHE}",
         "--apply_chat_template", "--device", "cpu", "--batch_size", str(spec["batch_size"]),
         "--tasks", task, "--samples", json.dumps({task: list(range(start, stop))}),
         "--gen_kwargs", f"max_gen_toks={GENERATION['max_gen_toks']}",
@@ -162,12 +164,13 @@ def cmd_sample(args: argparse.Namespace) -> None:
         flush=True,
     )
     model = model_dir()
+    heads = heads_spec() if args.split == "test" else "none"
     write_settings()
 
     def run(shard: tuple[int, int]) -> None:
         t0 = time.time()
         try:
-            path = sample_shard(args.split, *shard, model)
+            path = sample_shard(args.split, *shard, model, heads)
         except (
             RuntimeError
         ) as e:  # one failed shard does not stop the others; a rerun retries it
@@ -236,18 +239,49 @@ def cmd_heads(args: argparse.Namespace) -> None:
         cmd = [sys.executable, "-m", "lm_eval_swift", "train", *map(str, files), "--base-model", str(model),
                "--out", str(out), "--name", name, "--cache-dir", str(user_cache_dir() / "features"), *TRAINING, *extra]  # fmt: skip
         print("$", " ".join(cmd[1:]), flush=True)
-        subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        subprocess.run(
+            cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        )
         shutil.rmtree(
             out / "checkpoints", ignore_errors=True
         )  # the finished run's resume state: not kept
+        if args.commit:
+            commit(out, f"experiments/smollm2_gsm8k: head {name}")
+
+
+def heads_spec() -> str:
+    """hf-swift's ``heads`` model arg for the experiment's heads: ``name=path;...``."""
+    missing = [
+        name for name in HEADS if not (HEADS_DIR / name / "config.json").is_file()
+    ]
+    if missing:
+        raise SystemExit(
+            f"heads {', '.join(missing)} are not trained yet: run 'heads' first"
+        )
+    return ";".join(f"{name}={HEADS_DIR / name}" for name in HEADS)
 
 
 def cmd_rescore(args: argparse.Namespace) -> None:
-    """Add every head's reward to the test shards (teacher-forced, in place)."""
-    spec = ";".join(f"{name}={HEADS_DIR / name}" for name in HEADS)
-    cmd = [sys.executable, "-m", "lm_eval_swift", "rescore", *map(str, split_files("test")), "--head", spec,
-           "--model", str(model_dir()), "--device", "cpu", "--dtype", "float32", "--batch-size", "16"]  # fmt: skip
+    """Add the heads' rewards (teacher-forced, in place) to the test shards drawn without them."""
+    todo = [
+        path
+        for path in split_files("test")
+        if any(
+            set(HEADS) - set(resp.scores)
+            for q in read_rollouts(path)
+            for resp in q.responses
+        )
+    ]
+    print(f"test: {len(todo)} shards without the heads' rewards", flush=True)
+    if not todo:
+        return
+    cmd = [sys.executable, "-m", "lm_eval_swift", "rescore", *map(str, todo), "--head", heads_spec(),
+           "--model", str(model_dir()), "--device", "cpu", "--dtype", "float32",
+           "--batch-size", str(SPLITS["test"]["n"])]  # fmt: skip
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if args.commit:
+        for path in todo:
+            commit(path, f"experiments/smollm2_gsm8k: heads' rewards for {path.name}")
 
 
 KS = (1, 2, 4, 8, 16)
@@ -402,10 +436,23 @@ def main() -> None:
     p.set_defaults(func=cmd_sample)
     p = sub.add_parser("heads", help="train the heads on the train shards")
     p.add_argument("--only", nargs="+", choices=HEADS, help="train only these heads")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the training process (default 1; 2 on an otherwise idle 2-core machine)",
+    )
+    p.add_argument(
+        "--commit", action="store_true", help="git commit each head as it is trained"
+    )
     p.set_defaults(func=cmd_heads)
-    sub.add_parser(
-        "rescore", help="add the heads' rewards to the test shards"
-    ).set_defaults(func=cmd_rescore)
+    p = sub.add_parser(
+        "rescore", help="add the heads' rewards to test shards drawn without them"
+    )
+    p.add_argument(
+        "--commit", action="store_true", help="git commit the rescored shards"
+    )
+    p.set_defaults(func=cmd_rescore)
     p = sub.add_parser(
         "report", help="the results table, AUROCs and paired comparisons (results.md)"
     )

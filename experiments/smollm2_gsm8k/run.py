@@ -5,6 +5,7 @@
     python experiments/smollm2_gsm8k/run.py sample --split test  [--workers 2] [--commit]   # with the four heads
     python experiments/smollm2_gsm8k/run.py rescore    # the heads' rewards for test shards drawn without them
     python experiments/smollm2_gsm8k/run.py report     # results.md: table with SEs, AUROCs, paired bootstrap
+    python experiments/smollm2_gsm8k/run.py ship       # the head chosen on validation to heads/SmolLM2-135M-Instruct
     python experiments/smollm2_gsm8k/run.py status
 
 Sampling goes through the real CLI (``lm-eval-swift eval --model hf-swift``, the paper's prompt with
@@ -403,6 +404,32 @@ def cmd_report(args: argparse.Namespace) -> None:
     )
 
 
+SHIPPED = (
+    REPO / "heads" / "SmolLM2-135M-Instruct"
+)  # where heads=auto finds it for HuggingFaceTB/SmolLM2-135M-Instruct
+HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def cmd_ship(args: argparse.Namespace) -> None:
+    """Copy the head of the SWIFT row chosen on validation (:func:`best_swift_row`) to ``heads/``, its base model
+    recorded as the Hub id (the local path it was trained from means nothing elsewhere)."""
+    row, value = best_swift_row()
+    name = row.removesuffix("_vote")
+    shutil.rmtree(SHIPPED, ignore_errors=True)
+    shutil.copytree(HEADS_DIR / name, SHIPPED)
+    config_path = SHIPPED / "config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model"]["name_or_path"] = config["training"]["base_model"] = HUB_ID
+    config["training"]["rollouts"] = [  # repository paths, not this machine's
+        str(Path(f).relative_to(REPO)) for f in config["training"]["rollouts"]
+    ]
+    config["training"]["experiment"] = (
+        f"experiments/smollm2_gsm8k, head {name} (validation BoN@4/8 of {row}: {value:.3f})"
+    )
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    print(f"{SHIPPED.relative_to(REPO)}: head {name}")
+
+
 def cmd_status(args: argparse.Namespace) -> None:
     for split, spec in SPLITS.items():
         all_shards = shards(split, spec["questions"])
@@ -463,6 +490,9 @@ def main() -> None:
         help="paired bootstrap resamples (default 10000)",
     )
     p.set_defaults(func=cmd_report)
+    sub.add_parser(
+        "ship", help="copy the head chosen on validation to heads/SmolLM2-135M-Instruct"
+    ).set_defaults(func=cmd_ship)
     sub.add_parser("status", help="shards done").set_defaults(func=cmd_status)
     args = parser.parse_args()
     args.func(args)

@@ -5,6 +5,7 @@ template, the same prompt ids as lm-eval's HFLM, and both command lines on GSM8K
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from lm_eval_swift.harness.models import HFSwiftLM
 from lm_eval_swift.harness.tasks import PROMPT
 from lm_eval_swift.rollouts import read_rollouts
 from lm_eval_swift.smollm2 import GGUF_NAME, MODEL_NAME, smollm2_dir, smollm2_gguf
+from lm_eval_swift.swift.heads import resolve_heads
 from lm_eval_swift.swift.rescoring import rescore
 
 
@@ -31,6 +33,9 @@ SAMPLE = {
     "top_p": 0.9,
     "max_gen_toks": 24,
 }
+
+
+HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +127,16 @@ def test_capture_equals_rescoring_and_reference_with_chat_template(lm):
     assert captured.argmax(0).tolist() == reference.argmax(0).tolist()
 
 
+def test_shipped_head_is_what_auto_finds_for_the_hub_model(lm):
+    """heads/SmolLM2-135M-Instruct (``experiments/smollm2_gsm8k/run.py ship``) is the head ``heads=auto`` gives
+    HuggingFaceTB/SmolLM2-135M-Instruct: its shapes and its probe of the embedding weights match this model."""
+    heads = resolve_heads("auto", HUB_ID, lm.model.config, model=lm.model)
+    assert list(heads) == ["swift"]
+    head = heads["swift"]
+    assert head.base.name_or_path == HUB_ID and head.base.embedding_probe is not None
+    assert head.training_info["experiment"].startswith("experiments/smollm2_gsm8k")
+
+
 class RecordingHFLM(HFLM):
     """lm-eval's HFLM, recording the input ids its ``generate_until`` feeds the model."""
 
@@ -154,9 +169,25 @@ def test_prompt_ids_and_greedy_text_equal_hflm(lm):
     assert str(ours) == theirs[0]
 
 
-def run(cmd: list[str], cwd: Path) -> None:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+def run_together(cmds: list[list[str]], cwd: Path) -> None:
+    """Run the commands at once (one torch thread each: the two cores of a small CI machine); all must succeed.
+    Output goes to files, not pipes, so that neither waits on a full pipe while the other is being read."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    logs = [cwd / f"run{i}.log" for i in range(len(cmds))]
+    procs = []
+    for cmd, log in zip(cmds, logs):
+        with open(log, "w") as f:
+            procs.append(
+                subprocess.Popen(
+                    cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT
+                )
+            )
+    try:
+        for proc, log in zip(procs, logs):
+            assert proc.wait(timeout=600) == 0, log.read_text()[-6000:]
+    finally:
+        for proc in procs:
+            proc.kill()
 
 
 N, LIMIT = 2, 2
@@ -186,16 +217,15 @@ def test_cli_hf_from_gguf_and_hf_swift(smollm2, lm, shared_data, tmp_path):
     ids equal to HFLM's."""
     head = lm.heads["all"].save_pretrained(tmp_path / "head")
     gguf = smollm2_gguf(smollm2.parent)
-    run(
-        [sys.executable, "-m", "lm_eval_swift", "eval", "--model", "hf",
-         "--model_args", f"pretrained={gguf.parent},gguf_file={gguf.name}",
-         *cli_flags(shared_data, tmp_path / "hf", {"heads": str(head)})],
-        tmp_path,
-    )  # fmt: skip
-    run(
-        [sys.executable, "-m", "lm_eval_swift", "eval", "--model", "hf-swift",
-         "--model_args", f"pretrained={smollm2},heads={head},sample_cache=none",
-         *cli_flags(shared_data, tmp_path / "swift", {})],
+    run_together(
+        [
+            [sys.executable, "-m", "lm_eval_swift", "eval", "--model", "hf",
+             "--model_args", f"pretrained={gguf.parent},gguf_file={gguf.name}",
+             *cli_flags(shared_data, tmp_path / "hf", {"heads": str(head)})],
+            [sys.executable, "-m", "lm_eval_swift", "eval", "--model", "hf-swift",
+             "--model_args", f"pretrained={smollm2},heads={head},sample_cache=none",
+             *cli_flags(shared_data, tmp_path / "swift", {})],
+        ],
         tmp_path,
     )  # fmt: skip
     want = {"first", f"mean@{N}", "maj@1", "oracle@1", "swift@1", "swift_vote@1"}

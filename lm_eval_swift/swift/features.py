@@ -34,6 +34,7 @@ from transformers import (
 
 from lm_eval_swift.swift.heads import Entry
 from lm_eval_swift.swift.teacher_forcing import (
+    Ids,
     by_prompt,
     forward_after_prompt,
     prompt_batches,
@@ -41,8 +42,6 @@ from lm_eval_swift.swift.teacher_forcing import (
 
 
 log = logging.getLogger(__name__)
-
-Ids = Sequence[int]
 
 
 def load_base_model(

@@ -379,7 +379,9 @@ def cmd_report(args: argparse.Namespace) -> None:
             if config["features"]["kind"] != "logits"
             else 49152
         )
-        lines.append(f"| {name} | {width} | {config['training']['best_epoch']} | {m['val_bce']:.3f} | {m['auroc']:.3f} "
+        # a DPO head's rewards are not probabilities: no BCE
+        bce = "–" if config["training"]["loss"] == "dpo" else f"{m['val_bce']:.3f}"
+        lines.append(f"| {name} | {width} | {config['training']['best_epoch']} | {bce} | {m['auroc']:.3f} "
                      f"| {m['within_auroc']:.3f} | {test_auroc:.3f} | {test_within:.3f} |")  # fmt: skip
     row, val = best_swift_row()
     lines += ["", f"## {row} vs majority voting", "",

@@ -486,13 +486,10 @@ def _vector_items(answer: str) -> list[str] | None:
     )
 
 
-def _tuple_items(answer: str) -> list[str] | None:
-    """The items of ``(a, b, c)`` or ``[a, b]`` split at top-level commas; None for anything else."""
-    answer = answer.strip()
-    if len(answer) < 2 or answer[0] not in "([" or answer[-1] != _PAIRS[answer[0]]:
-        return None
-    items, depth, start = [], 0, 1
-    for i, ch in enumerate(answer[1:-1], 1):
+def _top_level_split(text: str) -> list[str] | None:
+    """``text`` split at the commas outside all brackets (stripped); None when the brackets do not balance."""
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
         if ch in "([{":
             depth += 1
         elif ch in ")]}":
@@ -500,10 +497,19 @@ def _tuple_items(answer: str) -> list[str] | None:
             if depth < 0:
                 return None
         elif ch == "," and depth == 0:
-            items.append(answer[start:i].strip())
+            items.append(text[start:i].strip())
             start = i + 1
-    items.append(answer[start:-1].strip())
-    return items if depth == 0 and len(items) > 1 and all(items) else None
+    items.append(text[start:].strip())
+    return items if depth == 0 else None
+
+
+def _tuple_items(answer: str) -> list[str] | None:
+    """The items of ``(a, b, c)`` or ``[a, b]`` split at top-level commas; None for anything else."""
+    answer = answer.strip()
+    if len(answer) < 2 or answer[0] not in "([" or answer[-1] != _PAIRS[answer[0]]:
+        return None
+    items = _top_level_split(answer[1:-1])
+    return items if items is not None and len(items) > 1 and all(items) else None
 
 
 # Shapes that cannot equal a number: text, collections, expressions in a variable
@@ -523,17 +529,8 @@ _COLLECTION = re.compile(r"\\cup(?![A-Za-z])")
 
 def _top_level_comma(answer: str) -> bool | None:
     """Whether a comma sits outside all brackets; None when the brackets do not balance."""
-    depth, comma = 0, False
-    for ch in answer:
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-            if depth < 0:
-                return None
-        elif ch == "," and depth == 0:
-            comma = True
-    return comma if depth == 0 else None
+    items = _top_level_split(answer)
+    return None if items is None else len(items) > 1
 
 
 def _cannot_be_a_number(answer: str) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 from contextlib import closing
@@ -111,7 +112,13 @@ def run(
         env=env or ENV,
         check=False,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    # each rank's error first: under a launcher the tail holds only the launcher's report and the last rank's trace
+    errors = re.findall(
+        r"^\[rank\d+\]: [\w.]*(?:Error|Exception)\b.*$", proc.stderr, re.M
+    )
+    assert proc.returncode == 0, "\n".join(
+        [*errors, proc.stdout[-3000:], proc.stderr[-5000:]]
+    )
     return proc
 
 

@@ -3,6 +3,7 @@ started again samples only what is missing and prints the table of an uninterrup
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import sqlite3
@@ -72,6 +73,31 @@ def test_sample_cache_round_trip_and_key(tmp_path):
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert resolve_path("none") is None and resolve_path(None) is None
     assert resolve_path(tmp_path) == tmp_path / "hf-swift-samples.sqlite"
+
+
+def _open_cache(path: Path, start, errors) -> None:
+    start.wait()
+    try:
+        SampleCache(path, timeout=30).close()
+    except Exception as error:  # reported to the test, which names it
+        errors.put(f"{type(error).__name__}: {error}")
+
+
+def test_processes_opening_one_new_cache_at_once_all_open_it(tmp_path):
+    """The ranks of a data-parallel launch open one new sample cache at the same moment: SQLite answers "database
+    is locked" at once to one of two processes switching a new file to WAL (about 1 start in 4 of 4 processes
+    here before the retry); every process must open it."""
+    ctx = multiprocessing.get_context("fork")
+    errors = ctx.Queue()
+    for trial in range(40):
+        path, start = tmp_path / f"c{trial}.sqlite", ctx.Barrier(4)
+        procs = [ctx.Process(target=_open_cache, args=(path, start, errors)) for _ in range(4)]  # fmt: skip
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(timeout=60)
+        assert [proc.exitcode for proc in procs] == [0] * 4
+        assert errors.empty(), f"start {trial}: {errors.get()}"
 
 
 def test_default_sample_cache_is_in_the_users_cache_folder(tmp_path, monkeypatch):

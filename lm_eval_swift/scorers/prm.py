@@ -315,7 +315,8 @@ class MathShepherdScorer(TokenPRMScorer):
     outcome model, ``tokenizer.encode(f"{prompt} {response} ки")`` with one score read at that tag
     (``outcome=True``).  Its ``candidate_tokens`` and ``final_tag_id`` are not defined in the
     published script (nor in its ``utils.py``); the card's values, derived as above, are assumed.
-    Where the response itself holds the tag the script's ``.item()`` would fail; the final tag is read.
+    Where the response itself holds the tag the script's ``.item()`` would fail; the final tag is read.  P(+) comes
+    from a softmax in the model's dtype (bf16), as the script's does (``softmax_dtype="model"``).
     """
 
     default_model = "peiyi9979/math-shepherd-mistral-7b-prm"

@@ -386,3 +386,41 @@ def test_fallback_without_tokenizer_files(tmp_path):
         tok.bos_token_id,
         *tok("ef", add_special_tokens=False)["input_ids"],
     ]
+
+
+#: sha256 of ``json.dumps([ids, ...])`` for the 320 SmolLM2 responses of ``REAL_ROLLOUTS``, the ids recorded with
+#: transformers 4.51.2 as above (Eurus: ``AutoTokenizer`` = ``LlamaTokenizer`` on the Mistral directory; UltraRM:
+#: ``LlamaTokenizer``; Starling: ``AutoTokenizer`` on the tokenizer.json directory).  transformers 5's own
+#: tokenizers give other ids for 1169 of the 4800 Eurus inputs of the whole test split, and for every UltraRM and
+#: Starling input.
+REAL_ROLLOUTS = (
+    "experiments/smollm2_gsm8k/rollouts/test/gsm8k_bon_swift_q0000-0019.jsonl.gz"
+)
+REAL_DIGESTS = {
+    "eurus": "07741fc409bd86a3f52f7177b638c7fb5bc8ab83ead454894b394d1d2cd5021d",
+    "ultrarm": "40cc778bf1b83917747886b9808c35c571b879e5dec78bbe6dd46fdc388246c5",
+    "starling": "7bfbaa239b65a3e928d1ce20b4661a87aff6fa1238951d8ade22e0e8b2dae65c",
+}
+
+
+@pytest.mark.parametrize("name", sorted(REAL_DIGESTS))
+def test_paper_inputs_of_real_responses_are_the_reference_ids(name, rm_dirs):
+    import gzip
+
+    path = Path(__file__).resolve().parents[1] / REAL_ROLLOUTS
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    pairs = [
+        (row["question"], resp["text"]) for row in rows for resp in row["responses"]
+    ]
+    assert len(pairs) == 320
+    # paper inputs; Starling's recorded without the instruction (the card's text, unpadded)
+    extra = {"instruction": ""} if name == "starling" else {}
+    scorer = get_scorer(name).load(
+        str(rm_dirs[name]), device="cpu", dtype="float32", protocol="paper", **extra
+    )
+    try:
+        ids = [scorer._encode(scorer.instruction + q, r).input_ids for q, r in pairs]
+    finally:
+        scorer.close()
+    assert hashlib.sha256(json.dumps(ids).encode()).hexdigest() == REAL_DIGESTS[name]

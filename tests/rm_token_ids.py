@@ -7,6 +7,8 @@ Produced once, outside this package: the texts of ``test_rm_tokenization`` (``HA
 - ``RECORDED_SLOW_LEGACY``: ``LlamaTokenizer.from_pretrained(d)(text)["input_ids"]``, config ``legacy: true`` (its
   ``AutoTokenizer``, converted to a fast tokenizer, gave the same ids on every text);
 - ``RECORDED_SLOW_NON_LEGACY``: the same with ``legacy: false``;
+- ``RECORDED_FAST_NON_LEGACY``: ``AutoTokenizer.from_pretrained(d)`` with ``legacy: false`` (the ``LlamaTokenizerFast``
+  it converts from the tokenizer.model alone);
 - ``RECORDED_LLAMA2_JSON``: ``AutoTokenizer.from_pretrained(d)`` (``LlamaTokenizerFast`` from the tokenizer.json);
 - ``RECORDED_TRUNCATED``: those tokenizers with ``truncation_side = "left"``, ``truncation=True, max_length=8``;
 - ``RECORDED_SCORERS["<scorer>/<protocol>"]``: one list per pair: Eurus and Math-Shepherd with ``AutoTokenizer`` on the
@@ -52,6 +54,26 @@ RECORDED_SLOW_NON_LEGACY = [
     [1, 27166, 259],
     [1, 12902, 648, 387],
     [1, 28705, 6939, 259, 23759, 1115, 411],
+    [1],
+    [1, 1879, 28920, 333, 28345, 28705, 30575, 28705, 31384, 787, 28710, 28746, 28740, 2381, 28711],
+    [1, 733, 16289, 28793, 4256, 733, 28748, 16289, 28793, 28705, 989, 10599, 1024],
+]
+RECORDED_FAST_NON_LEGACY = [
+    [1, 264, 28705, 287],
+    [1, 1318, 28705, 2, 733, 28748, 16289, 28793, 337],
+    [1, 28705, 387, 1318, 13, 28705, 387, 337],
+    [1, 7268, 28705, 28740, 28747, 28705, 1318],
+    [1, 7268, 28705, 28750, 28747, 259, 12881],
+    [1, 414, 1357, 28751, 3737, 28752, 13, 1318, 6501, 28705, 28750, 2987, 13, 28705, 6501, 28705, 28781, 13, 28756, 416, 28751, 3737, 28752],
+    [1, 801, 285, 28732, 28744, 1329, 13, 2287, 513, 1318, 28747, 13, 5390, 604, 259, 28740, 13, 12, 807, 28705, 28734],
+    [1, 1, 28792, 16289, 28793, 1824, 349, 28705, 28750, 28806, 28770, 28804, 28705, 2, 733, 28748, 16289, 28793, 7268, 28705, 28740, 28747, 28705, 28750, 28806, 28770, 327, 28705, 28782, 28723, 2],
+    [1, 10649, 28747, 1186, 13, 13, 5390, 21631, 28747, 330],
+    [1, 20819, 28705, 1, 304, 28705, 2, 28705, 868, 0, 28744],
+    [1, 2],
+    [1, 5374, 2764],
+    [1, 27166, 259],
+    [1, 12902, 648, 387],
+    [1, 6939, 259, 23759, 1115, 411],
     [1],
     [1, 1879, 28920, 333, 28345, 28705, 30575, 28705, 31384, 787, 28710, 28746, 28740, 2381, 28711],
     [1, 733, 16289, 28793, 4256, 733, 28748, 16289, 28793, 28705, 989, 10599, 1024],

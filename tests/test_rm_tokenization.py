@@ -6,8 +6,9 @@ Tokenizer files:
   ``mistral_common/data/tokenizer.model.v1`` by the ``mistral-common`` wheel (test extra);
 - a Llama-2-chat-style ``tokenizer.json`` built from it: BPE with byte fallback, the legacy normalizer
   ``Prepend("▁")`` + ``Replace(" ", "▁")``, no pre-tokenizer, ``<unk>``/``<s>``/``</s>`` added unnormalized, post-processor
-  ``<s> $A`` -- what transformers 4's ``LlamaConverter`` writes (:func:`llama2_style_tokenizer_json` reproduces its
-  vocab, merges, normalizer and added tokens exactly; checked against transformers 4.51.2's output when recorded).
+  ``<s> $A`` -- what transformers 4's ``LlamaConverter`` writes (:func:`llama2_style_tokenizer_json`, through this
+  package's ``converted_llama_tokenizer``; its vocabulary, merges, normalizer and added tokens were identical to
+  transformers 4.51.2's own conversion when the ids were recorded, and the recorded ids check it).
 
 The ``RECORDED_*`` ids in :mod:`rm_token_ids` were produced once with transformers 4.51.2 (the SWIFT authors' pin)
 and tokenizers 0.21.1: ``LlamaTokenizer.from_pretrained(d)(text)["input_ids"]`` (slow) and
@@ -25,6 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 from rm_token_ids import (
+    RECORDED_FAST_NON_LEGACY,
     RECORDED_LLAMA2_JSON,
     RECORDED_SCORERS,
     RECORDED_SLOW_LEGACY,
@@ -45,6 +47,7 @@ from lm_eval_swift.scorers import (
 from lm_eval_swift.scorers.tokenization import (
     SentencePieceEncoder,
     TokenizerFileEncoder,
+    converted_llama_tokenizer,
     reference_encoder,
 )
 
@@ -139,40 +142,11 @@ def mistral_model_file() -> Path:
 
 
 def llama2_style_tokenizer_json(model_file: Path, out: Path) -> None:
-    """The ``tokenizer.json`` transformers 4's ``LlamaConverter`` (legacy) writes for a SentencePiece BPE model."""
-    from sentencepiece import sentencepiece_model_pb2
-    from tokenizers import AddedToken, Tokenizer, normalizers, processors
-    from tokenizers.models import BPE
+    """Llama-2-chat's kind of ``tokenizer.json``: transformers 4's legacy conversion, ``<unk>`` added, ``<s> $A``."""
+    from tokenizers import AddedToken
 
-    proto = sentencepiece_model_pb2.ModelProto.FromString(model_file.read_bytes())
-    vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
-    merges = []  # transformers 4's generate_merges: every split of a piece into two pieces, by score
-    for p in proto.pieces:
-        s = p.piece
-        local = [
-            (s[:k], s[k:], p.score)
-            for k in range(1, len(s))
-            if s[:k] in vocab and s[k:] in vocab
-        ]
-        merges += sorted(local, key=lambda m: (vocab[m[0]], vocab[m[1]]))
-    merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
-    bpe = BPE(
-        vocab,
-        [(a, b) for a, b, _ in merges],
-        unk_token="<unk>",
-        fuse_unk=True,
-        byte_fallback=True,
-    )
-    tok = Tokenizer(bpe)
-    tok.add_special_tokens(
-        [
-            AddedToken(t, normalized=False, special=True)
-            for t in ("<unk>", "<s>", "</s>")
-        ]
-    )
-    tok.normalizer = normalizers.Sequence(
-        [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]
-    )
+    tok = converted_llama_tokenizer(model_file, {"legacy": True})
+    tok.add_special_tokens([AddedToken("<unk>", normalized=False, special=True)])
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s>:0 $A:0 <s>:1 $B:1", special_tokens=[("<s>", 1)]
     )
@@ -226,9 +200,25 @@ def dirs(mistral_model_file, tmp_path_factory) -> dict[str, Path]:
     ],
 )
 def test_sentencepiece_encoder_is_the_slow_llama_tokenizer(which, recorded, dirs):
-    enc = reference_encoder(dirs[which])
+    enc = reference_encoder(dirs[which], prefer="tokenizer.model")
     assert isinstance(enc, SentencePieceEncoder) and enc.legacy == (which == "mistral")
     assert [enc.encode(t) for t in HARD_TEXTS] == recorded
+
+
+def test_sentencepiece_only_under_auto_tokenizer(dirs):
+    """What transformers 4's AutoTokenizer made of a lone tokenizer.model: the slow ids when ``legacy`` (the
+    conversion agrees with them), its converted fast tokenizer's ids when ``legacy: false`` (they differ)."""
+    enc = reference_encoder(dirs["mistral"])
+    assert isinstance(enc, SentencePieceEncoder)
+    assert [enc.encode(t) for t in HARD_TEXTS] == RECORDED_SLOW_LEGACY
+    enc = reference_encoder(dirs["mistral-non-legacy"])
+    assert isinstance(enc, TokenizerFileEncoder)
+    assert [enc.encode(t) for t in HARD_TEXTS] == RECORDED_FAST_NON_LEGACY
+    assert RECORDED_FAST_NON_LEGACY != RECORDED_SLOW_NON_LEGACY
+    legacy = TokenizerFileEncoder(
+        converted_llama_tokenizer(dirs["mistral"] / "tokenizer.model"), MISTRAL_CONFIG
+    )
+    assert [legacy.encode(t) for t in HARD_TEXTS] == RECORDED_SLOW_LEGACY
 
 
 def test_tokenizer_json_encoder_honours_the_files_normalizer(dirs):

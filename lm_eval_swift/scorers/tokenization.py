@@ -17,6 +17,8 @@ So the ids come from the files themselves, never from a transformers tokenizer:
   (split on special tokens with their ``lstrip``/``rstrip``, ``legacy`` and ``add_prefix_space`` from
   ``tokenizer_config.json``).
 
+For a lone ``tokenizer.model`` with ``legacy: false``, transformers 4's ``AutoTokenizer`` gave the ids of its own
+conversion (:func:`converted_llama_tokenizer`), not the slow tokenizer's; with ``legacy`` (the default) the two agree.
 :func:`reference_encoder` picks one for a tokenizer directory.  All encoders add special tokens and truncate as
 transformers 4 does (``truncation=True, max_length=...``: the special tokens are kept, the text is cut).
 """
@@ -36,6 +38,7 @@ __all__ = [
     "SentencePieceEncoder",
     "TokenizerFileEncoder",
     "TransformersEncoder",
+    "converted_llama_tokenizer",
     "reference_encoder",
     "tokenizer_config",
 ]
@@ -70,8 +73,19 @@ def _token_spec(value: Any) -> dict[str, Any] | None:
     return dict(value)
 
 
-def _config_tokens(config: dict[str, Any]) -> tuple[dict[str, dict], list[dict]]:
-    """(named special tokens ``{"bos_token": spec, ...}``, every other added/special token of the config)."""
+#: the Llama tokenizer classes' defaults for special tokens a config does not name
+_LLAMA_DEFAULTS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+
+
+def _config_tokens(
+    config: dict[str, Any], *, llama: bool = False
+) -> tuple[dict[str, dict], list[dict]]:
+    """(named special tokens ``{"bos_token": spec, ...}``, every other added/special token of the config).
+
+    ``llama``: a key the config does not have takes the Llama classes' default (``<s>``, ``</s>``, ``<unk>``).
+    """
+    if llama:
+        config = {**_LLAMA_DEFAULTS, **config}
     named = {k: s for k in _SPECIAL_KEYS if (s := _token_spec(config.get(k)))}
     others = [
         {**spec, "id": int(i)}
@@ -153,25 +167,36 @@ class TokenizerFileEncoder(ReferenceEncoder):
     kind = "tokenizer.json via tokenizers"
 
     def __init__(
-        self, json_file: str | Path, config: dict[str, Any] | None = None
+        self,
+        json_file: str | Path | Any,
+        config: dict[str, Any] | None = None,
+        *,
+        llama: bool | None = None,
     ) -> None:
         from tokenizers import Tokenizer
 
         config = dict(config or {})
-        self.tokenizer = Tokenizer.from_file(str(json_file))
-        named, others = _config_tokens(config)
+        if isinstance(
+            json_file, Tokenizer
+        ):  # built in memory: converted_llama_tokenizer
+            self.tokenizer = json_file
+        else:
+            self.tokenizer = Tokenizer.from_file(str(json_file))
+        if llama is None:
+            llama = _is_llama_class(config) and bool(config.get("tokenizer_class"))
+        named, others = _config_tokens(config, llama=llama)
         self._add_missing_tokens([*named.values(), *others])
         ids = {k: self.tokenizer.token_to_id(s["content"]) for k, s in named.items()}
         self.bos_id, self.eos_id, self.unk_id = (ids.get(k) for k in _SPECIAL_KEYS[:3])
         self.unk_token = named["unk_token"]["content"] if "unk_token" in named else None
         decoder = self.tokenizer.get_added_tokens_decoder()
         self.special_ids = frozenset(i for i, t in decoder.items() if t.special)
-        if _is_llama_class(config) and config.get("tokenizer_class"):
+        if llama:
             self.head = [self.bos_id] if config.get("add_bos_token", True) else []
             self.tail = [self.eos_id] if config.get("add_eos_token", False) else []
             if None in self.head + self.tail:
                 raise ValueError(
-                    f"{json_file}: add_bos_token/add_eos_token set but the token is not in the file"
+                    "add_bos_token/add_eos_token set but the tokenizer lacks that token"
                 )
         else:
             probe = "a"
@@ -243,10 +268,7 @@ class SentencePieceEncoder(ReferenceEncoder):
             )
 
     def _set_special_tokens(self, config: dict[str, Any]) -> None:
-        named, others = _config_tokens(config)
-        defaults = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
-        for key, content in defaults.items():
-            named.setdefault(key, {"content": content})
+        named, others = _config_tokens(config, llama=True)
         self.added: dict[str, int] = {}
         self._strip: dict[str, tuple[bool, bool]] = {}
         # the config's added_tokens_decoder first: its entries win over the plain special-token strings
@@ -332,6 +354,70 @@ def _without_dummy_prefix(proto: bytes) -> bytes:
     return model.SerializeToString()
 
 
+def converted_llama_tokenizer(
+    model_file: str | Path, config: dict[str, Any] | None = None
+) -> Any:
+    """The fast tokenizer transformers 4's ``AutoTokenizer`` builds from a Llama ``tokenizer.model`` alone.
+
+    Its ``LlamaConverter``: a BPE over the SentencePiece vocabulary with byte fallback, merges = every split of a
+    piece into two pieces, ordered by the piece's score; control and user-defined pieces added unnormalized; then
+    ``legacy`` (default True): normalizer ``Prepend("▁")`` (when ``add_prefix_space``) + ``Replace(" ", "▁")``;
+    ``legacy=False``: no normalizer, pre-tokenizer ``Metaspace("▁", prepend_scheme="first", split=False)``
+    (``"never"`` without ``add_prefix_space``).
+    """
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers
+    from tokenizers.models import BPE
+
+    config = dict(config or {})
+    proto = sentencepiece_model_pb2.ModelProto.FromString(Path(model_file).read_bytes())
+    if proto.trainer_spec.model_type != 2:
+        raise ValueError(f"{model_file}: not a SentencePiece BPE model")
+    vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
+    merges = []
+    for i, p in enumerate(proto.pieces):
+        score = (
+            0.0 if i < 3 else p.score
+        )  # LlamaConverter.vocab: <unk>, <s>, </s> score 0
+        s = p.piece
+        local = [
+            (s[:k], s[k:], score)
+            for k in range(1, len(s))
+            if s[:k] in vocab and s[k:] in vocab
+        ]
+        merges += sorted(local, key=lambda m: (vocab[m[0]], vocab[m[1]]))
+    merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
+    bpe = BPE(
+        vocab,
+        [(a, b) for a, b, _ in merges],
+        unk_token=proto.trainer_spec.unk_piece,
+        fuse_unk=True,
+        byte_fallback=True,
+    )
+    tok = Tokenizer(bpe)
+    named = {spec["content"] for spec in _config_tokens(config, llama=True)[0].values()}
+    added = [p for p in proto.pieces if p.type in (3, 4)]  # control, user-defined
+    tok.add_tokens(
+        [
+            AddedToken(
+                p.piece, normalized=False, special=p.type == 3 or p.piece in named
+            )
+            for p in added
+        ]
+    )
+    add_prefix_space = config.get("add_prefix_space", True)
+    if config.get("legacy") is not False:
+        prepend = [normalizers.Prepend("▁")] if add_prefix_space else []
+        tok.normalizer = normalizers.Sequence([*prepend, normalizers.Replace(" ", "▁")])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(
+            replacement="▁",
+            prepend_scheme="first" if add_prefix_space else "never",
+            split=False,
+        )
+    return tok
+
+
 class TransformersEncoder(ReferenceEncoder):
     """Fallback for tokenizers with neither file: the loaded transformers tokenizer's own ids."""
 
@@ -360,10 +446,12 @@ def reference_encoder(
 ) -> ReferenceEncoder:
     """The reference encoder of the tokenizer files in ``directory``.
 
-    ``prefer="tokenizer.json"``: the file transformers 4's ``AutoTokenizer`` loads, else a Llama-class
-    ``tokenizer.model`` (which it would convert to the same ids as the slow tokenizer).  ``prefer="tokenizer.model"``:
-    the slow ``LlamaTokenizer`` first (what a script calling ``LlamaTokenizer.from_pretrained`` used).  With
-    neither file, :class:`TransformersEncoder` around ``fallback`` (a loaded transformers tokenizer), else an error.
+    ``prefer="tokenizer.json"`` (what transformers 4's ``AutoTokenizer`` loads): the file; else a Llama-class
+    ``tokenizer.model``, which ``AutoTokenizer`` converted (:func:`converted_llama_tokenizer`).  With ``legacy``
+    (the default) the conversion gives the slow tokenizer's ids, so :class:`SentencePieceEncoder` encodes it; with
+    ``legacy: false`` it does not, and the converted tokenizer is used.  ``prefer="tokenizer.model"``: the slow
+    ``LlamaTokenizer`` first (what a script calling ``LlamaTokenizer.from_pretrained`` used).  With neither file,
+    :class:`TransformersEncoder` around ``fallback`` (a loaded transformers tokenizer), else an error.
     """
     if prefer not in ("tokenizer.json", "tokenizer.model"):
         raise ValueError(
@@ -380,8 +468,12 @@ def reference_encoder(
             continue
         if name == "tokenizer.json":
             return TokenizerFileEncoder(path, config)
-        if _is_llama_class(config):
-            return SentencePieceEncoder(path, config)
+        if not _is_llama_class(config):
+            continue
+        if prefer == "tokenizer.json" and config.get("legacy") is False:
+            converted = converted_llama_tokenizer(path, config)
+            return TokenizerFileEncoder(converted, config, llama=True)
+        return SentencePieceEncoder(path, config)
     if fallback is not None:
         return TransformersEncoder(fallback)
     raise FileNotFoundError(

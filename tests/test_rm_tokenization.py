@@ -32,6 +32,7 @@ from rm_token_ids import (
     RECORDED_SLOW_LEGACY,
     RECORDED_SLOW_NON_LEGACY,
     RECORDED_TRUNCATED,
+    RECORDED_ULTRARM_NON_LEGACY,
 )
 from safetensors.torch import save_file
 from tokenizers import processors
@@ -342,6 +343,26 @@ def test_scorer_inputs_are_the_reference_ids(key, rm_dirs):
             assert ids == want
     finally:
         scorer.close()
+
+
+def test_ultrarm_follows_the_configs_legacy_flag(mistral_model_file, tmp_path):
+    """The slow tokenizer's ``legacy: false`` encodes the text after a literal ``</s>``/``<s>`` differently."""
+    config = {**ULTRARM_CONFIG, "legacy": False}
+    d = _tokenizer_dir(tmp_path / "ultrarm", mistral_model_file, config, json_file=True)
+    _value_head_dir(d, UltraRMRewardModel, LlamaConfig(**TINY))
+    for protocol in ("card", "paper"):
+        want = RECORDED_ULTRARM_NON_LEGACY[f"ultrarm/{protocol}"]
+        assert want != RECORDED_SCORERS[f"ultrarm/{protocol}"]
+        scorer = get_scorer("ultrarm").load(
+            str(d), device="cpu", dtype="float32", protocol=protocol
+        )
+        try:
+            got = [
+                scorer._encode(scorer.instruction + q, r).input_ids for q, r in PAIRS
+            ]
+        finally:
+            scorer.close()
+        assert got == want
 
 
 def test_math_shepherd_derives_the_cards_token_ids(rm_dirs):

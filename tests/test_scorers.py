@@ -944,3 +944,88 @@ def test_task_metadata_rm_protocol(shared_data):
         "eurus": {"protocol": "paper"},
         "skywork": {"protocol": "card"},
     }
+
+
+# ----------------------------------------------------------------------------- the paper protocol's numerics
+def _bf16_exact(x: float) -> bool:
+    return torch.tensor(x).to(torch.bfloat16).float().item() == x
+
+
+def _bf16_copy(module: nn.Module) -> nn.Module:
+    """``module`` as ``from_pretrained(..., torch_dtype=torch.bfloat16)`` builds it: bf16 weights, buffers (the
+    rotary ``inv_freq``, computed in float32) untouched -- unlike ``module.to(torch.bfloat16)``."""
+    import copy
+
+    out = copy.deepcopy(module)
+    for p in out.parameters():
+        p.data = p.data.to(torch.bfloat16)
+    return out
+
+
+@pytest.mark.parametrize("name", ["eurus", "ultrarm"])
+def test_paper_protocol_runs_eager_attention_in_bf16(name, ckpts):
+    """The authors' Eurus/UltraRM classes run eager attention: paper-mode bf16 rewards equal theirs exactly."""
+    c = ckpts[CKPT_OF[name]]
+    backbone, head = _bf16_copy(c.backbone), _bf16_copy(c.head)
+    backbone.config._attn_implementation = "eager"
+    want = []
+    with torch.no_grad():
+        for q, r in zip(QUESTIONS, RESPONSES):
+            ids = torch.tensor([_paper_ids(name, c.tok, INSTRUCTION + q, r)])
+            want.append(head(backbone(input_ids=ids)[0])[0, -1, 0].float().item())
+    scorer = _load(name, c, protocol="paper", batch_size=1)
+    try:
+        assert scorer.model.config._attn_implementation == "eager"
+        assert scorer.dtype == torch.bfloat16
+        assert scorer.score(QUESTIONS, RESPONSES) == want
+    finally:
+        scorer.close()
+    card = _load(name, c)
+    assert card.attn_implementation is None  # the card keeps transformers' default
+    card.close()
+
+
+@pytest.mark.parametrize("name", ["rlhflow-orm", "math-shepherd"])
+def test_paper_protocol_rounds_probabilities_as_a_bf16_softmax(name, ckpts):
+    """The authors' ``logits.softmax(dim=-1)`` on their bf16 model: probabilities are bf16 values; ``card`` is fp32."""
+    c = ckpts[CKPT_OF[name]]
+    scorer = _load(name, c, protocol="paper", batch_size=1)
+    try:
+        assert scorer.dtype == torch.bfloat16 and scorer.softmax_dtype == "model"
+        got = scorer.score(QUESTIONS, RESPONSES)
+    finally:
+        scorer.close()
+    lm, tok = _bf16_copy(c.lm), c.tok
+    cand = [tok.encode("+")[-1], tok.encode("-")[-1]]
+    want = []
+    with torch.no_grad():
+        for q, r in zip(QUESTIONS, RESPONSES):
+            ids = torch.tensor([_paper_ids(name, tok, INSTRUCTION + q, r)])
+            logits = lm(ids).logits[:, :, cand]
+            assert logits.dtype == torch.bfloat16
+            probs = logits.softmax(dim=-1)[0, :, 0]
+            tag = tok.encode("ки")[-1]
+            pos = -3 if name == "rlhflow-orm" else (ids[0] == tag).nonzero()[-1, 0]
+            want.append(probs[pos].float().item())
+    assert all(_bf16_exact(x) for x in got)
+    assert got == want
+    card = _load(name, c, dtype="bfloat16", batch_size=1)
+    try:
+        assert card.softmax_dtype == "float32"
+        assert not all(_bf16_exact(x) for x in card.score(QUESTIONS, RESPONSES))
+    finally:
+        card.close()
+    with pytest.raises(ValueError, match="softmax_dtype"):
+        _load(name, c, softmax_dtype="bf16")
+
+
+def test_ties_go_to_the_earliest_sample():
+    """bf16 probabilities tie often; best-of-N picks the earliest of the tied samples, as the authors' argmax does."""
+    from lm_eval_swift.harness.selectors import argmax
+
+    rs = [
+        Response(f"r{i}", None, 0.0, -1, 1, scores={"rm": s})
+        for i, s in enumerate([0.5, 0.9375, 0.25, 0.9375])
+    ]
+    assert argmax(rs, "rm").text == "r1"
+    assert argmax(list(reversed(rs)), "rm").text == "r3"

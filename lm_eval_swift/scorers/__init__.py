@@ -11,7 +11,8 @@ them::
 Registered names (see :data:`SCORERS`): ``eurus``, ``skywork``, ``skywork-v0.2``, ``starling``,
 ``ultrarm``, ``rlhflow-prm``, ``rlhflow-orm``, ``math-shepherd`` and the generic ``seq-cls``
 (any sequence-classification RM with a chat template) and ``token-prm`` (any step-tag "+/-" PRM,
-``step_tag=`` required).  No scorer uses ``trust_remote_code``.
+``step_tag=`` required).  No scorer uses ``trust_remote_code``.  Input ids come from each model's tokenizer
+files as the transformers 4 tokenizer its authors ran encodes them (:mod:`.tokenization`), not from transformers 5.
 
 Two protocols (option ``protocol``): ``"card"``, each model card's recipe (the default), and ``"paper"``, the
 inputs of the SWIFT paper's baseline script (instruction prefix, its own formats and dtypes; see

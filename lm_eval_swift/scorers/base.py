@@ -12,10 +12,13 @@ import gc
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from tqdm.auto import tqdm
+
+from .tokenization import ReferenceEncoder, reference_encoder
 
 
 __all__ = [
@@ -191,6 +194,10 @@ class Scorer:
     paper_options: ClassVar[dict[str, Any]] = {}
     #: show the progress bar from this many pairs on when ``progress`` is None.
     progress_threshold: ClassVar[int] = 64
+    #: the tokenizer file the model's reference tokenizer reads (:func:`.tokenization.reference_encoder`):
+    #: ``"tokenizer.json"`` (transformers 4's ``AutoTokenizer``) or ``"tokenizer.model"`` (its slow
+    #: ``LlamaTokenizer``); input ids come from :attr:`encoder`, never from the transformers tokenizer.
+    reference_tokenizer: ClassVar[str] = "tokenizer.json"
 
     def __init__(
         self,
@@ -217,6 +224,7 @@ class Scorer:
         self.attn_implementation = attn_implementation
         self.model: torch.nn.Module | None = None
         self.tokenizer: Any = None
+        self.encoder: ReferenceEncoder | None = None
         self.model_id: str = ""
         self.device = torch.device("cpu")
         self.dtype = torch.float32
@@ -283,6 +291,7 @@ class Scorer:
         if self.device_map is None and auto_device and torch.cuda.device_count() > 1:
             self.device_map = "auto"
         self.model, self.tokenizer = self._load()
+        self.encoder = self._reference_encoder()
         self.model.eval().requires_grad_(False)
         self._num_parameters = sum(p.numel() for p in self.model.parameters())
         self._setup()
@@ -307,6 +316,21 @@ class Scorer:
         if self.device_map is None:
             model.to(self.device)
         return model, AutoTokenizer.from_pretrained(self.tokenizer_id or self.model_id)
+
+    def _tokenizer_location(self) -> str | Path:
+        """Directory or hub id holding the tokenizer files."""
+        return self.tokenizer_id or self.model_id
+
+    def _reference_encoder(self) -> ReferenceEncoder:
+        """The encoder of the tokenizer files (:attr:`reference_tokenizer` first), the transformers one as fallback."""
+        from .weights import TOKENIZER_PATTERNS, checkpoint_dir
+
+        directory = checkpoint_dir(
+            self._tokenizer_location(), allow_patterns=TOKENIZER_PATTERNS
+        )
+        return reference_encoder(
+            directory, prefer=self.reference_tokenizer, fallback=self.tokenizer
+        )
 
     def _setup(self) -> None:
         """Hook run once after loading (resolve token ids, check the tokenizer, ...)."""
@@ -356,7 +380,8 @@ class Scorer:
                 f"{len(questions)} questions but {len(responses)} responses"
             )
         items = [
-            self._encode(self.instruction + q, r) for q, r in zip(questions, responses)
+            self._encode(self.instruction + q, r)
+            for q, r in zip(questions, responses, strict=True)
         ]
         for item in items:
             if not item.input_ids or not item.positions:
@@ -383,7 +408,7 @@ class Scorer:
             for start in range(0, len(order), self.batch_size):
                 idx = order[start : start + self.batch_size]
                 values = self._run_batch([items[i] for i in idx])
-                for i, v in zip(idx, values):
+                for i, v in zip(idx, values, strict=True):
                     out[i] = v
                 bar.update(len(idx))
         return out  # type: ignore[return-value]
@@ -469,6 +494,7 @@ class Scorer:
             pass
         self.model = None
         self.tokenizer = None
+        self.encoder = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

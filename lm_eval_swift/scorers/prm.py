@@ -31,9 +31,14 @@ class CausalLMStepScorer(Scorer):
 
     The LM head is applied to the gathered hidden states (plus ``final_logit_softcapping`` when
     the config has one), which equals the model's own logits for Llama/Mistral/Qwen-style LMs.
+
+    ``softmax_dtype``: ``"float32"`` (``card``, default) takes the softmax of the two logits in float32;
+    ``"model"`` (``paper``) in the logits' own dtype, as the authors' ``logits.softmax(dim=-1)`` on a bfloat16 model
+    does: a probability is then one of the bfloat16 values (129 of them in [0.5, 1]), so ties are common.
     """
 
     default_aggregation = "mean"
+    paper_options: ClassVar[dict[str, Any]] = {"softmax_dtype": "model"}
 
     def __init__(
         self,
@@ -42,9 +47,15 @@ class CausalLMStepScorer(Scorer):
         good_token: str = "+",
         bad_token: str = "-",
         step_separator: str = "\n\n",
+        softmax_dtype: str = "float32",
         **common: Any,
     ) -> None:
         super().__init__(**common)
+        if softmax_dtype not in ("float32", "model"):
+            raise ValueError(
+                f"softmax_dtype must be 'float32' or 'model', not {softmax_dtype!r}"
+            )
+        self.softmax_dtype = softmax_dtype
         aggregation = aggregation or self.default_aggregation
         if aggregation not in AGGREGATIONS:
             raise ValueError(
@@ -86,7 +97,9 @@ class CausalLMStepScorer(Scorer):
             use_cache=False,
         ).last_hidden_state
         h = self._gather(hidden, rows, cols)
-        logits = self._lm_head(h)[:, list(self.candidate_ids)].float()
+        logits = self._lm_head(h)[:, list(self.candidate_ids)]
+        if self.softmax_dtype == "float32":
+            logits = logits.float()
         if self._softcap:
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits.softmax(dim=-1)[:, 0]
@@ -122,7 +135,7 @@ class RLHFlowPRMScorer(CausalLMStepScorer):
     def _setup(self) -> None:
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError(f"{self.model_id}: tokenizer has no chat template")
-        enc = self.tokenizer.encode
+        enc = self.encoder.encode
         self.candidate_ids = (
             enc(self.good_token, add_special_tokens=False)[-1],
             enc(self.bad_token, add_special_tokens=False)[-1],
@@ -140,7 +153,7 @@ class RLHFlowPRMScorer(CausalLMStepScorer):
 
     def _tokenize(self, conv: list[dict[str, str]]) -> list[int]:
         text = self.tokenizer.apply_chat_template(conv, tokenize=False)
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self.encoder.encode(text, add_special_tokens=False)
 
     def _encode(self, question: str, response: str) -> Encoded:
         conv = self.conversation(question, self.split_steps(response))
@@ -241,16 +254,16 @@ class TokenPRMScorer(CausalLMStepScorer):
             )
 
     def _setup(self) -> None:
-        tok = self.tokenizer
+        enc = self.encoder
         if self.step_tag_id is None:
-            self.step_tag_id = tok.encode(self.step_tag, add_special_tokens=False)[-1]
+            self.step_tag_id = enc.encode(self.step_tag, add_special_tokens=False)[-1]
         if self.candidate_ids == (-1, -1):
-            ids = tok.encode(f"{self.good_token} {self.bad_token}")
-            if ids and tok.bos_token_id is not None and ids[0] == tok.bos_token_id:
+            ids = enc.encode(f"{self.good_token} {self.bad_token}")
+            if ids and enc.bos_id is not None and ids[0] == enc.bos_id:
                 ids = ids[1:]
-            if tok.eos_token_id is not None and ids and ids[-1] == tok.eos_token_id:
+            if enc.eos_id is not None and ids and ids[-1] == enc.eos_id:
                 ids = ids[:-1]
-            ids = [t for t in ids if tok.decode([t]).strip()]
+            ids = [t for t in ids if self.tokenizer.decode([t]).strip()]
             if len(ids) != 2:
                 raise ValueError(
                     f"cannot derive single-token ids for {self.good_token!r}/{self.bad_token!r} "
@@ -268,10 +281,10 @@ class TokenPRMScorer(CausalLMStepScorer):
         return self.input_format.format(question=question, response=body)
 
     def _encode(self, question: str, response: str) -> Encoded:
-        ids = list(self.tokenizer(self.format(question, response))["input_ids"])
+        ids = self.encoder.encode(self.format(question, response))
         positions = [i for i, t in enumerate(ids) if t == self.step_tag_id]
         if self.outcome:
-            special = set(self.tokenizer.all_special_ids)
+            special = self.encoder.special_ids
             if not positions or any(t not in special for t in ids[positions[-1] + 1 :]):
                 raise ValueError(
                     f"{self.name}: the final step tag (id {self.step_tag_id}) is not the last token; "
@@ -295,15 +308,20 @@ class MathShepherdScorer(TokenPRMScorer):
     steps joined by ``"\\n"`` as in Math-Shepherd's data (``"... ки\\nStep 2: ... ки"``); step
     score = P("+") over the ``"+"``/``"-"`` candidates at the tag positions; aggregated by
     ``min`` (the paper's rule).  With the checkpoint's tokenizer the derived ids are the card's
-    ``[648, 387]`` (``▁+``, ``▁-``) and step tag ``12902``.
+    ``[648, 387]`` (``▁+``, ``▁-``) and step tag ``12902``.  The repository ships only ``tokenizer.model``:
+    ids are SentencePiece's, as transformers 4's slow tokenizer (and its conversion) gives them.
 
     ``paper`` protocol: the SWIFT paper's script (``eval/get_baseline_rewards.py``) uses it as an
     outcome model, ``tokenizer.encode(f"{prompt} {response} ки")`` with one score read at that tag
     (``outcome=True``).  Its ``candidate_tokens`` and ``final_tag_id`` are not defined in the
     published script (nor in its ``utils.py``); the card's values, derived as above, are assumed.
-    Where the response itself holds the tag the script's ``.item()`` would fail; the final tag is read.
+    Where the response itself holds the tag the script's ``.item()`` would fail; the final tag is read.  P(+) comes
+    from a softmax in the model's dtype (bf16), as the script's does (``softmax_dtype="model"``).
     """
 
     default_model = "peiyi9979/math-shepherd-mistral-7b-prm"
     default_step_tag = "ки"
-    paper_options: ClassVar[dict[str, Any]] = {"outcome": True}
+    paper_options: ClassVar[dict[str, Any]] = {
+        **CausalLMStepScorer.paper_options,
+        "outcome": True,
+    }

@@ -106,8 +106,9 @@ class ValueHeadScorer(Scorer):
     """Shared machinery: format text, tokenize, read the head at the last real token.
 
     Extra options: ``max_length`` (truncate longer inputs; ``None`` = never) and
-    ``truncation_side`` (``"left"`` keeps the end, where the reward is read).  Truncation is the
-    tokenizer's own (``truncation=True``), which keeps the special tokens it adds (BOS).
+    ``truncation_side`` (``"left"`` keeps the end, where the reward is read).  Ids come from the reference
+    tokenizer (:attr:`encoder`), truncated as transformers 4's ``truncation=True`` does: the special tokens it
+    adds (BOS) are kept.
     """
 
     model_cls: type[_ValueHeadModel] = _ValueHeadModel
@@ -175,24 +176,21 @@ class ValueHeadScorer(Scorer):
             model = dispatch_model(model, device_map=device_map)
         else:
             model.to(self.device)
-        tokenizer = AutoTokenizer.from_pretrained(self._tokenizer_source(ckpt))
-        return model, tokenizer
+        self._tokenizer_src = self._tokenizer_source(ckpt)
+        return model, AutoTokenizer.from_pretrained(self._tokenizer_src)
 
-    def _setup(self) -> None:
-        self.tokenizer.truncation_side = self.truncation_side
+    def _tokenizer_location(self) -> Any:
+        return self._tokenizer_src
 
     # ---- scoring
     def _token_ids(self, question: str, response: str) -> list[int]:
         """The formatted pair's token ids, at most ``max_length`` of them (special tokens kept)."""
-        text = self.format(question, response)
-        truncate = self.max_length is not None
-        enc = self.tokenizer(
-            text,
+        return self.encoder.encode(
+            self.format(question, response),
             add_special_tokens=self.add_special_tokens,
-            truncation=truncate,
             max_length=self.max_length,
+            truncation_side=self.truncation_side,
         )
-        return list(enc["input_ids"])
 
     def _encode(self, question: str, response: str) -> Encoded:
         ids = self._token_ids(question, response)
@@ -213,7 +211,8 @@ class EurusScorer(ValueHeadScorer):
     """openbmb/Eurus-RM-7b: Mistral backbone + ``regression_head`` (no bias), last real token.
 
     Input: ``f"[INST] {question} {inst_close} {response}"`` tokenized with the checkpoint's
-    tokenizer defaults (one BOS added, no EOS), as in the model card.
+    tokenizer defaults (one BOS added, no EOS), as in the model card (``AutoTokenizer`` of transformers 4: the
+    repository ships only ``tokenizer.model``, so these are SentencePiece's ids, as the slow tokenizer gives them).
 
     ``inst_close`` defaults to ``"[/INST]"``.  The card's example writes ``[\\INST]``, but the
     same snippet's comment says "we use the same template as Mistral-Instruct-v0.2", whose
@@ -221,13 +220,15 @@ class EurusScorer(ValueHeadScorer):
     Mistral ``[INST] ... [/INST]`` format; so the backslash is taken for a typo (an assumption:
     the training data format is not published with the checkpoint).  Pass
     ``inst_close="[\\INST]"`` to reproduce the card's string verbatim.  The SWIFT paper's script
-    (``eval/get_baseline_rewards.py``) writes ``[/INST]`` too; its protocol only adds the instruction.
+    (``eval/get_baseline_rewards.py``) writes ``[/INST]`` too; its protocol adds the instruction and runs the
+    authors' class, which uses eager attention (``attn_implementation="eager"``; sdpa differs by 1-4 bf16 steps).
     """
 
     default_model = "openbmb/Eurus-RM-7b"
     model_cls = EurusRewardModel
     config_cls = MistralConfig
     no_split_modules = ("MistralDecoderLayer",)
+    paper_options: ClassVar[dict[str, Any]] = {"attn_implementation": "eager"}
 
     def __init__(self, *, inst_close: str = "[/INST]", **common: Any) -> None:
         super().__init__(**common)
@@ -245,15 +246,18 @@ class UltraRMScorer(ValueHeadScorer):
     defaults (BOS added, no EOS).  The card's template is ``"Human: {question}\\nAssistant: {response}"``;
     the SWIFT paper's (``eval/get_baseline_rewards.py``, a triple-quoted f-string) has a blank line
     and eight spaces before ``Assistant:``: ``"Human: {question}\\n\\n        Assistant: {response}"``.
-    That script loads the tokenizer with ``LlamaTokenizer`` (then the slow SentencePiece class;
-    transformers 5 has a single Llama tokenizer class, so the checkpoint's own is used either way).
+    The card and that script load the tokenizer with ``LlamaTokenizer``, transformers 4's slow SentencePiece
+    class, so ids come from ``tokenizer.model`` as that class encodes it (``tokenizer.json`` only when the
+    checkpoint has no ``tokenizer.model``).  ``paper`` also runs eager attention, as the authors' class does.
     """
 
     default_model = "openbmb/UltraRM-13b"
     model_cls = UltraRMRewardModel
+    reference_tokenizer = "tokenizer.model"
     card_template = "Human: {question}\nAssistant: {response}"
     paper_options: ClassVar[dict[str, Any]] = {
-        "template": "Human: {question}\n\n        Assistant: {response}"
+        "template": "Human: {question}\n\n        Assistant: {response}",
+        "attn_implementation": "eager",
     }
 
     def __init__(self, *, template: str | None = None, **common: Any) -> None:
@@ -294,7 +298,10 @@ class StarlingScorer(ValueHeadScorer):
     key, or any missing one, is an error (strict, unlike ``strict=False``, which would leave a
     missing weight at Llama-2-chat's value or at random).  Config and tokenizer come from the
     checkpoint dir when it has them, else from ``base_model`` (``meta-llama/Llama-2-7b-chat-hf``,
-    as in the card; a gated repo).
+    as in the card; a gated repo).  Ids: that ``tokenizer.json`` as the file states it (``AutoTokenizer`` of
+    transformers 4): its legacy normalizer ``Prepend("▁")`` + ``Replace(" ", "▁")`` runs on each segment between
+    special tokens, so ``"</s> [/INST]"`` is ``</s>``, ``▁``, ``▁[`` (transformers 5's own Llama tokenizer drops
+    the normalizer and gives ``</s>``, ``▁[``).
     """
 
     default_model = "berkeley-nest/Starling-RM-7B-alpha"
@@ -318,15 +325,14 @@ class StarlingScorer(ValueHeadScorer):
 
     def _setup(self) -> None:
         super()._setup()
-        tok = self.tokenizer
-        if tok.unk_token_id is None:
+        enc = self.encoder
+        if enc.unk_id is None or enc.unk_token is None:
             raise ValueError(
                 f"{self.model_id}: the tokenizer has no <unk> token (the card pads with it)"
             )
-        self.fill_id = tok.unk_token_id  # the card's pad_token = unk_token
-        self.stop_id = tok(tok.unk_token)["input_ids"][
-            0
-        ]  # the card's PAD_ID (BOS for Llama-2's tokenizer)
+        self.fill_id = enc.unk_id  # the card's pad_token = unk_token
+        # the card's PAD_ID = tokenizer(pad_token)["input_ids"][0]: BOS for Llama-2's tokenizer
+        self.stop_id = enc.encode(enc.unk_token)[0]
 
     def _encode(self, question: str, response: str) -> Encoded:
         ids = self._token_ids(question, response)

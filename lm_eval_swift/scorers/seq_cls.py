@@ -18,7 +18,8 @@ class SeqClsScorer(Scorer):
 
     The conversation ``[user: question, assistant: response]`` is rendered with the tokenizer's
     chat template (``tokenize=False``) and tokenized with ``add_special_tokens=False``, which is
-    exactly ``apply_chat_template(tokenize=True)``: the template's BOS is the only one.  The
+    exactly ``apply_chat_template(tokenize=True)``: the template's BOS is the only one.  The ids come from the
+    checkpoint's ``tokenizer.json`` as the file states it (the reference encoder, :attr:`Scorer.encoder`).  The
     reward is ``logits[0][label_index]`` of an unpadded single-sequence forward, i.e. the
     ``score`` head read where transformers pools: the rightmost token that is not
     ``config.pad_token_id`` (the last token when there is no pad id).  That index is computed
@@ -63,7 +64,7 @@ class SeqClsScorer(Scorer):
         text = self.tokenizer.apply_chat_template(
             self.messages(question, response), tokenize=False
         )
-        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids = self.encoder.encode(text, add_special_tokens=False)
         pad = self._pool_pad_id
         pos = len(ids) - 1
         if pad is not None:  # transformers' pooling: rightmost non-pad token, 0 if none

@@ -18,6 +18,7 @@ import torch
 
 
 __all__ = [
+    "TOKENIZER_PATTERNS",
     "WeightLoadError",
     "checkpoint_dir",
     "find_weight_files",
@@ -29,8 +30,8 @@ __all__ = [
 #: buffers older transformers versions saved but that are recomputed at init (harmless to drop).
 BENIGN_UNEXPECTED = re.compile(r"(^|\.)rotary_emb\.(inv_freq|original_inv_freq)$")
 
-#: config, tokenizer and index files fetched with the weights of a hub checkpoint.
-_META_PATTERNS = ["*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+#: config, tokenizer and index files fetched with the weights of a hub checkpoint (and alone for a tokenizer).
+TOKENIZER_PATTERNS = ["*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 
 
 class WeightLoadError(RuntimeError):
@@ -50,7 +51,7 @@ def checkpoint_dir(
         )
     from huggingface_hub import list_repo_files, snapshot_download
 
-    patterns = list(allow_patterns or _META_PATTERNS)
+    patterns = list(allow_patterns or TOKENIZER_PATTERNS)
     if (
         allow_patterns is None
     ):  # one weight format only: safetensors when the repo has them

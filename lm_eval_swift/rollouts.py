@@ -180,6 +180,16 @@ def answer_classes(
     return out
 
 
+def is_truncated(
+    finish: str | None, num_tokens: int, max_gen_toks: int | None = None
+) -> bool:
+    """Whether a response was cut off at the token limit: its ``finish`` says ``"length"`` (hf-swift), or, where
+    the model does not say (plain ``--model hf``), it reached ``max_gen_toks`` tokens."""
+    if finish is not None:
+        return finish == "length"
+    return max_gen_toks is not None and num_tokens >= max_gen_toks
+
+
 def build_rollout(
     task: str,
     doc_id: int,
@@ -200,25 +210,37 @@ def build_rollout(
     """
     if tokenizer is not None and max_gen_toks is None:
         raise ValueError("build_rollout: a tokenizer needs the run's max_gen_toks")
-    answers = [extract_answer(s, kind) for s in samples]
+    token_ids = []
+    for text in samples:
+        ids = list(getattr(text, "token_ids", ()))
+        if not ids and tokenizer is not None:
+            ids = response_tokens_from_text(str(text), tokenizer, max_gen_toks)
+        token_ids.append(ids)
+    finishes = [getattr(text, "finish", None) for text in samples]
+    cut = [
+        is_truncated(finish, len(ids), max_gen_toks)
+        for finish, ids in zip(finishes, token_ids, strict=True)
+    ]
+    answers = [
+        extract_answer(str(s), kind, c) for s, c in zip(samples, cut, strict=True)
+    ]
     correct = grade_all(
-        [str(s) for s in samples], [gold] * len(samples), kind, grading
+        [str(s) for s in samples], [gold] * len(samples), kind, grading, cut
     )  # all workers at once
     classes = answer_classes(answers, kind, grading)
     responses = []
-    for text, ans, cls, ok in zip(samples, answers, classes, correct):
-        token_ids = list(getattr(text, "token_ids", ()))
-        if not token_ids and tokenizer is not None:
-            token_ids = response_tokens_from_text(str(text), tokenizer, max_gen_toks)
+    for text, ans, cls, ok, ids, finish in zip(
+        samples, answers, classes, correct, token_ids, finishes, strict=True
+    ):
         responses.append(
             Response(
                 text=str(text),
                 answer=ans,
                 correct=float(ok),
                 answer_class=cls,
-                num_tokens=len(token_ids),
-                token_ids=token_ids,
-                finish=getattr(text, "finish", None),
+                num_tokens=len(ids),
+                token_ids=ids,
+                finish=finish,
                 scores=dict(getattr(text, "scores", {})),
             )
         )

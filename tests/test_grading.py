@@ -617,7 +617,7 @@ def test_grading_needs_neither_lm_eval_nor_torch():
         "for name in ('lm_eval', 'torch', 'transformers'):\n"
         "    sys.modules[name] = None\n"
         "from lm_eval_swift import grading\n"
-        "assert grading.grade('The answer is 8.', '8', 'gsm8k')\n"
+        "assert grading.grade('So the answer is 6 + 2 = 8 gallons.', '8', 'gsm8k')\n"
         "assert grading.is_equivalent('x + 1', '1 + x', 'math', timeout=30)\n"
         "assert not [m for m in sys.modules if m.startswith('lm_eval_swift.harness')]\n"
     )

@@ -26,7 +26,9 @@ from lm_eval_swift.responses import response_tokens_from_text
 @dataclass
 class Response:
     """One graded sample. ``correct`` is 1.0/0.0; ``answer_class`` indexes the first response of the question
-    whose extracted answer is equivalent to this one's (-1 when no answer was extracted)."""
+    whose extracted answer is equivalent to this one's (-1 when no answer was extracted: the "no answer" class).
+    ``regraded_from``: the ``answer``, ``correct`` and ``answer_class`` it was sampled with, once regraded
+    (:func:`lm_eval_swift.regrade.regrade_rollout`); written only when set."""
 
     text: str
     answer: str | None
@@ -36,6 +38,7 @@ class Response:
     token_ids: list[int] = field(default_factory=list)
     finish: str | None = None
     scores: dict[str, float] = field(default_factory=dict)
+    regraded_from: dict[str, object] | None = None
 
     def __str__(self) -> str:
         return self.text
@@ -57,7 +60,11 @@ class QuestionRollout:
     costs: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False)
+        record = asdict(self)
+        for r in record["responses"]:
+            if r["regraded_from"] is None:
+                del r["regraded_from"]
+        return json.dumps(record, ensure_ascii=False)
 
     @classmethod
     def from_dict(cls, d: dict) -> QuestionRollout:
@@ -104,6 +111,7 @@ FIELD_TYPES: dict[type, dict[str, tuple[type, ...]]] = {
         "token_ids": (list,),
         "finish": (str, NULL),
         "scores": (dict,),
+        "regraded_from": (dict, NULL),
     },
 }
 TYPE_NAMES = {
@@ -190,6 +198,23 @@ def is_truncated(
     return max_gen_toks is not None and num_tokens >= max_gen_toks
 
 
+def grade_samples(
+    texts: Sequence[str],
+    gold: str,
+    kind: str,
+    grading: str = "default",
+    truncated: Sequence[bool] | None = None,
+) -> tuple[list[str | None], list[bool], list[int]]:
+    """The stated answers, verdicts and answer classes of one question's samples (``truncated``: cut off at the
+    token limit, per sample)."""
+    cut = [False] * len(texts) if truncated is None else list(truncated)
+    answers = [extract_answer(t, kind, c) for t, c in zip(texts, cut, strict=True)]
+    correct = grade_all(
+        texts, [gold] * len(texts), kind, grading, cut
+    )  # all workers at once
+    return answers, correct, answer_classes(answers, kind, grading)
+
+
 def build_rollout(
     task: str,
     doc_id: int,
@@ -221,13 +246,9 @@ def build_rollout(
         is_truncated(finish, len(ids), max_gen_toks)
         for finish, ids in zip(finishes, token_ids, strict=True)
     ]
-    answers = [
-        extract_answer(str(s), kind, c) for s, c in zip(samples, cut, strict=True)
-    ]
-    correct = grade_all(
-        [str(s) for s in samples], [gold] * len(samples), kind, grading, cut
-    )  # all workers at once
-    classes = answer_classes(answers, kind, grading)
+    answers, correct, classes = grade_samples(
+        [str(s) for s in samples], gold, kind, grading, cut
+    )
     responses = []
     for text, ans, cls, ok, ids, finish in zip(
         samples, answers, classes, correct, token_ids, finishes, strict=True

@@ -27,6 +27,7 @@ __all__ = ["KINDS", "check_kind", "extract_answer", "find_numbers", "is_number"]
 
 KINDS = ("math", "gsm8k")
 _SEGMENT_CHARS = 512  # how far past "The answer is" an answer may reach
+_MAX_STATEMENTS = 256  # the last statements looked at (hostile text repeats "####" thousands of times)
 
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])\s*")
 _BRACE_OR_ESCAPE = re.compile(r"\\.|[{}]", re.DOTALL)
@@ -142,7 +143,7 @@ def _holds_an_answer(content: str, kind: str) -> bool:
 def _statements(text: str, kind: str) -> Iterator[tuple[int, int, bool]]:
     """``(start, end, reverse)`` of each answer statement's stated text, last first: what follows ``answer is``
     up to the end of its sentence (or the next statement), or the ``N`` of ``N is the answer``."""
-    anchors = list(_TEXT_ANCHOR.finditer(text))
+    anchors = list(_TEXT_ANCHOR.finditer(text))[-_MAX_STATEMENTS:]
     starts = [m.start() for m in anchors] + [
         len(text)
     ]  # a segment stops at the next anchor: linear time

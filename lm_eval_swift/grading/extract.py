@@ -56,6 +56,10 @@ _VALUE = (
 )
 _OPERATOR = r"\s*(?:[-+*/\u00d7\u00f7]|\\times|\\cdot|\\div)\s*|\s+x\s+"
 _FIRST_VALUE = re.compile(_VALUE)
+# Where a statement's first number starts: a fraction \frac{a}{b}, else a digit (with its sign or $)
+_NUMBER_START = re.compile(
+    r"\\[dt]?frac\s*\{\s*(?P<num>\d+)\s*\}\s*\{\s*(?P<den>\d+)\s*\}|-?\$?\.?\d"
+)
 _EXPRESSION = re.compile(rf"{_VALUE}(?:(?:{_OPERATOR}){_VALUE})*")
 _CONTINUES = re.compile(
     r"\s*(?:[-+*/^\u00d7\u00f7]|\\times|\\cdot|\\div)\s*[A-Za-z(\\{]"
@@ -187,15 +191,22 @@ def _number_text(value: Fraction) -> str:
 
 def _result(text: str, start: int, end: int, truncated: bool) -> str | None:
     """The value a GSM8K statement ``text[start:end]`` states: after its last ``=``, else its first expression;
-    None when it states no number we can read (``20*3*side``), or is cut off at the token limit before its result
-    is complete."""
+    None when it states no number we can read (``2x + 1``, ``20*3*side``), or is cut off at the token limit before
+    its result is complete."""
     equals = text.rfind("=", start, end)
-    first = _FIRST_VALUE.search(text, equals + 1 if equals >= 0 else start, end)
-    m = _EXPRESSION.match(text, first.start()) if first else None
+    first = _NUMBER_START.search(text, equals + 1 if equals >= 0 else start, end)
+    if first is None:
+        return None
+    if first["num"]:  # \frac{3}{4}
+        m, value = first, Fraction(int(first["num"]), max(int(first["den"]), 1))
+    else:
+        m, value = _EXPRESSION.match(text, first.start()), None
     if m is None or _CONTINUES.match(text, m.end()):
         return None
     if truncated and _cut_off(text, m.end()):
         return None
+    if value is not None:
+        return _number_text(value)
     if _FIRST_VALUE.fullmatch(m.group()):  # one number: as written
         return find_numbers(m.group().replace("$", ""))[0]
     expression = re.sub(r"\s+x\s+|\u00d7", "*", m.group()).replace("\u00f7", "/")

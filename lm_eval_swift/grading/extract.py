@@ -32,12 +32,16 @@ _MAX_STATEMENTS = 256  # the last statements looked at (hostile text repeats "##
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])\s*")
 _BRACE_OR_ESCAPE = re.compile(r"\\.|[{}]", re.DOTALL)
 _BOX_TOKEN = re.compile(r"[^\s${}]{1,64}")  # \boxed 5
-_TEXT_ANCHOR = re.compile(
+_MATH_ANCHOR = re.compile(r"####|\banswer(?:\s*:|\s+is\b)", re.IGNORECASE)
+_TEXT_ANCHOR = re.compile(  # GSM8K: also "the answer would be", "the answer to the question is"
     r"####|\banswer(?:\s+(?:to|for)\s+(?:the|this|my|our|your)\s+(?:[a-z]+\s+){0,2}?(?:question|problem))?"
-    r"\s*(?:(?:is|would be|will be|should be)\b|[:=])"
-    r"|(?<![\d.,])(?P<reverse>-?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?)\s+is\s+the\s+(?:final\s+)?answer\b",
+    r"\s*(?:(?:is|would be|will be|should be)\b|[:=])",
     re.IGNORECASE,
 )
+_REVERSE_ANCHOR = re.compile(r"\s+is\s+the\s+(?:final\s+)?answer\b", re.IGNORECASE)
+_REVERSE_VALUE = re.compile(
+    r"(?<![\d.,])-?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?$"
+)  # "0.75" is the answer
 _MATH_SPAN = re.compile(
     r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL
 )
@@ -67,7 +71,7 @@ _CONTINUES = re.compile(
 # "Simplify your answer:", "to find the answer:" quote the prompt or plan a step; they state nothing
 _INSTRUCTION = re.compile(
     r"\b(?:simplify|present|display|find|calculate|provide|check|write|put|give|get|reach|arrive at|format)"
-    r"\s+(?:(?:your|the|our|a|this)\s+)?(?:final\s+)?$",
+    r"\s+(?:(?:your|the|our|a|this)\s+(?:final\s+)?|final\s+)$",
     re.IGNORECASE,
 )
 _LAST_NUMBER = re.compile(
@@ -144,31 +148,52 @@ def _holds_an_answer(content: str, kind: str) -> bool:
     )
 
 
-def _statements(text: str, kind: str) -> Iterator[tuple[int, int, bool]]:
-    """``(start, end, reverse)`` of each answer statement's stated text, last first: what follows ``answer is``
-    up to the end of its sentence (or the next statement), or the ``N`` of ``N is the answer``."""
-    anchors = list(_TEXT_ANCHOR.finditer(text))[-_MAX_STATEMENTS:]
-    starts = [m.start() for m in anchors] + [
+def _anchors(text: str, kind: str) -> list[tuple[int, int, bool]]:
+    """``(start, end, reverse)`` of the last answer anchors in ``text``, in order: ``answer is``, ``answer:``,
+    ``####``; for GSM8K also ``answer would be`` and the like, not after ``simplify your`` (the prompt's words),
+    and (``reverse``) the number of ``N is the answer``."""
+    if kind == "math":  # MATH keeps the anchors Math-Verify's users expect
+        return [(m.start(), m.end(), False) for m in _MATH_ANCHOR.finditer(text)][
+            -_MAX_STATEMENTS:
+        ]
+    anchors = [
+        (m.start(), m.end(), False)
+        for m in _TEXT_ANCHOR.finditer(text)
+        if m.group() == "####"
+        or not _INSTRUCTION.search(text, max(0, m.start() - 40), m.start())
+    ]
+    for m in _REVERSE_ANCHOR.finditer(text):
+        value = _REVERSE_VALUE.search(text, max(0, m.start() - 40), m.start())
+        if value:
+            anchors.append((value.start(), value.end(), True))
+    return sorted(anchors)[-_MAX_STATEMENTS:]
+
+
+def _statements(text: str, kind: str) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` of each answer statement's stated text, last first: what follows ``answer is`` up to the
+    end of its sentence (for GSM8K, its clause) or the next statement, or the ``N`` of ``N is the answer``."""
+    anchors = _anchors(text, kind)
+    starts = [a[0] for a in anchors] + [
         len(text)
     ]  # a segment stops at the next anchor: linear time
-    for m, end in zip(reversed(anchors), reversed(starts[1:]), strict=True):
-        if _INSTRUCTION.search(text, max(0, m.start() - 40), m.start()):
+    for (anchor, anchor_end, reverse), end in zip(
+        reversed(anchors), reversed(starts[1:]), strict=True
+    ):
+        if reverse:
+            yield anchor, anchor_end
             continue
-        if m["reverse"]:
-            yield m.start("reverse"), m.end("reverse"), True
-            continue
-        lead = _LEAD.match(text, m.end())
-        start = lead.end() if lead else m.end()
-        stop = min(end, m.end() + _SEGMENT_CHARS)
+        lead = _LEAD.match(text, anchor_end)
+        start = lead.end() if lead else anchor_end
+        stop = min(end, anchor_end + _SEGMENT_CHARS)
         span = _MATH_SPAN.match(text, start, stop)
         if span:
             group = next(i for i, g in enumerate(span.groups(), 1) if g is not None)
-            yield span.start(group), span.end(group), False
+            yield span.start(group), span.end(group)
             continue
         sentence = (_CLAUSE_END if kind == "gsm8k" else _SENTENCE_END).search(
             text, start, stop
         )
-        yield start, sentence.start() if sentence else stop, False
+        yield start, sentence.start() if sentence else stop
 
 
 def _cut_off(text: str, end: int) -> bool:
@@ -221,7 +246,7 @@ def _box_answer(content: str, kind: str) -> str | None:
     """What a box states: its statement's result when it holds one (``\\boxed{The answer is 9}``); for GSM8K
     the value of its content (``90.0 liters`` -> ``90.0``), else the content itself (``x``, graded wrong)."""
     if kind == "gsm8k":
-        for start, end, _ in _statements(content, kind):
+        for start, end in _statements(content, kind):
             value = _result(content, start, end, truncated=False)
             if value is not None:
                 return value
@@ -257,7 +282,7 @@ _NUMBER_ANSWER = re.compile(r"-?(?:\d+(?:\.\d+)?|\.\d+)(?:e[-+]?\d+|/\d+)?")
 
 def _stated(response: str, kind: str, truncated: bool) -> str | None:
     """Rule 2: the last answer statement that states something."""
-    for start, end, _ in _statements(response, kind):
+    for start, end in _statements(response, kind):
         if kind == "gsm8k":
             value = _result(response, start, end, truncated)
         else:

@@ -103,3 +103,27 @@ def test_regrade_of_a_missing_file_is_a_usage_error(tmp_path):
 )
 def test_mcnemar_exact(a, b, expected):
     assert mcnemar(a, b) == pytest.approx(expected)
+
+
+def _question(doc_id: int) -> QuestionRollout:
+    """Two samples, the wrong one first: maj@2 keeps the first class (wrong), the score picks the right one."""
+    wrong = Response("The answer is 1.", "1", 0.0, 0, 5, [], "eos", {"s": 0.0})
+    right = Response("The answer is 2.", "2", 1.0, 1, 5, [], "eos", {"s": 1.0})
+    return QuestionRollout("t", doc_id, "gsm8k", "q", "p", "2", [wrong, right])
+
+
+@pytest.mark.parametrize("questions, flagged", [(12, False), (4, True)])
+def test_report_paired_prints_discordant_counts_and_mcnemar(
+    tmp_path, questions, flagged
+):
+    path = tmp_path / "r.jsonl"
+    write_rollouts([_question(i) for i in range(questions)], path)
+    proc = run(
+        [sys.executable, "-m", "lm_eval_swift", "report", str(path), "--k", "1", "2", "--paired"],
+        cwd=REPO,
+    )  # fmt: skip
+    (line,) = [x for x in proc.stdout.splitlines() if x.startswith("| s | 2 |")]
+    p = 2 * 0.5**questions
+    assert f"| {questions} / 0 | {p:.3g}" in line
+    assert ("too few to judge" in line) is flagged
+    assert "[+1.0000, +1.0000]" in line  # every resample: s right, maj wrong

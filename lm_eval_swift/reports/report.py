@@ -113,10 +113,7 @@ def format_paired(
             a, b = cols[k], per_question["maj"][k]
             diff = [x - y for x, y in zip(a, b, strict=True)]
             means = sorted(sum(diff[i] for i in draw) / n for draw in draws)
-            lo, hi = (
-                means[int(0.025 * len(means))],
-                means[int(0.975 * (len(means) - 1))],
-            )
+            lo, hi = (means[round(q * (len(means) - 1))] for q in (0.025, 0.975))
             only_row, only_maj, p = mcnemar(a, b)
             flag = (
                 "" if only_row + only_maj >= MIN_DISCORDANT else " (too few to judge)"

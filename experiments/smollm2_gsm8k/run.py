@@ -4,7 +4,9 @@
     python experiments/smollm2_gsm8k/run.py heads [--threads 2]  # four heads, ``lm-eval-swift train``, train shards
     python experiments/smollm2_gsm8k/run.py sample --split test  [--workers 2] [--commit]   # with the four heads
     python experiments/smollm2_gsm8k/run.py rescore    # the heads' rewards for test shards drawn without them
-    python experiments/smollm2_gsm8k/run.py report     # results.md: table with SEs, AUROCs, paired bootstrap
+    lm-eval-swift regrade experiments/smollm2_gsm8k/rollouts/*/*.jsonl.gz   # grade again, old labels kept
+    python experiments/smollm2_gsm8k/run.py report     # results.md: table with SEs, AUROCs, paired bootstrap,
+                                                       # McNemar, how the rows moved in the regrade
     python experiments/smollm2_gsm8k/run.py ship       # the head chosen on validation to heads/SmolLM2-135M-Instruct
     python experiments/smollm2_gsm8k/run.py status
 

@@ -219,11 +219,11 @@ def sampled_responses(
 
 
 class Counting:
-    """Counts grading._verify calls (comparisons that reach a Math-Verify worker) and timeouts (never cached)."""
+    """Counts grading.compare._verify calls (comparisons that reach a Math-Verify worker) and timeouts (never cached)."""
 
     def __init__(self):
         self.calls = self.timeouts = 0
-        self._verify = grading._verify
+        self._verify = grading.compare._verify
         self._lock = threading.Lock()  # grade_all calls from several threads
 
     def __call__(self, *args, **kwargs):
@@ -231,7 +231,7 @@ class Counting:
             self.calls += 1
         try:
             return self._verify(*args, **kwargs)
-        except grading._GradingFailed:
+        except grading.pool.GradingFailed:
             with self._lock:
                 self.timeouts += 1
             raise
@@ -242,7 +242,7 @@ class Counting:
 
 def grade_pass(items, counter: Counting) -> tuple[float, list[bool]]:
     """Grade every (response, gold) in turn, cache cleared first -> (wall seconds, verdicts)."""
-    grading._equivalent.cache_clear()
+    grading.compare._equivalent.cache_clear()
     counter.reset()
     start = time.perf_counter()
     verdicts = grading.grade_all(
@@ -286,8 +286,8 @@ def main() -> None:
         return
     rows = load_math(directory)
     counter = Counting()
-    grading._verify = counter
-    timeout, workers = grading._timeout(None), grading._max_workers()
+    grading.compare._verify = counter
+    timeout, workers = grading.compare._timeout(None), grading.pool.max_workers()
     with ThreadPoolExecutor(
         workers
     ) as pool:  # start every worker (their start is not charged to any answer)
@@ -318,7 +318,7 @@ def main() -> None:
     pairs = [(a, g) for a, g in pairs if a is not None][: args.cache_items]
     cold, warm = [], []
     for _ in range(args.cache_pairs):
-        grading._equivalent.cache_clear()
+        grading.compare._equivalent.cache_clear()
         for runs in (cold, warm):
             start = time.perf_counter()
             for a, g in pairs:

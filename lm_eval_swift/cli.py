@@ -31,6 +31,12 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
         "cmd_report",
         "recompute the best-of-N table from rollouts files",
     ),
+    "regrade": (
+        "lm_eval_swift.regrade",
+        "add_regrade_arguments",
+        "cmd_regrade",
+        "grade rollouts files again with the current grader, in place, keeping the old labels",
+    ),
     "rescore": (
         "lm_eval_swift.scoring",
         "add_rescore_arguments",

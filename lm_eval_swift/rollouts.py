@@ -26,7 +26,9 @@ from lm_eval_swift.responses import response_tokens_from_text
 @dataclass
 class Response:
     """One graded sample. ``correct`` is 1.0/0.0; ``answer_class`` indexes the first response of the question
-    whose extracted answer is equivalent to this one's (-1 when no answer was extracted)."""
+    whose extracted answer is equivalent to this one's (-1 when no answer was extracted: the "no answer" class).
+    ``regraded_from``: the ``answer``, ``correct`` and ``answer_class`` it was sampled with, once regraded
+    (:func:`lm_eval_swift.regrade.regrade_rollout`); written only when set."""
 
     text: str
     answer: str | None
@@ -36,6 +38,7 @@ class Response:
     token_ids: list[int] = field(default_factory=list)
     finish: str | None = None
     scores: dict[str, float] = field(default_factory=dict)
+    regraded_from: dict[str, object] | None = None
 
     def __str__(self) -> str:
         return self.text
@@ -57,7 +60,11 @@ class QuestionRollout:
     costs: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False)
+        record = asdict(self)
+        for r in record["responses"]:
+            if r["regraded_from"] is None:
+                del r["regraded_from"]
+        return json.dumps(record, ensure_ascii=False)
 
     @classmethod
     def from_dict(cls, d: dict) -> QuestionRollout:
@@ -104,6 +111,7 @@ FIELD_TYPES: dict[type, dict[str, tuple[type, ...]]] = {
         "token_ids": (list,),
         "finish": (str, NULL),
         "scores": (dict,),
+        "regraded_from": (dict, NULL),
     },
 }
 TYPE_NAMES = {
@@ -180,6 +188,33 @@ def answer_classes(
     return out
 
 
+def is_truncated(
+    finish: str | None, num_tokens: int, max_gen_toks: int | None = None
+) -> bool:
+    """Whether a response was cut off at the token limit: its ``finish`` says ``"length"`` (hf-swift), or, where
+    the model does not say (plain ``--model hf``), it reached ``max_gen_toks`` tokens."""
+    if finish is not None:
+        return finish == "length"
+    return max_gen_toks is not None and num_tokens >= max_gen_toks
+
+
+def grade_samples(
+    texts: Sequence[str],
+    gold: str,
+    kind: str,
+    grading: str = "default",
+    truncated: Sequence[bool] | None = None,
+) -> tuple[list[str | None], list[bool], list[int]]:
+    """The stated answers, verdicts and answer classes of one question's samples (``truncated``: cut off at the
+    token limit, per sample)."""
+    cut = [False] * len(texts) if truncated is None else list(truncated)
+    answers = [extract_answer(t, kind, c) for t, c in zip(texts, cut, strict=True)]
+    correct = grade_all(
+        texts, [gold] * len(texts), kind, grading, cut
+    )  # all workers at once
+    return answers, correct, answer_classes(answers, kind, grading)
+
+
 def build_rollout(
     task: str,
     doc_id: int,
@@ -200,25 +235,33 @@ def build_rollout(
     """
     if tokenizer is not None and max_gen_toks is None:
         raise ValueError("build_rollout: a tokenizer needs the run's max_gen_toks")
-    answers = [extract_answer(s, kind) for s in samples]
-    correct = grade_all(
-        [str(s) for s in samples], [gold] * len(samples), kind, grading
-    )  # all workers at once
-    classes = answer_classes(answers, kind, grading)
+    token_ids = []
+    for text in samples:
+        ids = list(getattr(text, "token_ids", ()))
+        if not ids and tokenizer is not None:
+            ids = response_tokens_from_text(str(text), tokenizer, max_gen_toks)
+        token_ids.append(ids)
+    finishes = [getattr(text, "finish", None) for text in samples]
+    cut = [
+        is_truncated(finish, len(ids), max_gen_toks)
+        for finish, ids in zip(finishes, token_ids, strict=True)
+    ]
+    answers, correct, classes = grade_samples(
+        [str(s) for s in samples], gold, kind, grading, cut
+    )
     responses = []
-    for text, ans, cls, ok in zip(samples, answers, classes, correct):
-        token_ids = list(getattr(text, "token_ids", ()))
-        if not token_ids and tokenizer is not None:
-            token_ids = response_tokens_from_text(str(text), tokenizer, max_gen_toks)
+    for text, ans, cls, ok, ids, finish in zip(
+        samples, answers, classes, correct, token_ids, finishes, strict=True
+    ):
         responses.append(
             Response(
                 text=str(text),
                 answer=ans,
                 correct=float(ok),
                 answer_class=cls,
-                num_tokens=len(token_ids),
-                token_ids=token_ids,
-                finish=getattr(text, "finish", None),
+                num_tokens=len(ids),
+                token_ids=ids,
+                finish=finish,
                 scores=dict(getattr(text, "scores", {})),
             )
         )

@@ -313,14 +313,14 @@ def test_hostile_inputs_return_in_time(text, monkeypatch):
 
 
 def _worker_pids() -> set[int]:
-    return {w._proc.pid for w in grading._POOL._workers}
+    return {w._proc.pid for w in grading.pool._POOL._workers}
 
 
 def test_timeout_from_environment_and_recovery(monkeypatch):
     """A worker that does not give up its comparison in time is killed and replaced."""
     monkeypatch.setenv(grading.TIMEOUT_ENV, "0.5")
     monkeypatch.setattr(
-        grading, "_ABANDON_GRACE", 0.0
+        grading.pool, "_ABANDON_GRACE", 0.0
     )  # no time to give up: the kill path
     _warm_worker()
     before = _worker_pids()
@@ -388,7 +388,7 @@ def test_workers_are_cleaned_up_at_exit():
     code = (
         "from lm_eval_swift import grading\n"
         "assert grading.verify_strings('$x+1$', '$1+x$', timeout=30)\n"
-        "print(*[w._proc.pid for w in grading._POOL._workers])\n"
+        "print(*[w._proc.pid for w in grading.pool._POOL._workers])\n"
     )
     repo = str(Path(grading.__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": repo}
@@ -580,11 +580,11 @@ def test_long_harmless_expressions_are_graded_by_value(
 def test_samples_of_a_question_share_one_comparison(monkeypatch):
     """Equal canonical spellings of one answer reach the grading worker once."""
     calls = []
-    real = grading._verify
+    real = grading.compare._verify
     monkeypatch.setattr(
-        grading, "_verify", lambda *a, **k: calls.append(a) or real(*a, **k)
+        grading.compare, "_verify", lambda *a, **k: calls.append(a) or real(*a, **k)
     )
-    grading._equivalent.cache_clear()
+    grading.compare._equivalent.cache_clear()
     answers = [
         r"\frac{\sqrt{3}}{2}\sin y",
         r"{\frac{\sqrt{3}}{2}\sin y}",
@@ -608,3 +608,26 @@ def test_samples_of_a_question_share_one_comparison(monkeypatch):
 def test_expressions_in_variables(pred, gold, expected):
     """Expressions that differ at an exact rational point are told apart in-process; identities go to Math-Verify."""
     assert is_equivalent(pred, gold, "math", timeout=30) is expected
+
+
+def test_grading_needs_neither_lm_eval_nor_torch():
+    """``lm_eval_swift.grading`` imports and grades with ``lm_eval`` and ``torch`` blocked in ``sys.modules``."""
+    code = (
+        "import sys\n"
+        "for name in ('lm_eval', 'torch', 'transformers'):\n"
+        "    sys.modules[name] = None\n"
+        "from lm_eval_swift import grading\n"
+        "assert grading.grade('So the answer is 6 + 2 = 8 gallons.', '8', 'gsm8k')\n"
+        "assert grading.is_equivalent('x + 1', '1 + x', 'math', timeout=30)\n"
+        "assert not [m for m in sys.modules if m.startswith('lm_eval_swift.harness')]\n"
+    )
+    repo = str(Path(grading.__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": repo}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr

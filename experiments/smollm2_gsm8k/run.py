@@ -4,7 +4,9 @@
     python experiments/smollm2_gsm8k/run.py heads [--threads 2]  # four heads, ``lm-eval-swift train``, train shards
     python experiments/smollm2_gsm8k/run.py sample --split test  [--workers 2] [--commit]   # with the four heads
     python experiments/smollm2_gsm8k/run.py rescore    # the heads' rewards for test shards drawn without them
-    python experiments/smollm2_gsm8k/run.py report     # results.md: table with SEs, AUROCs, paired bootstrap
+    lm-eval-swift regrade experiments/smollm2_gsm8k/rollouts/*/*.jsonl.gz   # grade again, old labels kept
+    python experiments/smollm2_gsm8k/run.py report     # results.md: table with SEs, AUROCs, paired bootstrap,
+                                                       # McNemar, how the rows moved in the regrade
     python experiments/smollm2_gsm8k/run.py ship       # the head chosen on validation to heads/SmolLM2-135M-Instruct
     python experiments/smollm2_gsm8k/run.py status
 
@@ -334,6 +336,62 @@ def best_swift_row() -> tuple[str, float]:
     return best
 
 
+def as_sampled(q):
+    """The rollout with the labels it was sampled with (before ``lm-eval-swift regrade``)."""
+    return replace(
+        q,
+        responses=[
+            replace(r, **r.regraded_from) if r.regraded_from else r for r in q.responses
+        ],
+    )
+
+
+def paired_section(table, n: int, resamples: int) -> list[str]:
+    """Every SWIFT row against majority voting at each k > 1: the difference with its paired bootstrap interval, the
+    discordant questions (only the row right / only maj right) and the exact McNemar p-value; the row chosen on
+    validation first."""
+    from lm_eval_swift.reports.metrics import MIN_DISCORDANT, mcnemar
+
+    chosen, val = best_swift_row()
+    rows = [chosen] + [r for r in table if r.startswith(tuple(HEADS)) and r != chosen]
+    lines = ["", "## The SWIFT rows vs majority voting", "",
+             f"`{chosen}` is the SWIFT row with the best held-out validation BoN (mean of k=4 and 8: {val:.3f}), chosen "
+             f"before the test set was scored; the other rows are listed for completeness (picking the best of them "
+             f"after the fact is 32 comparisons). Difference in accuracy, paired over the {n} questions, with a 95% "
+             f"paired bootstrap interval ({resamples} resamples); discordant: questions only the row / only maj gets "
+             f"right; p: exact McNemar test. Fewer than {MIN_DISCORDANT} discordant questions are too few to judge.", "",
+             "| row | k | row acc | maj | difference | 95% interval | discordant | McNemar p |",
+             "|---|---:|---:|---:|---:|---|---:|---|"]  # fmt: skip
+    for row in rows:
+        for k in KS[1:]:
+            a, b = table[row][k], table["maj"][k]
+            diff, lo, hi = paired_bootstrap(a, b, resamples)
+            only_row, only_maj, p = mcnemar(a, b)
+            verdict = (
+                f"{p:.2f}"
+                if only_row + only_maj >= MIN_DISCORDANT
+                else f"{p:.2f} (too few to judge)"
+            )
+            lines.append(f"| {row} | {k} | {mean_se(a)[0]:.3f} | {mean_se(b)[0]:.3f} | {diff:+.3f} "
+                         f"| [{lo:+.3f}, {hi:+.3f}] | {only_row} / {only_maj} | {verdict} |")  # fmt: skip
+    return lines
+
+
+def movement_section(table, sampled) -> list[str]:
+    """Each row's mean under the labels the rollouts were sampled with -> under the current grader."""
+    lines = ["", "## How the rows moved when the responses were regraded", "",
+             "The rollouts were regraded (`lm-eval-swift regrade`) with the grader that reads the answer a response "
+             "states (last box, else the last answer statement's result, else the last number of a response that "
+             "ended by itself; a truncated response without a stated answer has no answer). Mean accuracy with the "
+             "labels they were sampled with -> with the current ones:", "",
+             "| row | " + " | ".join(f"k={k}" for k in KS) + " |", "|---|" + "---:|" * len(KS)]  # fmt: skip
+    for row, cols in table.items():
+        cells = [f"{mean_se(sampled[row][k])[0]:.3f} -> {mean_se(cols[k])[0]:.3f}" if k in cols else ""
+                 for k in KS]  # fmt: skip
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     """results.md: the test table with standard errors, each head's AUROCs (validation and test), and the paired
     bootstrap comparison of the best SWIFT row (chosen on validation) with majority voting."""
@@ -378,16 +436,8 @@ def cmd_report(args: argparse.Namespace) -> None:
         bce = "–" if config["training"]["loss"] == "dpo" else f"{m['val_bce']:.3f}"
         lines.append(f"| {name} | {width} | {config['training']['best_epoch']} | {bce} | {m['auroc']:.3f} "
                      f"| {m['within_auroc']:.3f} | {test_auroc:.3f} | {test_within:.3f} |")  # fmt: skip
-    row, val = best_swift_row()
-    lines += ["", f"## {row} vs majority voting", "",
-              f"`{row}` is the SWIFT row with the best held-out validation BoN (mean of k=4 and 8: {val:.3f}), chosen "
-              f"before the test set was scored. Difference in accuracy, paired over the {n} questions, with a 95% "
-              f"paired bootstrap interval ({args.bootstrap} resamples):", "",
-              "| k | " + row + " | maj | difference | 95% interval |", "|---:|---:|---:|---:|---|"]  # fmt: skip
-    for k in KS[1:]:
-        diff, lo, hi = paired_bootstrap(table[row][k], table["maj"][k], args.bootstrap)
-        lines.append(f"| {k} | {mean_se(table[row][k])[0]:.3f} | {mean_se(table['maj'][k])[0]:.3f} | {diff:+.3f} "
-                     f"| [{lo:+.3f}, {hi:+.3f}] |")  # fmt: skip
+    lines += paired_section(table, n, args.bootstrap)
+    lines += movement_section(table, outcomes([as_sampled(q) for q in rollouts]))
     text = "\n".join(lines) + "\n"
     (HERE / "results.md").write_text(text)
     print(text)

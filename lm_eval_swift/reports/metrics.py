@@ -1,4 +1,5 @@
-"""Ranking diagnostics of a score against correctness: global AUROC and within-question AUROC."""
+"""Ranking diagnostics of a score against correctness (global AUROC, within-question AUROC) and the exact McNemar
+test of two selectors paired over questions."""
 
 from __future__ import annotations
 
@@ -41,3 +42,23 @@ def within_question_auroc(
                 wins += 1.0 if p > q else 0.5 if p == q else 0.0
         pairs += len(pos) * len(neg)
     return wins / pairs if pairs else math.nan
+
+
+MIN_DISCORDANT = (
+    10  # fewer discordant questions than this: too few to judge a paired difference
+)
+
+
+def mcnemar(a: Sequence[float], b: Sequence[float]) -> tuple[int, int, float]:
+    """Exact McNemar test of two 0/1 outcomes paired over the same questions: ``(only_a, only_b, p)``, the counts of
+    questions only ``a`` / only ``b`` gets right (the discordant ones) and the two-sided exact binomial p-value of
+    ``only_a`` among them at 1/2 (1.0 without discordant questions)."""
+    if len(a) != len(b):
+        raise ValueError(f"{len(a)} outcomes against {len(b)}")
+    only_a = sum(1 for x, y in zip(a, b, strict=True) if x > 0.5 >= y)
+    only_b = sum(1 for x, y in zip(a, b, strict=True) if y > 0.5 >= x)
+    n = only_a + only_b
+    if n == 0:
+        return 0, 0, 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1))
+    return only_a, only_b, min(1.0, 2 * tail / 2**n)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoConfig
 
-from lm_eval_swift.rollouts import read_rollouts
+from lm_eval_swift.bon.rollouts import read_rollouts
 from lm_eval_swift.swift.heads import SwiftHead
 
 

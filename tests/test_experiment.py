@@ -10,7 +10,7 @@ import sys
 from conftest import REPO
 from helpers import run, table_rows
 
-from lm_eval_swift.rollouts import read_rollouts
+from lm_eval_swift.bon.rollouts import read_rollouts
 
 
 EXPERIMENT = REPO / "experiments" / "smollm2_gsm8k"

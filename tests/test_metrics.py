@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 
-from lm_eval_swift.reports.metrics import auroc, within_question_auroc
+from lm_eval_swift.bon.metrics import auroc, within_question_auroc
 
 
 def brute(scores, labels):

@@ -17,9 +17,9 @@ from helpers import make_heads, reference_rewards
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
+from lm_eval_swift.bon.rollouts import read_rollouts
 from lm_eval_swift.harness.models import HFSwiftLM
 from lm_eval_swift.harness.tasks import PROMPT
-from lm_eval_swift.rollouts import read_rollouts
 from lm_eval_swift.smollm2 import (
     GGUF_NAME,
     HUB_ID,

@@ -36,8 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+from lm_eval_swift.bon.rollouts import read_rollouts, write_rollouts
 from lm_eval_swift.paths import user_cache_dir
-from lm_eval_swift.rollouts import read_rollouts, write_rollouts
 from lm_eval_swift.smollm2 import HUB_ID, MODEL_NAME, smollm2_dir
 
 
@@ -337,7 +337,7 @@ def best_swift_row() -> tuple[str, float]:
 def cmd_report(args: argparse.Namespace) -> None:
     """results.md: the test table with standard errors, each head's AUROCs (validation and test), and the paired
     bootstrap comparison of the best SWIFT row (chosen on validation) with majority voting."""
-    from lm_eval_swift.reports.metrics import auroc, within_question_auroc
+    from lm_eval_swift.bon.metrics import auroc, within_question_auroc
     from lm_eval_swift.reports.report import format_table
 
     rollouts = [r for path in split_files("test") for r in read_rollouts(path)]

@@ -51,6 +51,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from lm_eval_swift.bon.samples import Sample, response_tokens
 from lm_eval_swift.harness.distributed import (
     destroy_gloo_group_at_exit,
     padding_copies,
@@ -64,7 +65,6 @@ from lm_eval_swift.harness.sample_cache import (
     question_key,
     resolve_path,
 )
-from lm_eval_swift.responses import ScoredText, response_tokens
 from lm_eval_swift.swift.capture import HeadProjector
 from lm_eval_swift.swift.heads import resolve_heads, swift_reward
 
@@ -589,7 +589,7 @@ class _Question:
     until: list[str]
     eos: set[int]
     seeds: list[int]  # of samples 0..count-1
-    responses: dict[int, ScoredText] = field(
+    responses: dict[int, Sample] = field(
         default_factory=dict
     )  # sample index -> response
     missing: list[int] = field(
@@ -602,7 +602,7 @@ class _Question:
 
 @register_model("hf-swift")
 class HFSwiftLM(HFLM):
-    """HFLM plus best-of-N sampling with SWIFT rewards: ``generate_until`` returns :class:`ScoredText` responses.
+    """HFLM plus best-of-N sampling with SWIFT rewards: ``generate_until`` returns :class:`Sample` responses.
 
     ``heads``: head spec as in :func:`~lm_eval_swift.swift.heads.resolve_heads` (default "auto"; None, "none", "off" or ""
     mean no heads: plain sampling). ``seed``: sampling seed. ``sample_cache``: where finished samples are kept so
@@ -710,7 +710,7 @@ class HFSwiftLM(HFLM):
         ]
         return model, heads
 
-    def generate_until(self, requests, disable_tqdm: bool = False) -> list[ScoredText]:
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[Sample]:
         copies = padding_copies(requests) if self.world_size > 1 else {}
         grouped: dict[
             tuple[str, str], list[int]
@@ -754,7 +754,7 @@ class HFSwiftLM(HFLM):
                 with closing(decoded):
                     for finished in decoded:
                         self._store(group, finished, bar)
-        results: list[ScoredText | None] = [None] * len(requests)
+        results: list[Sample | None] = [None] * len(requests)
         for q in questions:
             ordered = [q.responses[i] for i in range(q.count)]
             for i, response in zip(q.requests, ordered * (len(q.requests) // q.count)):
@@ -834,7 +834,7 @@ class HFSwiftLM(HFLM):
         self, questions: Sequence[_Question], finished: Sequence[Finished], bar: tqdm
     ) -> None:
         """Score the samples that finished in one decode step, and commit each question's to the sample cache."""
-        fresh: dict[int, dict[int, ScoredText]] = {}
+        fresh: dict[int, dict[int, Sample]] = {}
         for f in finished:
             q = questions[f.job]
             fresh.setdefault(f.job, {})[q.missing[f.sample]] = self._scored(
@@ -850,11 +850,11 @@ class HFSwiftLM(HFLM):
             self._counts["sampled"] += len(samples)
             bar.update(int(len(q.responses) == q.count))
 
-    def _scored(self, generated, parts, until, eos, prompt) -> ScoredText:
+    def _scored(self, generated, parts, until, eos, prompt) -> Sample:
         kept, text, finish = response_tokens(generated, self.tokenizer, until, eos)
         mask = torch.ones(len(kept), dtype=torch.bool)
         scores = {
             alias: float(swift_reward(parts[: len(kept), h], mask, head.gate))
             for h, (alias, head) in enumerate(self.heads.items())
         }
-        return ScoredText(text, kept, finish, scores, prompt)
+        return Sample(text, kept, finish, scores, prompt)

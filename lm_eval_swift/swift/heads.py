@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lm_eval_swift.errors import UsageError
+from lm_eval_swift.paths import model_basename
 
 
 log = logging.getLogger(__name__)
@@ -109,10 +110,6 @@ class BaseModel:
     def name(self) -> str:
         """Basename of ``name_or_path`` (hub id or local path): what heads are matched on."""
         return model_basename(self.name_or_path)
-
-
-def model_basename(name_or_path: str) -> str:
-    return str(name_or_path).rstrip("/\\").replace("\\", "/").split("/")[-1]
 
 
 PROBE_ROWS, PROBE_COLUMNS = 8, 4

@@ -7,7 +7,7 @@ the SHA-256 of the canonical JSON of everything a sample depends on besides its 
 :func:`question_key`): the sampler version, a fingerprint of the model's weights, the heads (alias and a hash of
 each head's config and weights), the context text, the request's gen_kwargs, the prompt token ids, the
 resolved generation settings (stop strings, EOS ids, max_gen_toks, sampling parameters, autocast dtype) and the
-run's seed. Sample i's own seed is a function of the same things and i (:func:`~lm_eval_swift.harness.models.sample_seed`),
+run's seed. Sample i's own seed is a function of the same things and i (:func:`~lm_eval_swift.decoding.sampling.sample_seed`),
 so a cached sample is the sample a fresh run on the same kind of device draws. The device is not part of the key:
 a run resumed on another device type (or GPU model) keeps the samples drawn before, whose numbers may differ from
 that device's in the last bits.

@@ -42,7 +42,7 @@ def question(
 ) -> QuestionRollout:
     """N responses of 20 characters and 10 tokens each; the question has 40 characters."""
     responses = []
-    for i, (cls, ok) in enumerate(zip(classes, correct)):
+    for i, (cls, ok) in enumerate(zip(classes, correct, strict=True)):
         scores = {}
         if swift is not None:
             scores["swift"] = swift[i]

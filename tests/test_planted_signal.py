@@ -128,13 +128,14 @@ def test_last_token_signal_is_recovered(marker_model, tmp_path):
             max_gen_toks=GEN["max_gen_toks"],
         ),
     )
-    for q, caps in zip(test, captured):
-        for r, cap in zip(q.responses, caps):
+    for q, caps in zip(test, captured, strict=True):
+        for r, cap in zip(q.responses, caps, strict=True):
             assert r.scores["rescored"] == pytest.approx(cap, rel=1e-3, abs=1e-4)
     labels = [[r.correct for r in q.responses] for q in test]
     for score in ("swift", "rescored"):
         groups = [
-            ([r.scores[score] for r in q.responses], ys) for q, ys in zip(test, labels)
+            ([r.scores[score] for r in q.responses], ys)
+            for q, ys in zip(test, labels, strict=True)
         ]
         assert within_question_auroc(groups) > 0.99
     table = bon_table(test, ks=(1, 4, 8))

@@ -135,7 +135,7 @@ def test_cached_and_missing_chunks_give_the_uncached_samples(setup, tmp_path):
         ]
         return all(
             o.scores == pytest.approx(w.scores, rel=1e-5, abs=1e-6)
-            for o, w in zip(out, want)
+            for o, w in zip(out, want, strict=True)
         )
 
     plain = HFSwiftLM(**kw, sample_cache=None).generate_until(reqs, disable_tqdm=True)

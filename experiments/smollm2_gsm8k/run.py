@@ -368,7 +368,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         test_auroc = auroc(
             [s for g in scores for s in g], [y for g in labels for y in g]
         )
-        test_within = within_question_auroc(list(zip(scores, labels)))
+        test_within = within_question_auroc(list(zip(scores, labels, strict=True)))
         width = (
             len(config["features"]["layers"]) * 576
             if config["features"]["kind"] != "logits"

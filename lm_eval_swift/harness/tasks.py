@@ -298,7 +298,7 @@ class BestOfNTask(ConfigurableTask):
         ):
             rescoring = self.generator.rescoring(max_gen_toks)
         add_scores(rollouts, rescoring, reward_models=self.scorer_specs)
-        for inst, rollout in zip(self._instances, rollouts):
+        for inst, rollout in zip(self._instances, rollouts, strict=True):
             inst.resps = rollout.responses
         self._leave_out_rows_without_scores(rollouts)
         FINISHED_ROLLOUTS[self.config.task] = distributed.gather_by_doc(rollouts)

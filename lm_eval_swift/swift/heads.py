@@ -142,7 +142,10 @@ def probe_difference(expected: Sequence[float], actual: Sequence[float]) -> floa
     if len(expected) != len(actual):
         return float("inf")
     scale = max(max((abs(v) for v in expected), default=0.0), 1e-12)
-    return max((abs(a - b) for a, b in zip(expected, actual)), default=0.0) / scale
+    return (
+        max((abs(a - b) for a, b in zip(expected, actual, strict=False)), default=0.0)
+        / scale
+    )
 
 
 class SwiftHead(nn.Module):
@@ -232,7 +235,7 @@ class SwiftHead(nn.Module):
             else self.base.vocab_size
         )
         return dict(
-            zip(self.entries, w.detach().float().split(width, dim=1))
+            zip(self.entries, w.detach().float().split(width, dim=1), strict=True)
         ), b.detach().float()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,13 @@ def user_cache_dir() -> Path:
     return root / "lm-eval-swift"
 
 
+def models_dir() -> Path:
+    """Where models built offline (SmolLM2, :mod:`lm_eval_swift.smollm2`) are kept: ``$LM_EVAL_SWIFT_CACHE/models``
+    when that is set, else ``models`` in :func:`user_cache_dir`."""
+    root = os.environ.get("LM_EVAL_SWIFT_CACHE")
+    return (Path(root).expanduser() if root else user_cache_dir()) / "models"
+
+
 def tasks_dir() -> Path:
     """Where the task YAML lives: shipped in the package, or ``tasks/`` of a source checkout."""
     shipped = Path(__file__).parent / "task_configs"

@@ -27,7 +27,7 @@ import torch
 from _common import TimedProjector, paired, ratios
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from lm_eval_swift.harness.models import Sampling, sample_continuations
+from lm_eval_swift.decoding import Sampling, sample_continuations
 from lm_eval_swift.swift.capture import HeadProjector
 from lm_eval_swift.swift.heads import SwiftHead
 
@@ -73,7 +73,9 @@ def step_ratio(
                     torch.cuda.synchronize()
                 times[capture].append(clock() - start)
             cache.crop(-1)
-    return statistics.median(b / a for a, b in zip(times[False], times[True]))
+    return statistics.median(
+        b / a for a, b in zip(times[False], times[True], strict=True)
+    )
 
 
 def main() -> None:

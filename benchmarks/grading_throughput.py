@@ -305,7 +305,7 @@ def main() -> None:
     t_sampled, verdicts = grade_pass([(t, g) for _, t, g in sampled], counter)
     calls, timeouts = counter.calls, counter.timeouts
     by_kind = collections.defaultdict(list)
-    for (kind, _, _), ok in zip(sampled, verdicts):
+    for (kind, _, _), ok in zip(sampled, verdicts, strict=True):
         by_kind[kind].append(ok)
 
     # cache cold vs warm: is_equivalent on extracted (answer, gold) pairs; hostile ones left out (timeouts are
@@ -324,7 +324,7 @@ def main() -> None:
             for a, g in pairs:
                 grading.is_equivalent(a, g, "math")
             runs.append(time.perf_counter() - start)
-    cache_x = [a / b for a, b in zip(cold, warm)]
+    cache_x = [a / b for a, b in zip(cold, warm, strict=True)]
 
     print(c.describe(c.torch.device("cpu"), torch_threads=False))
     print(

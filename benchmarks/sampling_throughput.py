@@ -115,8 +115,8 @@ def multi_question(args, hf: HFLM, swift: HFSwiftLM, device, batch_size: int) ->
         print("warning: packed and per-question samples differ")
     times = {k: [r[i].time for r in runs] for i, k in enumerate(keys)}
     walls = {k: [r[i].wall for r in runs] for i, k in enumerate(keys)}
-    per_q = [q / p for p, q in zip(times["packed"], times["per-question"])]
-    hf_x = [h / p for p, h in zip(times["packed"], times["hf"])]
+    per_q = [q / p for p, q in zip(times["packed"], times["per-question"], strict=True)]
+    hf_x = [h / p for p, h in zip(times["packed"], times["hf"], strict=True)]
     return {
         "n_prompt": sorted(len(hf.tok_encode(ctx)) for ctx in contexts),
         "times": {k: c.median(v) for k, v in times.items()},
@@ -138,6 +138,30 @@ def profile(lm: HFSwiftLM, reqs, top: int = 18) -> str:
     stats = pstats.Stats(prof, stream=out)
     stats.sort_stats("tottime").print_stats(top)
     return out.getvalue()
+
+
+def build_models(args, device, dtype, batch_size: int, tmp: str):
+    """(lm-eval's hf, hf-swift) on the same never-EOS copy of the benchmark model, built under ``tmp``."""
+    path = c.never_eos_copy(c.build_model(args, dtype, tmp), tmp)
+    config = AutoConfig.from_pretrained(path)
+    spec = "none"
+    if args.heads == "swift":
+        spec = str(
+            SwiftHead.for_model(config, str(path)).save_pretrained(Path(tmp) / "head")
+        )
+    common = dict(pretrained=str(path), dtype=dtype, batch_size=batch_size)
+    if args.parallelize:
+        common["parallelize"] = True
+    else:
+        common["device"] = str(device)
+    hf = HFLM(**common)
+    if "sample_cache" in inspect.signature(HFSwiftLM.__init__).parameters:
+        common_swift = dict(
+            common, sample_cache=None
+        )  # every run samples: no stored samples reused
+    else:
+        common_swift = common
+    return hf, HFSwiftLM(heads=spec, **common_swift)
 
 
 def main() -> None:
@@ -202,28 +226,7 @@ def main() -> None:
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = c.never_eos_copy(c.build_model(args, dtype, tmp), tmp)
-        config = AutoConfig.from_pretrained(path)
-        spec = "none"
-        if args.heads == "swift":
-            spec = str(
-                SwiftHead.for_model(config, str(path)).save_pretrained(
-                    Path(tmp) / "head"
-                )
-            )
-        common = dict(pretrained=str(path), dtype=dtype, batch_size=batch_size)
-        if args.parallelize:
-            common["parallelize"] = True
-        else:
-            common["device"] = str(device)
-        hf = HFLM(**common)
-        if "sample_cache" in inspect.signature(HFSwiftLM.__init__).parameters:
-            common_swift = dict(
-                common, sample_cache=None
-            )  # every run samples: no stored samples reused
-        else:
-            common_swift = common
-        swift = HFSwiftLM(heads=spec, **common_swift)
+        hf, swift = build_models(args, device, dtype, batch_size, tmp)
         params = c.n_params(hf.model)
         model_name = c.model_label(args, params) + (
             ", chat template" if args.chat else ""

@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lm_eval_swift.harness.models import Sampling, sample_continuations
+from lm_eval_swift.decoding import Sampling, sample_continuations
 from lm_eval_swift.scorers import get_scorer
 from lm_eval_swift.swift.capture import HeadProjector
 from lm_eval_swift.swift.heads import SwiftHead, swift_reward
@@ -190,11 +190,13 @@ def main() -> None:
     rm_tokens = (
         sum(len(scorer._encode(question, t).input_ids) for t in state["texts"]) / n
     )
-    per_sample = [r[2].time / (h + p) for r, h, p in zip(runs, hooks, pools)]
+    per_sample = [
+        r[2].time / (h + p) for r, h, p in zip(runs, hooks, pools, strict=True)
+    ]
     end_to_end = [(r[0].time + r[2].time) / r[1].time for r in runs]
     marginal = [(r[1].time - r[0].time) / n for r in runs]
     t_plain, t_capture, t_rm = (c.median(r[j].time for r in runs) for j in range(3))
-    head_ms = 1e3 * c.median((h + p) / n for h, p in zip(hooks, pools))
+    head_ms = 1e3 * c.median((h + p) / n for h, p in zip(hooks, pools, strict=True))
     pool_ms = 1e3 * c.median(p / n for p in pools)
     x_sample, x_e2e = c.median(per_sample), c.median(end_to_end)
     clock_name, where = c.clock_name(device), c.machine(device)

@@ -1,4 +1,4 @@
-"""Where lm-eval-swift keeps files between runs."""
+"""Where lm-eval-swift keeps files between runs, where its task YAML is, and the short name of a model path."""
 
 from __future__ import annotations
 
@@ -12,3 +12,23 @@ def user_cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME", "")
     root = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
     return root / "lm-eval-swift"
+
+
+def models_dir() -> Path:
+    """Where models built offline (SmolLM2, :mod:`lm_eval_swift.smollm2`) are kept: ``$LM_EVAL_SWIFT_CACHE/models``
+    when that is set, else ``models`` in :func:`user_cache_dir`."""
+    root = os.environ.get("LM_EVAL_SWIFT_CACHE")
+    return (Path(root).expanduser() if root else user_cache_dir()) / "models"
+
+
+def tasks_dir() -> Path:
+    """Where the task YAML lives: shipped in the package, or ``tasks/`` of a source checkout."""
+    shipped = Path(__file__).parent / "task_configs"
+    return (
+        shipped if shipped.is_dir() else Path(__file__).resolve().parents[1] / "tasks"
+    )
+
+
+def model_basename(name_or_path: str) -> str:
+    """The last component of a model's path or Hub id (``/ckpt/llama/`` -> ``llama``)."""
+    return str(name_or_path).rstrip("/\\").replace("\\", "/").split("/")[-1]

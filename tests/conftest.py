@@ -7,11 +7,11 @@ import tempfile
 from pathlib import Path
 
 # standard library only: lm_eval is not imported yet
-from lm_eval_swift.smollm2 import user_cache_dir
+from lm_eval_swift.paths import models_dir
 
 
 # real models built for the tests (lm_eval_swift.smollm2) are inputs, not results: they stay in the user's cache
-MODEL_CACHE = user_cache_dir() / "models"
+MODEL_CACHE = models_dir()
 
 # before lm_eval is imported anywhere: this session's caches (lm-eval's, and hf-swift's sample cache in
 # $XDG_CACHE_HOME/lm-eval-swift) live in a fresh temp folder, so no test reads samples another session or another test

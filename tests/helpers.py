@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoConfig
 
-from lm_eval_swift.rollouts import read_rollouts
+from lm_eval_swift.bon.rollouts import read_rollouts
 from lm_eval_swift.swift.heads import SwiftHead
 
 
@@ -24,7 +24,7 @@ from lm_eval_swift.swift.heads import SwiftHead
 def reference_rewards(model, heads, prompts, responses) -> torch.Tensor:
     """R [n, H]: one unbatched forward per sample with output_hidden_states=True, features concatenated."""
     out = torch.zeros(len(prompts), len(heads))
-    for i, (p, r) in enumerate(zip(prompts, responses)):
+    for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
         with torch.no_grad():
             o = model(
                 torch.tensor([list(p) + list(r)], device=model.device),
@@ -149,7 +149,7 @@ def assert_same_rollouts(a: Path, b: Path) -> None:
         for d in (a, b)
     )
     assert len(got) == len(want)
-    for x, y in zip(got, want):
+    for x, y in zip(got, want, strict=True):
         assert [(r.text, r.token_ids, r.finish, r.correct) for r in x.responses] == [
             (r.text, r.token_ids, r.finish, r.correct) for r in y.responses
         ]
@@ -159,7 +159,7 @@ def assert_same_rollouts(a: Path, b: Path) -> None:
             y.gold,
             y.prompt_token_ids,
         )
-        for r, s in zip(x.responses, y.responses):
+        for r, s in zip(x.responses, y.responses, strict=True):
             assert r.scores == pytest.approx(s.scores, rel=1e-5, abs=1e-6)
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from lm_eval_swift.cli import tasks_dir
-from lm_eval_swift.rollouts import read_rollouts
+from lm_eval_swift.bon.rollouts import read_rollouts
+from lm_eval_swift.paths import tasks_dir
 from lm_eval_swift.swift.heads import SwiftHead
 
 

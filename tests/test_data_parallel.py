@@ -24,7 +24,7 @@ from helpers import (
     table_rows,
 )
 
-from lm_eval_swift.cli import tasks_dir
+from lm_eval_swift.paths import tasks_dir
 
 
 DOCS = 3  # odd: lm-eval pads rank 1 with a copy of its last request

@@ -129,5 +129,7 @@ def test_demo_prints_the_table(tmp_path):
     assert all(0.0 <= v <= 1.0 for vs in values.values() for v in vs)
     # oracle@k is an upper bound of every selector at the same k (columns k = 1, 2, 4)
     for row in ("maj", "swift", "swift_vote"):
-        assert all(v <= o + 1e-9 for v, o in zip(values[row], values["oracle"]))
+        assert all(
+            v <= o + 1e-9 for v, o in zip(values[row], values["oracle"], strict=True)
+        )
     assert values["oracle"][0] == pytest.approx(values["first"][0])

@@ -10,7 +10,7 @@ import sys
 from conftest import REPO
 from helpers import run, table_rows
 
-from lm_eval_swift.rollouts import read_rollouts
+from lm_eval_swift.bon.rollouts import read_rollouts
 
 
 EXPERIMENT = REPO / "experiments" / "smollm2_gsm8k"
@@ -31,7 +31,9 @@ def results_md_means() -> dict[str, dict[int, float]]:
     for line in table_rows(table)[2:]:
         row, values = cells(line)
         means[row] = {
-            k: float(cell.split("±")[0]) for k, cell in zip(KS, values) if cell
+            k: float(cell.split("±")[0])
+            for k, cell in zip(KS, values, strict=False)
+            if cell
         }
     return means
 
@@ -47,7 +49,7 @@ def test_report_on_committed_rollouts_reproduces_results_md():
     ks = [int(k) for k in re.findall(r"k=(\d+)", header)]
     for line in body:
         row, values = cells(line)
-        reported[row] = {k: float(c) for k, c in zip(ks, values) if c}
+        reported[row] = {k: float(c) for k, c in zip(ks, values, strict=False) if c}
     expected = results_md_means()
     assert reported.keys() == expected.keys()
     for row, cols in expected.items():

@@ -64,7 +64,9 @@ def test_reward_is_linear_in_entries():
     feats = torch.randn(2, 4, 16)
     per_entry, bias = head.projections()
     split = feats.split(8, dim=-1)
-    parts = sum(h @ per_entry[e].T for e, h in zip(head.entries, split)) + bias
+    parts = (
+        sum(h @ per_entry[e].T for e, h in zip(head.entries, split, strict=True)) + bias
+    )
     torch.testing.assert_close(head(feats), parts)
     assert head.reward(feats, torch.ones(2, 4)).shape == (2,)
 

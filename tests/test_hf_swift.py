@@ -13,7 +13,8 @@ from lm_eval.models.huggingface import HFLM
 from safetensors.torch import save_file
 from transformers import AutoConfig
 
-from lm_eval_swift.harness.models import HFSwiftLM, Sampling, encode_prompt
+from lm_eval_swift.decoding import Sampling
+from lm_eval_swift.harness.models import HFSwiftLM, encode_prompt
 from lm_eval_swift.swift.heads import HeadError, HeadMismatchError, SwiftHead
 from lm_eval_swift.swift.rescoring import rescore
 
@@ -77,7 +78,7 @@ def test_captured_scores_match_rescoring_and_reference(lm, batch_size, monkeypat
             "length": len(o.token_ids) == 40,
             "stop": not any(s in o for s in SAMPLE["until"]),
         }[o.finish]
-    for req, o in zip(reqs, out):
+    for req, o in zip(reqs, out, strict=True):
         assert o.prompt_token_ids == tuple(encode_prompt(lm, req.args[0], 40))
     heads, aliases = list(lm.heads.values()), list(lm.heads)
     prompts, responses = [o.prompt_token_ids for o in out], [o.token_ids for o in out]
@@ -112,7 +113,7 @@ def test_samples_do_not_depend_on_batch_size_packing_or_heads(lm, monkeypatch):
         assert [(str(a), a.token_ids, a.finish) for a in out] == [
             (str(b), b.token_ids, b.finish) for b in out4
         ]
-        for a, b in zip(out, out4):
+        for a, b in zip(out, out4, strict=True):
             assert a.scores == pytest.approx(b.scores, rel=1e-4, abs=1e-6)
     assert (
         len({o.finish for o in out4}) > 1
@@ -244,7 +245,7 @@ def test_packed_cache_decodes_like_hf_dynamic_cache(
     additive ones). Too many rows is an error; so is an attention that takes no per-row mask."""
     from transformers import AutoModelForCausalLM, DynamicCache
 
-    from lm_eval_swift.harness.models import PackedCache
+    from lm_eval_swift.decoding import PackedCache
 
     kw = {} if window is None else {"sliding_window": window}
     path = tiny_model_factory(arch, num_hidden_layers=4, **kw)
@@ -298,7 +299,7 @@ def test_packed_cache_decodes_like_hf_dynamic_cache(
                 use_cache=True,
             ).logits[:, -1]
             packed.advance()
-            for (p, n), got in zip(rows, logits):
+            for (p, n), got in zip(rows, logits, strict=True):
                 torch.testing.assert_close(got, want[p][n + 1], rtol=1e-5, atol=1e-5)
             rows = [[p, n + 1] for p, n in rows]
         with pytest.raises(RuntimeError, match="4 rows exceed the 3 allocated"):

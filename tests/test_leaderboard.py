@@ -14,6 +14,13 @@ import sys
 
 import pytest
 
+from lm_eval_swift.bon.metrics import auroc
+from lm_eval_swift.bon.rollouts import (
+    QuestionRollout,
+    Response,
+    read_rollouts,
+    write_rollouts,
+)
 from lm_eval_swift.errors import UsageError
 from lm_eval_swift.reports.leaderboard import (
     add_leaderboard_arguments,
@@ -22,15 +29,8 @@ from lm_eval_swift.reports.leaderboard import (
     leaderboard,
     parse_head_parameters,
 )
-from lm_eval_swift.reports.metrics import auroc
 from lm_eval_swift.reports.plot import add_plot_arguments, cmd_plot, plot_bon_curves
 from lm_eval_swift.reports.report import bon_table
-from lm_eval_swift.rollouts import (
-    QuestionRollout,
-    Response,
-    read_rollouts,
-    write_rollouts,
-)
 
 
 TASK = "gsm8k_bon_swift"
@@ -42,7 +42,7 @@ def question(
 ) -> QuestionRollout:
     """N responses of 20 characters and 10 tokens each; the question has 40 characters."""
     responses = []
-    for i, (cls, ok) in enumerate(zip(classes, correct)):
+    for i, (cls, ok) in enumerate(zip(classes, correct, strict=True)):
         scores = {}
         if swift is not None:
             scores["swift"] = swift[i]
@@ -368,7 +368,7 @@ def test_mixed_n_uses_each_questions_own_n_and_says_so(tmp_path, caplog):
     the other rows only at k every question has (never a silent cut of the longer question)."""
     short = question(1, [0, 0, 2], [1, 1, 0], swift=[0.0, 0.5, 1.0], rm=[0.1, 0.2, 0.3])
     rollouts = [MODEL_A[0], short]
-    caplog.set_level("WARNING", logger="lm_eval_swift.pipeline")
+    caplog.set_level("WARNING", logger="lm_eval_swift.bon.rows")
     table = bon_table(rollouts, ks=(1, 2, 4, 8))
     assert (
         "N differs between questions (1 of 2 have fewer than 8 samples, the fewest 3)"
@@ -390,7 +390,7 @@ def test_mixed_n_uses_each_questions_own_n_and_says_so(tmp_path, caplog):
 
 
 def test_partly_scored_rollouts_warn(caplog):
-    caplog.set_level("WARNING", logger="lm_eval_swift.pipeline")
+    caplog.set_level("WARNING", logger="lm_eval_swift.bon.rows")
     bon_table([MODEL_A[0], question(1, [0, 1], [1, 0])], ks=(1, 2))
     assert "2 of 10 responses have no 'swift' score" in caplog.text
 

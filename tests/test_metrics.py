@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 import random
 
-from lm_eval_swift.reports.metrics import auroc, within_question_auroc
+from lm_eval_swift.bon.metrics import auroc, within_question_auroc
 
 
 def brute(scores, labels):
-    pos = [s for s, y in zip(scores, labels) if y]
-    neg = [s for s, y in zip(scores, labels) if not y]
+    pos = [s for s, y in zip(scores, labels, strict=True) if y]
+    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
     return sum(1.0 if p > q else 0.5 if p == q else 0.0 for p in pos for q in neg) / (
         len(pos) * len(neg)
     )

@@ -87,7 +87,7 @@ def test_import_reproduces_authors_reward(
     want = torch.tensor(
         [
             authors_reward(model, p, r, state, layers, logits)
-            for p, r in zip(prompts, responses)
+            for p, r in zip(prompts, responses, strict=True)
         ]
     )
 

@@ -11,11 +11,11 @@ import torch
 from lm_eval.api.instance import Instance
 from transformers import AutoModelForCausalLM
 
+from lm_eval_swift.bon.metrics import within_question_auroc
+from lm_eval_swift.bon.rollouts import build_rollout, write_rollouts
 from lm_eval_swift.harness.models import HFSwiftLM
-from lm_eval_swift.reports.metrics import within_question_auroc
 from lm_eval_swift.reports.report import bon_table
-from lm_eval_swift.rollouts import build_rollout, write_rollouts
-from lm_eval_swift.scoring import add_head_scores
+from lm_eval_swift.scores import Rescoring, add_scores
 from lm_eval_swift.swift.heads import SwiftHead
 from lm_eval_swift.swift.training import train_head
 from lm_eval_swift.toy_models import char_tokenizer, random_causal_lm
@@ -120,20 +120,22 @@ def test_last_token_signal_is_recovered(marker_model, tmp_path):
     )
     test = rollouts_of(lm, [f"{i} hg 4+3=?" for i in range(20)], "test")
     captured = [[r.scores["swift"] for r in q.responses] for q in test]
-    add_head_scores(
+    add_scores(
         test,
-        lm.model,
-        lm.tokenizer,
-        {"rescored": SwiftHead.from_pretrained(tmp_path / "head")},
-        max_gen_toks=GEN["max_gen_toks"],
+        Rescoring(
+            {"rescored": SwiftHead.from_pretrained(tmp_path / "head")},
+            lambda: (lm.model, lm.tokenizer, None),
+            max_gen_toks=GEN["max_gen_toks"],
+        ),
     )
-    for q, caps in zip(test, captured):
-        for r, cap in zip(q.responses, caps):
+    for q, caps in zip(test, captured, strict=True):
+        for r, cap in zip(q.responses, caps, strict=True):
             assert r.scores["rescored"] == pytest.approx(cap, rel=1e-3, abs=1e-4)
     labels = [[r.correct for r in q.responses] for q in test]
     for score in ("swift", "rescored"):
         groups = [
-            ([r.scores[score] for r in q.responses], ys) for q, ys in zip(test, labels)
+            ([r.scores[score] for r in q.responses], ys)
+            for q, ys in zip(test, labels, strict=True)
         ]
         assert within_question_auroc(groups) > 0.99
     table = bon_table(test, ks=(1, 4, 8))

@@ -17,9 +17,9 @@ from helpers import make_heads, reference_rewards
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
+from lm_eval_swift.bon.rollouts import read_rollouts
 from lm_eval_swift.harness.models import HFSwiftLM
 from lm_eval_swift.harness.tasks import PROMPT
-from lm_eval_swift.rollouts import read_rollouts
 from lm_eval_swift.smollm2 import (
     GGUF_NAME,
     HUB_ID,
@@ -149,7 +149,7 @@ class RecordingHFLM(HFLM):
         mask = generation_kwargs[
             "attention_mask"
         ].bool()  # left padding (the pad id is also <|im_end|>'s)
-        self.fed = [row[keep].tolist() for row, keep in zip(context, mask)]
+        self.fed = [row[keep].tolist() for row, keep in zip(context, mask, strict=True)]
         return super()._model_generate(context, max_length, stop, **generation_kwargs)
 
 
@@ -178,7 +178,7 @@ def run_together(cmds: list[list[str]], cwd: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     logs = [cwd / f"run{i}.log" for i in range(len(cmds))]
     procs = []
-    for cmd, log in zip(cmds, logs):
+    for cmd, log in zip(cmds, logs, strict=True):
         with open(log, "w") as f:
             procs.append(
                 subprocess.Popen(
@@ -186,7 +186,7 @@ def run_together(cmds: list[list[str]], cwd: Path) -> None:
                 )
             )
     try:
-        for proc, log in zip(procs, logs):
+        for proc, log in zip(procs, logs, strict=True):
             assert proc.wait(timeout=600) == 0, log.read_text()[-6000:]
     finally:
         for proc in procs:

@@ -10,8 +10,8 @@ import pytest
 from conftest import REPO
 from helpers import run
 
-from lm_eval_swift.reports.metrics import mcnemar
-from lm_eval_swift.rollouts import (
+from lm_eval_swift.bon.metrics import mcnemar
+from lm_eval_swift.bon.rollouts import (
     QuestionRollout,
     Response,
     read_rollouts,

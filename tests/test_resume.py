@@ -31,9 +31,9 @@ from helpers import (
 )
 from lm_eval.api.instance import Instance
 
+from lm_eval_swift.bon.samples import Sample
 from lm_eval_swift.harness.models import HFSwiftLM
 from lm_eval_swift.harness.sample_cache import SampleCache, question_key, resolve_path
-from lm_eval_swift.responses import ScoredText
 
 
 torch.set_num_threads(1)
@@ -57,7 +57,7 @@ def test_sample_cache_round_trip_and_key(tmp_path):
                    {"gen_kwargs": {"until": ["x"]}}, {"settings": {"do_sample": False}}):  # fmt: skip
         assert question_key(**{**key, **change})[0] != q, change
     cache = SampleCache(tmp_path / "c.sqlite")
-    sample = ScoredText(
+    sample = Sample(
         "7 apples", [11, 12, 2], "eos", {"swift": 0.1 + 0.2, "x": -1e-300}, [1, 2]
     )
     cache.put(q, description, {3: sample}, {3: 99})
@@ -135,7 +135,7 @@ def test_cached_and_missing_chunks_give_the_uncached_samples(setup, tmp_path):
         ]
         return all(
             o.scores == pytest.approx(w.scores, rel=1e-5, abs=1e-6)
-            for o, w in zip(out, want)
+            for o, w in zip(out, want, strict=True)
         )
 
     plain = HFSwiftLM(**kw, sample_cache=None).generate_until(reqs, disable_tqdm=True)

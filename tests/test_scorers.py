@@ -32,7 +32,7 @@ from transformers import (
     MistralModel,
 )
 
-from lm_eval_swift.rollouts import (
+from lm_eval_swift.bon.rollouts import (
     QuestionRollout,
     Response,
     read_rollouts,
@@ -48,7 +48,7 @@ from lm_eval_swift.scorers import (
     get_scorer,
     register_scorer,
 )
-from lm_eval_swift.scoring import parse_scorer_specs
+from lm_eval_swift.scores import parse_scorer_specs
 from lm_eval_swift.toy_models import char_tokenizer
 
 
@@ -928,7 +928,7 @@ def test_task_metadata_rm_protocol(shared_data):
     """``--metadata '{"scorers": ..., "rm_protocol": "paper"}'`` reaches every scorer the task loads."""
     from lm_eval.tasks import TaskManager
 
-    from lm_eval_swift.cli import tasks_dir
+    from lm_eval_swift.paths import tasks_dir
 
     meta = {
         "n": 4,
@@ -1021,7 +1021,7 @@ def test_paper_protocol_rounds_probabilities_as_a_bf16_softmax(name, ckpts):
 
 def test_ties_go_to_the_earliest_sample():
     """bf16 probabilities tie often; best-of-N picks the earliest of the tied samples, as the authors' argmax does."""
-    from lm_eval_swift.harness.selectors import argmax
+    from lm_eval_swift.bon.selectors import argmax
 
     rs = [
         Response(f"r{i}", None, 0.0, -1, 1, scores={"rm": s})

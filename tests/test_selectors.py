@@ -6,11 +6,8 @@ import math
 
 import pytest
 
-from lm_eval_swift.harness.selectors import (
-    ArgmaxFilter,
-    MajorityFilter,
-    MeanFilter,
-    OracleFilter,
+from lm_eval_swift.bon.rollouts import Response
+from lm_eval_swift.bon.selectors import (
     argmax,
     combined,
     majority,
@@ -19,7 +16,12 @@ from lm_eval_swift.harness.selectors import (
     oracle,
     weighted_vote,
 )
-from lm_eval_swift.rollouts import Response
+from lm_eval_swift.harness.filters import FILTERS
+
+
+ArgmaxFilter, MajorityFilter, MeanFilter, OracleFilter = (
+    FILTERS[name] for name in ("argmax", "maj", "mean", "oracle")
+)
 
 
 def resp(cls: int, correct: bool, swift: float | None = None) -> Response:

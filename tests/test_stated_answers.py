@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from lm_eval_swift.bon.rollouts import build_rollout, is_truncated
+from lm_eval_swift.bon.selectors import majority
 from lm_eval_swift.grading import extract_answer, grade, grade_all
-from lm_eval_swift.harness.selectors import majority
-from lm_eval_swift.rollouts import build_rollout, is_truncated
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,12 +8,12 @@ from lm_eval.api.model import LM
 from lm_eval.loggers import EvaluationTracker
 from lm_eval.tasks import TaskManager
 
-from lm_eval_swift.cli import tasks_dir
+from lm_eval_swift.bon.rollouts import read_rollouts
+from lm_eval_swift.bon.samples import Sample
 from lm_eval_swift.errors import UsageError
 from lm_eval_swift.harness.tasks import load_source, save_rollouts
+from lm_eval_swift.paths import tasks_dir
 from lm_eval_swift.reports.report import bon_table
-from lm_eval_swift.responses import ScoredText
-from lm_eval_swift.rollouts import read_rollouts
 
 
 GOLDS = ["18", "3"]  # the first two GSM8K test answers
@@ -34,9 +34,7 @@ class ScriptedLM(LM):
             seen[req.doc_id] = i + 1
             text, score = self.answers[req.doc_id][i]
             out.append(
-                ScoredText(
-                    text, token_ids=[1, 2], finish="eos", scores={"swift": score}
-                )
+                Sample(text, token_ids=[1, 2], finish="eos", scores={"swift": score})
             )
         return out
 
@@ -330,7 +328,7 @@ def _leaves(obj):
 def test_task_rows_equal_report_rows(shared_data):
     """lm-eval's filter pipelines of the task and the report's table come from one definition: the same rows and
     k values, in the same order, for N=16 with SWIFT and a reward model."""
-    from lm_eval_swift.rollouts import QuestionRollout, Response
+    from lm_eval_swift.bon.rollouts import QuestionRollout, Response
 
     tm = TaskManager(include_path=str(tasks_dir()), include_defaults=False,
                      metadata={"n": 16, "data_dir": str(shared_data), "scorers": "skywork"})  # fmt: skip

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lm_eval_swift.reports.metrics import auroc
-from lm_eval_swift.rollouts import (
+from lm_eval_swift.bon.metrics import auroc
+from lm_eval_swift.bon.rollouts import (
     QuestionRollout,
     Response,
     read_rollouts,

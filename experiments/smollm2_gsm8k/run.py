@@ -38,8 +38,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+from lm_eval_swift.bon.rollouts import read_rollouts, write_rollouts
 from lm_eval_swift.paths import user_cache_dir
-from lm_eval_swift.rollouts import read_rollouts, write_rollouts
 from lm_eval_swift.smollm2 import HUB_ID, MODEL_NAME, smollm2_dir
 
 
@@ -350,7 +350,7 @@ def paired_section(table, n: int, resamples: int) -> list[str]:
     """Every SWIFT row against majority voting at each k > 1: the difference with its paired bootstrap interval, the
     discordant questions (only the row right / only maj right) and the exact McNemar p-value; the row chosen on
     validation first."""
-    from lm_eval_swift.reports.metrics import MIN_DISCORDANT, mcnemar
+    from lm_eval_swift.bon.metrics import MIN_DISCORDANT, mcnemar
 
     chosen, val = best_swift_row()
     rows = [chosen] + [r for r in table if r.startswith(tuple(HEADS)) and r != chosen]
@@ -395,7 +395,7 @@ def movement_section(table, sampled) -> list[str]:
 def cmd_report(args: argparse.Namespace) -> None:
     """results.md: the test table with standard errors, each head's AUROCs (validation and test), and the paired
     bootstrap comparison of the best SWIFT row (chosen on validation) with majority voting."""
-    from lm_eval_swift.reports.metrics import auroc, within_question_auroc
+    from lm_eval_swift.bon.metrics import auroc, within_question_auroc
     from lm_eval_swift.reports.report import format_table
 
     rollouts = [r for path in split_files("test") for r in read_rollouts(path)]
@@ -426,7 +426,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         test_auroc = auroc(
             [s for g in scores for s in g], [y for g in labels for y in g]
         )
-        test_within = within_question_auroc(list(zip(scores, labels)))
+        test_within = within_question_auroc(list(zip(scores, labels, strict=True)))
         width = (
             len(config["features"]["layers"]) * 576
             if config["features"]["kind"] != "logits"

@@ -75,9 +75,9 @@ def demo_argv(args: argparse.Namespace, output: str) -> list[str]:
 def cmd_demo(args: argparse.Namespace) -> None:
     import torch
 
-    from lm_eval_swift.cli import run_lm_eval
+    from lm_eval_swift.bon.rollouts import read_rollouts
+    from lm_eval_swift.harness.eval_command import run_lm_eval
     from lm_eval_swift.reports.report import bon_table, format_table
-    from lm_eval_swift.rollouts import read_rollouts
 
     torch.set_num_threads(max(1, min(args.threads, os.cpu_count() or 1)))
     output = args.output or tempfile.mkdtemp(prefix="lm-eval-swift-demo-")

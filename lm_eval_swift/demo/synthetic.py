@@ -192,10 +192,13 @@ def _daily(
     days = _days(rng, n_steps)
     sents = [opening] + [
         f"On {day}, " + tmpl.format(n=n, **fill)
-        for day, (_, tmpl, n, _, _) in zip(days, steps)
+        for day, (_, tmpl, n, _, _) in zip(days, steps, strict=True)
     ]
     sents.append(ask_after_division if steps[-1][0] == "div" else ask)
-    lines = [(day, kind, a, n, b) for day, (kind, _, n, a, b) in zip(days, steps)]
+    lines = [
+        (day, kind, a, n, b)
+        for day, (kind, _, n, a, b) in zip(days, steps, strict=True)
+    ]
     return {"question": " ".join(sents), "answer": _answer(lines)}
 
 

@@ -93,7 +93,7 @@ def encode_examples(
     # char tokenizer: the prompt's ids start with the prefix's ids (checked, not assumed)
     assert all(ids[: len(prefix)] == prefix for ids in prompts)
     out = []
-    for ids, p in zip(prompts, problems):
+    for ids, p in zip(prompts, problems, strict=True):
         target = _ids(tokenizer, p["answer"]) + [tokenizer.eos_token_id]
         rest = ids[len(prefix) :]
         out.append((rest + target, len(rest)))
@@ -153,28 +153,9 @@ def _step_loss(model, prefix, ids, labels, full_backprop):
     return model(input_ids=ids, cache=cache, labels=labels, use_cache=True).loss
 
 
-def train(args, callback=None) -> tuple[torch.nn.Module, PreTrainedTokenizerFast, dict]:
-    """Train from ``args`` (see :func:`main`); ``callback(step, model)`` runs every ``args.save_every`` steps."""
-    torch.set_num_threads(args.threads)
-    torch.use_deterministic_algorithms(True)
-    random.seed(args.seed)
-    tokenizer = char_tokenizer()
-    problems = make_problems(
-        "train_lm", args.n_train or args.steps * args.batch_size, seed=args.seed
-    )
-    prefix, examples = encode_examples(tokenizer, problems)
-    model = build_model(
-        tokenizer,
-        layers=args.layers,
-        hidden=args.hidden,
-        intermediate=args.intermediate,
-        heads=args.heads,
-        max_positions=args.max_positions,
-        seed=args.seed,
-    )
-    longest = len(prefix) + max(len(s) for s, _ in examples)
-    assert longest + 160 <= args.max_positions, (longest, args.max_positions)
-    n_params = sum(p.numel() for p in model.parameters())
+def optimizer(model: torch.nn.Module, args):
+    """AdamW (weight decay on matrices other than embeddings) and its schedule: linear warm-up, then cosine
+    down to ``args.min_lr_ratio`` of the learning rate."""
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     no_decay = [
         p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)
@@ -198,6 +179,32 @@ def train(args, callback=None) -> tuple[torch.nn.Module, PreTrainedTokenizerFast
         )
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    return opt, sched
+
+
+def train(args, callback=None) -> tuple[torch.nn.Module, PreTrainedTokenizerFast, dict]:
+    """Train from ``args`` (see :func:`main`); ``callback(step, model)`` runs every ``args.save_every`` steps."""
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    random.seed(args.seed)
+    tokenizer = char_tokenizer()
+    problems = make_problems(
+        "train_lm", args.n_train or args.steps * args.batch_size, seed=args.seed
+    )
+    prefix, examples = encode_examples(tokenizer, problems)
+    model = build_model(
+        tokenizer,
+        layers=args.layers,
+        hidden=args.hidden,
+        intermediate=args.intermediate,
+        heads=args.heads,
+        max_positions=args.max_positions,
+        seed=args.seed,
+    )
+    longest = len(prefix) + max(len(s) for s, _ in examples)
+    assert longest + 160 <= args.max_positions, (longest, args.max_positions)
+    n_params = sum(p.numel() for p in model.parameters())
+    opt, sched = optimizer(model, args)
     prefix_t = torch.tensor(prefix)
     rng = random.Random(args.seed)
     model.train()
@@ -289,7 +296,7 @@ def evaluate(
         lengths += [len(t) for t in texts]
         if i < show:
             print(f"--- Q: {p['question']}\n--- gold: {p['answer']!r}")
-            for t, o in zip(texts[:3], ok[:3]):
+            for t, o in zip(texts[:3], ok[:3], strict=True):
                 print(f"[{'ok' if o else 'XX'}] {t!r}")
     return {
         "questions": len(problems),

@@ -10,12 +10,12 @@ second copy of the weights: ``hf-swift`` scores while sampling instead).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
-from lm_eval_swift.rollouts import QuestionRollout
+from lm_eval_swift.scores import Rescoring
 from lm_eval_swift.swift.heads import SwiftHead, resolve_heads
 
 
@@ -84,37 +84,36 @@ class GeneratorModel:
 
     def encode(self, context: str) -> list[int]:
         """The prompt ids HFLM feeds for ``context`` (before any truncation)."""
-        from lm_eval_swift.responses import prompt_tokens
+        from lm_eval_swift.bon.samples import prompt_tokens
 
         return prompt_tokens(self.tokenizer, context)
 
-    def add_head_scores(
-        self, rollouts: Sequence[QuestionRollout], max_gen_toks: int
-    ) -> None:
-        """Add every head's reward to every response by one teacher-forced pass of the model, loaded now (as
-        lm-eval's ``hf`` loads it, so prompts are encoded as it encoded them) and freed after."""
+    def rescoring(self, max_gen_toks: int) -> Rescoring:
+        """The heads' rescoring (:func:`~lm_eval_swift.scores.add_scores`) with this model, loaded only when it runs
+        (as lm-eval's ``hf`` loads it, so prompts are encoded as it encoded them) and freed after."""
+        return Rescoring(
+            self.heads,
+            partial(self._load_hflm, max_gen_toks),
+            max_gen_toks,
+            RESCORING_BATCH_SIZE,
+        )
+
+    def _load_hflm(self, max_gen_toks: int):
         import torch
         from lm_eval.models.huggingface import HFLM
 
         from lm_eval_swift.harness.models import encode_prompt
-        from lm_eval_swift.scoring import add_head_scores
 
-        if not self.heads:
-            return
         device = self.model_args.get("device") or (
             "cuda" if torch.cuda.is_available() else "cpu"
         )
         lm = HFLM(
             **{**self.model_args, "device": device, "batch_size": RESCORING_BATCH_SIZE}
         )
-        add_head_scores(
-            rollouts,
+        return (
             lm.model,
             lm.tokenizer,
-            self.heads,
-            max_gen_toks=max_gen_toks,
-            encode=lambda prompt: encode_prompt(lm, prompt, max_gen_toks),
-            batch_size=RESCORING_BATCH_SIZE,
+            lambda prompt: encode_prompt(lm, prompt, max_gen_toks),
         )
 
 

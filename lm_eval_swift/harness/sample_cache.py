@@ -1,13 +1,13 @@
 """A local SQLite store of finished ``hf-swift`` samples, so that a killed run started again samples only what is
 missing.
 
-Every sample is stored with everything its :class:`~lm_eval_swift.responses.ScoredText` carries (text, response
+Every sample is stored with everything its :class:`~lm_eval_swift.bon.samples.Sample` carries (text, response
 token ids, prompt token ids, finish, scores) under a *question key* and its *sample index*. The question key is
 the SHA-256 of the canonical JSON of everything a sample depends on besides its index (see
 :func:`question_key`): the sampler version, a fingerprint of the model's weights, the heads (alias and a hash of
 each head's config and weights), the context text, the request's gen_kwargs, the prompt token ids, the
 resolved generation settings (stop strings, EOS ids, max_gen_toks, sampling parameters, autocast dtype) and the
-run's seed. Sample i's own seed is a function of the same things and i (:func:`~lm_eval_swift.harness.models.sample_seed`),
+run's seed. Sample i's own seed is a function of the same things and i (:func:`~lm_eval_swift.decoding.sampling.sample_seed`),
 so a cached sample is the sample a fresh run on the same kind of device draws. The device is not part of the key:
 a run resumed on another device type (or GPU model) keeps the samples drawn before, whose numbers may differ from
 that device's in the last bits.
@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
+from lm_eval_swift.bon.samples import Sample
 from lm_eval_swift.paths import user_cache_dir
-from lm_eval_swift.responses import ScoredText
 
 
 FILE_NAME = "hf-swift-samples.sqlite"
@@ -185,7 +185,7 @@ class SampleCache:
     """Finished samples by (question key, sample index), in a SQLite file (WAL mode, one transaction per put).
 
     >>> cache = SampleCache("samples.sqlite")
-    >>> found = cache.get(key, range(8))            # {index: ScoredText} of the cached ones
+    >>> found = cache.get(key, range(8))            # {index: Sample} of the cached ones
     >>> cache.put(key, description, {3: response}, seeds={3: 1234})   # one atomic commit
     """
 
@@ -240,7 +240,7 @@ class SampleCache:
             self._prompts[digest] = tuple(json.loads(row[0]))
         return self._prompts[digest]
 
-    def get(self, question: str, indices: Iterable[int]) -> dict[int, ScoredText]:
+    def get(self, question: str, indices: Iterable[int]) -> dict[int, Sample]:
         """The cached samples of ``question`` among ``indices``, by index."""
         wanted = set(indices)
         rows = self._conn.execute(
@@ -248,7 +248,7 @@ class SampleCache:
             (question,),
         ).fetchall()
         return {
-            idx: ScoredText(
+            idx: Sample(
                 text, json.loads(ids), finish, json.loads(scores), self._prompt(prompt)
             )
             for idx, prompt, text, ids, finish, scores in rows
@@ -259,7 +259,7 @@ class SampleCache:
         self,
         question: str,
         description: Mapping[str, Any],
-        samples: Mapping[int, ScoredText],
+        samples: Mapping[int, Sample],
         seeds: Mapping[int, int],
     ) -> None:
         """Store ``samples`` (index -> response) of ``question`` in one transaction: all of them or none."""

@@ -12,21 +12,20 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import datasets
 from lm_eval.api.task import ConfigurableTask
 
-import lm_eval_swift.harness.selectors  # noqa: F401  (registers the filters the rows name)
-from lm_eval_swift import pipeline
+from lm_eval_swift.bon import rows as bon_rows
+from lm_eval_swift.bon.rollouts import QuestionRollout, grade, write_rollouts
 from lm_eval_swift.errors import UsageError
 from lm_eval_swift.grading import MODES as GRADING_MODES
 from lm_eval_swift.grading import extract_answer
-from lm_eval_swift.harness import distributed
+from lm_eval_swift.harness import distributed, lm_eval_private
+from lm_eval_swift.harness.filters import filter_list
 from lm_eval_swift.harness.generator import GeneratorModel
-from lm_eval_swift.rollouts import QuestionRollout, write_rollouts
-from lm_eval_swift.scoring import parse_scorer_specs
+from lm_eval_swift.scores import add_scores, parse_scorer_specs
 from lm_eval_swift.swift.heads import heads_disabled
 
 
@@ -221,13 +220,14 @@ def save_rollouts(results_file: str | os.PathLike) -> list[Path]:
 
 class BestOfNTask(ConfigurableTask):
     """A best-of-N task: N samples per question (``--metadata '{"n": N}'``, default 64) and one results row
-    per row of :func:`~lm_eval_swift.pipeline.rows` and k (rows with k > N are dropped; ``mean@N`` is named after
+    per row of :func:`~lm_eval_swift.bon.rows.rows` and k (rows with k > N are dropped; ``mean@N`` is named after
     N). Reward-model rows are added for the scorers named in ``--metadata '{"scorers": "skywork,eurus"}'``.
 
     Built before any sampling, it checks the scorer names and resolves the SWIFT heads (``heads`` in the model
     arguments or metadata) against the generating model (see :class:`~lm_eval_swift.harness.generator.GeneratorModel`).
-    Before lm-eval's filters run, it runs the best-of-N pipeline on its responses (grade, then score: missing SWIFT
-    scores by rescoring, then the scorers) and keeps the rollouts for :func:`save_rollouts`. Rows whose scores no
+    Before lm-eval's filters run, it grades its responses (:func:`~lm_eval_swift.bon.rollouts.grade`), adds the
+    missing scores (:func:`~lm_eval_swift.scores.add_scores`: SWIFT heads by rescoring, then the reward models) and
+    keeps the rollouts for :func:`save_rollouts`. Rows whose scores no
     response carries are left out, with a warning.
     """
 
@@ -248,11 +248,11 @@ class BestOfNTask(ConfigurableTask):
             meta.get("scorers"), protocol=meta.get("rm_protocol")
         )
         self.generator = GeneratorModel.from_metadata(meta)
-        self.rows = pipeline.rows(
+        self.rows = bon_rows.rows(
             ["swift", *self.scorer_specs], reward_models=self.scorer_specs
         )
         config["repeats"] = n
-        config["filter_list"] = pipeline.filter_list(self.rows, n)
+        config["filter_list"] = filter_list(self.rows, n)
         super().__init__(config=config, **kwargs)
 
     def build_all_requests(
@@ -281,7 +281,7 @@ class BestOfNTask(ConfigurableTask):
             for inst in self._instances
             for resp in inst.resps
         )
-        rollouts = pipeline.grade(
+        rollouts = grade(
             self.config.task,
             [(inst.doc_id, inst.doc, inst.arguments[0]) for inst in self._instances],
             [inst.resps for inst in self._instances],
@@ -291,15 +291,15 @@ class BestOfNTask(ConfigurableTask):
             max_gen_toks=max_gen_toks,
             grading=self.grading,
         )
-        heads = None
+        rescoring = None
         if (
             self.generator is not None
             and rollouts
             and not any(resp.scores for r in rollouts for resp in r.responses)
         ):
-            heads = partial(self.generator.add_head_scores, max_gen_toks=max_gen_toks)
-        pipeline.score(rollouts, heads=heads, scorers=self.scorer_specs)
-        for inst, rollout in zip(self._instances, rollouts):
+            rescoring = self.generator.rescoring(max_gen_toks)
+        add_scores(rollouts, rescoring, reward_models=self.scorer_specs)
+        for inst, rollout in zip(self._instances, rollouts, strict=True):
             inst.resps = rollout.responses
         self._leave_out_rows_without_scores(rollouts)
         FINISHED_ROLLOUTS[self.config.task] = distributed.gather_by_doc(rollouts)
@@ -312,12 +312,16 @@ class BestOfNTask(ConfigurableTask):
         missing = {
             row
             for row, spec in self.rows.items()
-            if not pipeline.needed_scores(spec) <= present
+            if not bon_rows.needed_scores(spec) <= present
         }
-        dropped = [f.name for f in self._filters if f.name.split("@")[0] in missing]
+        dropped = [
+            name
+            for name in lm_eval_private.filter_names(self)
+            if name.split("@")[0] in missing
+        ]
         if not dropped:
             return
-        self._filters = [f for f in self._filters if f.name not in dropped]
+        lm_eval_private.leave_out_filters(self, dropped)
         spec = (self.config.metadata or {}).get(
             "heads"
         )  # a model argument or --metadata: both arrive here

@@ -22,12 +22,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from lm_eval_swift.bon.metrics import auroc, within_question_auroc
+from lm_eval_swift.bon.rollouts import QuestionRollout, read_rollouts
+from lm_eval_swift.bon.rows import BON_KS as DEFAULT_KS
+from lm_eval_swift.bon.rows import bon_table, sample_counts
 from lm_eval_swift.errors import UsageError
-from lm_eval_swift.pipeline import BON_KS as DEFAULT_KS
-from lm_eval_swift.pipeline import bon_table, sample_counts
-from lm_eval_swift.reports.metrics import auroc, within_question_auroc
-from lm_eval_swift.rollouts import QuestionRollout, read_rollouts
-from lm_eval_swift.swift.heads import model_basename
+from lm_eval_swift.paths import model_basename
 
 
 ESTIMATORS = {
@@ -106,7 +106,7 @@ def bon_estimates(
     subsets: int = 64,
     seed: int = 0,
 ) -> dict[CellKey, Cell]:
-    """BoN@k of every row of :func:`~lm_eval_swift.pipeline.bon_table` (its cells with k in ``ks``): per question, the mean over
+    """BoN@k of every row of :func:`~lm_eval_swift.bon.rows.bon_table` (its cells with k in ``ks``): per question, the mean over
     the estimator's k-subsets of the row's correctness (each subset scored by ``bon_table`` as a question of its
     own), then the mean and standard error across questions. ``first`` reproduces ``bon_table``, also for
     questions with different N (each question's subsets come from its own N; ``mean`` is the mean over all of a
@@ -237,14 +237,25 @@ def folder_label(folder: str) -> str:
     return "/".join(parts) if len(parts) == 2 and all(parts) else folder
 
 
-def _results_model(data: dict) -> str | None:
-    """The model an lm-eval results document names (``model_name``, else ``pretrained=`` of its model_args)."""
-    from lm_eval.loggers.evaluation_tracker import GeneralConfigTracker
+MODEL_ARGS_NAME_KEYS = ("peft", "delta", "pretrained", "model", "path", "engine")
+"""The model arguments that name the model, first match wins: lm-eval's own rule for a run's ``model_name``
+(``GeneralConfigTracker``; tests/test_lm_eval_private.py checks that they agree)."""
 
+
+def model_args_name(model_args: str | dict | None) -> str | None:
+    """The model that lm-eval model arguments (a dict, or ``"k=v,k=v"``) name, by :data:`MODEL_ARGS_NAME_KEYS`."""
+    for key in MODEL_ARGS_NAME_KEYS:
+        if isinstance(model_args, dict) and key in model_args:
+            return str(model_args[key])
+        if isinstance(model_args, str) and f"{key}=" in model_args:
+            return model_args.split(f"{key}=")[1].split(",")[0]
+    return None
+
+
+def _results_model(data: dict) -> str | None:
+    """The model an lm-eval results document names (``model_name``, else the one its model_args name)."""
     config = data.get("config") if isinstance(data.get("config"), dict) else {}
-    name = data.get("model_name") or GeneralConfigTracker._get_model_name(
-        config.get("model_args")
-    )
+    name = data.get("model_name") or model_args_name(config.get("model_args"))
     return str(name) if name else None
 
 

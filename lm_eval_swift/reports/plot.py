@@ -42,7 +42,7 @@ def plot_bon_curves(
     fig = Figure(figsize=(5.5 * len(groups), 4.2), layout="constrained")
     FigureCanvasAgg(fig)
     axes = list(fig.subplots(1, len(groups), squeeze=False)[0])
-    for ax, group in zip(axes, groups):
+    for ax, group in zip(axes, groups, strict=True):
         for row in board.rows:
             points = sorted(
                 (k, c) for (r, k), c in board.cells[group].items() if r == row
@@ -56,8 +56,8 @@ def plot_bon_curves(
             )
             errs = [c.stderr for _, c in points]
             if not any(math.isnan(e) for e in errs):
-                lo = [y - e for y, e in zip(ys, errs)]
-                hi = [y + e for y, e in zip(ys, errs)]
+                lo = [y - e for y, e in zip(ys, errs, strict=True)]
+                hi = [y + e for y, e in zip(ys, errs, strict=True)]
                 ax.fill_between(
                     xs, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0
                 )

@@ -1,4 +1,4 @@
-"""Best-of-N tables from rollouts: the rows of the lm-eval run (:func:`~lm_eval_swift.pipeline.bon_table`),
+"""Best-of-N tables from rollouts: the rows of the lm-eval run (:func:`~lm_eval_swift.bon.rows.bon_table`),
 recomputed without sampling."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import argparse
 import random
 from collections import defaultdict
 
-from lm_eval_swift.pipeline import BON_KS as DEFAULT_KS
-from lm_eval_swift.pipeline import bon_table, sample_counts
-from lm_eval_swift.reports.metrics import MIN_DISCORDANT, mcnemar
-from lm_eval_swift.rollouts import QuestionRollout, read_rollouts
+from lm_eval_swift.bon.metrics import MIN_DISCORDANT, mcnemar
+from lm_eval_swift.bon.rollouts import QuestionRollout, read_rollouts
+from lm_eval_swift.bon.rows import BON_KS as DEFAULT_KS
+from lm_eval_swift.bon.rows import bon_table, sample_counts
 
 
 __all__ = [

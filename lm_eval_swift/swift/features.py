@@ -22,7 +22,6 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from lm_eval.models.utils_hf import get_dtype
 from torch import nn
 from tqdm import tqdm
 from transformers import (
@@ -44,6 +43,13 @@ from lm_eval_swift.swift.teacher_forcing import (
 log = logging.getLogger(__name__)
 
 
+def torch_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
+    """A dtype name (``"bfloat16"``) as the torch dtype; ``"auto"`` and torch dtypes as they are (lm-eval's rule)."""
+    return (
+        getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+    )
+
+
 def load_base_model(
     name_or_path: str,
     *,
@@ -60,7 +66,7 @@ def load_base_model(
     model = AutoModelForCausalLM.from_pretrained(
         name_or_path,
         revision=revision,
-        dtype=get_dtype(dtype),
+        dtype=torch_dtype(dtype),
         trust_remote_code=trust_remote_code,
         device_map="auto" if parallelize else {"": str(device)},
     )

@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lm_eval_swift.errors import UsageError
+from lm_eval_swift.paths import model_basename
 
 
 log = logging.getLogger(__name__)
@@ -111,10 +112,6 @@ class BaseModel:
         return model_basename(self.name_or_path)
 
 
-def model_basename(name_or_path: str) -> str:
-    return str(name_or_path).rstrip("/\\").replace("\\", "/").split("/")[-1]
-
-
 PROBE_ROWS, PROBE_COLUMNS = 8, 4
 PROBE_TOLERANCE = 0.01  # of the probe's largest magnitude: bf16/fp16 rounding stays far below, other weights do not
 
@@ -145,7 +142,10 @@ def probe_difference(expected: Sequence[float], actual: Sequence[float]) -> floa
     if len(expected) != len(actual):
         return float("inf")
     scale = max(max((abs(v) for v in expected), default=0.0), 1e-12)
-    return max((abs(a - b) for a, b in zip(expected, actual)), default=0.0) / scale
+    return (
+        max((abs(a - b) for a, b in zip(expected, actual, strict=False)), default=0.0)
+        / scale
+    )
 
 
 class SwiftHead(nn.Module):
@@ -235,7 +235,7 @@ class SwiftHead(nn.Module):
             else self.base.vocab_size
         )
         return dict(
-            zip(self.entries, w.detach().float().split(width, dim=1))
+            zip(self.entries, w.detach().float().split(width, dim=1), strict=True)
         ), b.detach().float()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

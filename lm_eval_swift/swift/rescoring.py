@@ -25,7 +25,7 @@ def rescore(
 ) -> torch.Tensor:
     """R [n, H] (fp32, cpu) of each head (in order; a mapping's values) for response i after prompt i.
 
-    ``responses`` hold response tokens (see :mod:`lm_eval_swift.responses`); the responses of one prompt are batched
+    ``responses`` hold response tokens (see :mod:`lm_eval_swift.bon.samples`); the responses of one prompt are batched
     together and the prompt runs once (:mod:`~lm_eval_swift.swift.teacher_forcing`).
     """
     if len(prompts) != len(responses):

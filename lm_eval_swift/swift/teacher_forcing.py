@@ -1,6 +1,6 @@
 """One teacher-forced pass over finished responses, as rescoring and training read them.
 
-A response's tokens (:mod:`lm_eval_swift.responses`) are fed after its prompt, and what counts is the model's output
+A response's tokens (:mod:`lm_eval_swift.bon.samples`) are fed after its prompt, and what counts is the model's output
 at the positions where a response token is the input. The responses of one prompt (best-of-N draws N of them) go
 through together: the prompt runs once and its keys and values are repeated for each response, so a batch costs its
 response tokens plus one prompt, not one prompt per response.

@@ -35,11 +35,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from lm_eval_swift.bon.metrics import auroc, within_question_auroc
+from lm_eval_swift.bon.rollouts import QuestionRollout, read_rollouts
+from lm_eval_swift.bon.rows import bon_table
+from lm_eval_swift.bon.samples import prompt_tokens, response_tokens_from_text
 from lm_eval_swift.errors import UsageError
-from lm_eval_swift.pipeline import bon_table
-from lm_eval_swift.reports.metrics import auroc, within_question_auroc
-from lm_eval_swift.responses import prompt_tokens, response_tokens_from_text
-from lm_eval_swift.rollouts import QuestionRollout, read_rollouts
 from lm_eval_swift.swift.features import (
     FeatureCache,
     FeatureExtractor,

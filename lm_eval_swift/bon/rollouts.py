@@ -18,9 +18,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from lm_eval_swift.bon.samples import response_tokens_from_text
 from lm_eval_swift.errors import UsageError
 from lm_eval_swift.grading import extract_answer, grade_all, is_equivalent
-from lm_eval_swift.responses import response_tokens_from_text
 
 
 @dataclass
@@ -227,11 +227,11 @@ def build_rollout(
     max_gen_toks: int | None = None,
     grading: str = "default",
 ) -> QuestionRollout:
-    """Grade ``samples`` (plain strings or :class:`ScoredText`) against ``gold`` under grading mode ``grading``
+    """Grade ``samples`` (plain strings or :class:`Sample`) against ``gold`` under grading mode ``grading``
     and group their answers.
 
     A plain string's response tokens are recovered from its text with ``tokenizer`` when given (see
-    :func:`~lm_eval_swift.responses.response_tokens_from_text`; ``max_gen_toks`` is the run's generation limit).
+    :func:`~lm_eval_swift.bon.samples.response_tokens_from_text`; ``max_gen_toks`` is the run's generation limit).
     """
     if tokenizer is not None and max_gen_toks is None:
         raise ValueError("build_rollout: a tokenizer needs the run's max_gen_toks")
@@ -269,6 +269,39 @@ def build_rollout(
     return QuestionRollout(
         task, doc_id, kind, question, prompt, gold, responses, prompt_ids
     )
+
+
+def grade(
+    task: str,
+    docs: Sequence[tuple[int, dict, str]],
+    samples: Sequence[Sequence[str]],
+    tokenizer=None,
+    max_gen_toks: int | None = None,
+    grading: str = "default",
+) -> list[QuestionRollout]:
+    """Grade each question's samples under grading mode ``grading``: ``docs`` holds (doc id, doc, prompt) per
+    question, a doc carrying ``kind``, ``problem`` and ``answer``. ``tokenizer`` (with ``max_gen_toks``) gives token
+    ids to samples that come as plain text."""
+    return [
+        build_rollout(
+            task,
+            doc_id,
+            doc["kind"],
+            doc["problem"],
+            prompt,
+            doc["answer"],
+            resps,
+            tokenizer,
+            max_gen_toks,
+            grading,
+        )
+        for (doc_id, doc, prompt), resps in tqdm(
+            zip(docs, samples, strict=True),
+            total=len(docs),
+            desc=f"Grading {task}",
+            unit="q",
+        )
+    ]
 
 
 def write_rollouts(

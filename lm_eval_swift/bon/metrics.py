@@ -12,7 +12,7 @@ def auroc(scores: Sequence[float], labels: Sequence[float]) -> float:
 
     O(n log n) by ranking (average ranks for ties).
     """
-    pairs = sorted(zip(scores, labels), key=lambda p: p[0])
+    pairs = sorted(zip(scores, labels, strict=True), key=lambda p: p[0])
     n_pos = sum(1 for _, y in pairs if y > 0.5)
     n_neg = len(pairs) - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -35,8 +35,8 @@ def within_question_auroc(
     scores higher (ties 1/2). ``groups``: one (scores, labels) per question. NaN when no question has a pair."""
     wins = pairs = 0.0
     for scores, labels in groups:
-        pos = [s for s, y in zip(scores, labels) if y > 0.5]
-        neg = [s for s, y in zip(scores, labels) if y <= 0.5]
+        pos = [s for s, y in zip(scores, labels, strict=True) if y > 0.5]
+        neg = [s for s, y in zip(scores, labels, strict=True) if y <= 0.5]
         for p in pos:
             for q in neg:
                 wins += 1.0 if p > q else 0.5 if p == q else 0.0

@@ -14,7 +14,7 @@ from typing import Literal
 Finish = Literal["eos", "stop", "length"]
 
 
-class ScoredText(str):
+class Sample(str):
     """A generated response: behaves as its text (what lm-eval sees) and carries the tokens it was made of.
 
     ``token_ids`` are the response tokens (see module docstring), ``prompt_token_ids`` the prompt exactly as the
@@ -34,7 +34,7 @@ class ScoredText(str):
         finish: Finish | None = None,
         scores: Mapping[str, float] | None = None,
         prompt_token_ids: Sequence[int] = (),
-    ) -> ScoredText:
+    ) -> Sample:
         obj = super().__new__(cls, text)
         obj.token_ids = tuple(int(t) for t in token_ids)
         obj.prompt_token_ids = tuple(int(t) for t in prompt_token_ids)
@@ -44,7 +44,7 @@ class ScoredText(str):
 
     def __reduce__(self):
         return (
-            ScoredText,
+            Sample,
             (
                 str(self),
                 self.token_ids,

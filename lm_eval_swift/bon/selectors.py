@@ -1,8 +1,9 @@
 """Best-of-N selectors: pick one response (or summarise) from the first k of a question's N samples.
 
-Each selector is a plain function over a list of graded :class:`~lm_eval_swift.rollouts.Response`; the lm-eval
-filters below are one-line wrappers registered like lm-eval's own ``filters/selection.py``, and
-``lm-eval-swift report`` calls the same functions on saved rollouts.
+Each selector is a plain function over a list of graded :class:`~lm_eval_swift.bon.rollouts.Response`, registered
+here once (:func:`register_selector`) under its row name and the names of the lm-eval filters that apply it
+(:mod:`lm_eval_swift.harness.filters` registers those from :data:`SELECTORS` in one loop); ``lm-eval-swift report``
+calls the same functions on saved rollouts. A new selector is one function here with its decorator.
 """
 
 from __future__ import annotations
@@ -11,20 +12,36 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from lm_eval.api.filter import Filter
-from lm_eval.api.registry import register_filter
-
-from lm_eval_swift.rollouts import Response
+from lm_eval_swift.bon.rollouts import Response
 
 
 Selector = Callable[..., Response]
 
+SELECTORS: dict[str, Selector] = {}
+"""Selector name (as the rows name it) -> the selector."""
+FILTER_NAMES: dict[str, tuple[str, ...]] = {}
+"""Selector name -> the names of the lm-eval filters that apply it; the first is the one the rows use."""
 
+
+def register_selector(name: str, *filter_names: str) -> Callable[[Selector], Selector]:
+    """Register a selector as ``name`` (its rows' name), applied in lm-eval by the filters ``filter_names``."""
+
+    def register(fn: Selector) -> Selector:
+        if name in SELECTORS:
+            raise ValueError(f"selector {name!r} is already registered")
+        SELECTORS[name], FILTER_NAMES[name] = fn, filter_names
+        return fn
+
+    return register
+
+
+@register_selector("first", "bon_first")
 def first(rs: Sequence[Response]) -> Response:
     """The first sample."""
     return rs[0]
 
 
+@register_selector("mean", "bon_mean")
 def mean(rs: Sequence[Response]) -> Response:
     """Not a selection: the mean correctness over all samples, carried by a copy of the first response."""
     return replace(rs[0], correct=sum(r.correct for r in rs) / len(rs))
@@ -33,7 +50,7 @@ def mean(rs: Sequence[Response]) -> Response:
 def _vote(rs: Sequence[Response], weights: Sequence[float]) -> Response:
     """The first response of the answer class with the largest total weight; ties go to the earliest class."""
     totals: dict[int, float] = {}
-    for r, w in zip(rs, weights):
+    for r, w in zip(rs, weights, strict=True):
         if r.answer_class >= 0:
             totals[r.answer_class] = totals.get(r.answer_class, 0.0) + w
     if not totals:
@@ -42,11 +59,13 @@ def _vote(rs: Sequence[Response], weights: Sequence[float]) -> Response:
     return next(r for r in rs if r.answer_class == best)
 
 
+@register_selector("maj", "bon_majority")
 def majority(rs: Sequence[Response]) -> Response:
     """Majority vote over equivalence classes of extracted answers (``1/2`` and ``0.5`` vote together)."""
     return _vote(rs, [1.0] * len(rs))
 
 
+@register_selector("oracle", "bon_oracle")
 def oracle(rs: Sequence[Response]) -> Response:
     """pass@k: the first correct response, else the first one."""
     return next((r for r in rs if r.correct), rs[0])
@@ -59,12 +78,14 @@ def _score(r: Response, score: str) -> float:
     return value
 
 
+@register_selector("argmax", "argmax_score", "swift")
 def argmax(rs: Sequence[Response], score: str = "swift") -> Response:
     """The response with the highest value of the named score; ties go to the lowest index."""
     values = [_score(r, score) for r in rs]
     return rs[max(range(len(rs)), key=lambda i: (values[i], -i))]
 
 
+@register_selector("vote", "weighted_vote")
 def weighted_vote(
     rs: Sequence[Response], score: str = "swift", weight: str = "sigmoid"
 ) -> Response:
@@ -100,6 +121,7 @@ def _ranks(values: Sequence[float]) -> list[int]:
     return [sum(1 for w in values if w > v) for v in values]
 
 
+@register_selector("combined", "combined_score")
 def combined(
     rs: Sequence[Response], scores: Sequence[str] = ("swift",), method: str = "scaling"
 ) -> Response:
@@ -118,81 +140,3 @@ def combined(
     else:
         raise ValueError(f"unknown combination {method!r}: use 'scaling' or 'ranking'")
     return rs[max(range(len(rs)), key=lambda i: (key[i], -i))]
-
-
-SELECTORS: dict[str, Selector] = {
-    "first": first,
-    "mean": mean,
-    "maj": majority,
-    "oracle": oracle,
-    "argmax": argmax,
-    "vote": weighted_vote,
-    "combined": combined,
-}
-
-
-class BestOfNFilter(Filter):
-    """Applies ``selector`` to the first ``k`` responses of each document (all of them when k is None)."""
-
-    selector: Selector
-
-    def __init__(self, k: int | None = None, **selector_kwargs) -> None:
-        self.k = None if k is None else int(k)
-        self.selector_kwargs = selector_kwargs
-
-    def apply(self, resps, docs):
-        return [
-            type(self).selector(list(rs)[: self.k], **self.selector_kwargs)
-            for rs in resps
-        ]
-
-
-@register_filter("bon_first")
-class FirstFilter(BestOfNFilter):
-    selector = staticmethod(first)
-
-
-@register_filter("bon_mean")
-class MeanFilter(BestOfNFilter):
-    selector = staticmethod(mean)
-
-
-@register_filter("bon_majority")
-class MajorityFilter(BestOfNFilter):
-    selector = staticmethod(majority)
-
-
-@register_filter("bon_oracle")
-class OracleFilter(BestOfNFilter):
-    selector = staticmethod(oracle)
-
-
-@register_filter("argmax_score")
-@register_filter("swift")
-class ArgmaxFilter(BestOfNFilter):
-    """``swift``: argmax of the ``swift`` score; as ``argmax_score`` name any score with ``score:``."""
-
-    selector = staticmethod(argmax)
-
-
-@register_filter("weighted_vote")
-class WeightedVoteFilter(BestOfNFilter):
-    selector = staticmethod(weighted_vote)
-
-
-@register_filter("combined_score")
-class CombinedFilter(BestOfNFilter):
-    """Argmax of several scores combined (``scores: [swift, skywork]``, ``method: scaling | ranking``)."""
-
-    selector = staticmethod(combined)
-
-
-FILTER_NAMES = {
-    "first": "bon_first",
-    "mean": "bon_mean",
-    "maj": "bon_majority",
-    "oracle": "bon_oracle",
-    "argmax": "argmax_score",
-    "vote": "weighted_vote",
-    "combined": "combined_score",
-}  # selector -> the lm-eval filter that applies it

@@ -1,6 +1,8 @@
-"""Adding scores to rollouts after sampling: SWIFT heads by rescoring, and reward-model scorers (one at a
-time, each freed before the next); the scoring step of :mod:`~lm_eval_swift.pipeline` and ``lm-eval-swift
-rescore``."""
+"""Adding scores to rollouts after sampling (the "scored" step of prompt -> samples -> graded -> scored ->
+selected -> rows): :func:`add_scores`, the one function that does it, for the best-of-N task and for
+``lm-eval-swift rescore``. SWIFT heads score by rescoring (one teacher-forced pass of their base model,
+:mod:`~lm_eval_swift.swift.rescoring`), reward models by their scorers (:mod:`~lm_eval_swift.scorers`), one model
+loaded at a time, each freed before the next."""
 
 from __future__ import annotations
 
@@ -8,11 +10,12 @@ import argparse
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from lm_eval_swift.bon.rollouts import QuestionRollout
+from lm_eval_swift.bon.samples import prompt_tokens, response_tokens_from_text
 from lm_eval_swift.errors import UsageError
-from lm_eval_swift.responses import prompt_tokens, response_tokens_from_text
-from lm_eval_swift.rollouts import QuestionRollout
 from lm_eval_swift.scorers import PROTOCOLS, check_protocol, get_scorer, load_scorer
 from lm_eval_swift.swift.heads import SwiftHead, resolve_heads
 from lm_eval_swift.swift.rescoring import rescore
@@ -49,9 +52,40 @@ def parse_scorer_specs(
     return specs
 
 
-def add_scorer_scores(rollouts: Sequence[QuestionRollout], specs: ScorerSpecs) -> None:
-    """Score every response of ``rollouts`` with each scorer (question text + response text) and record the
-    scorer's cost per sample in each rollout's ``costs``."""
+@dataclass
+class Rescoring:
+    """SWIFT heads (by alias) to add by rescoring, and how to get their base model.
+
+    ``load()`` -> (model, tokenizer, ``encode``): called only when there is something to rescore, and the model is
+    freed after; ``encode(prompt) -> ids`` encodes prompts of rollouts stored without prompt ids (None: as lm-eval's
+    HF backend would, :func:`~lm_eval_swift.bon.samples.prompt_tokens`). ``max_gen_toks``: the run's generation
+    limit, for responses stored without token ids."""
+
+    heads: Mapping[str, SwiftHead]
+    load: Callable[[], tuple[Any, Any, Callable[[str], list[int]] | None]]
+    max_gen_toks: int
+    batch_size: int = 8
+
+
+def add_scores(
+    rollouts: Sequence[QuestionRollout],
+    rescoring: Rescoring | None = None,
+    reward_models: ScorerSpecs | None = None,
+) -> None:
+    """Add scores in place to every response: each SWIFT head's (``rescoring``), then each reward model's
+    (``reward_models``: scorer name -> load options, as :func:`parse_scorer_specs` gives them), one loaded at a
+    time; a reward model's cost per sample goes into each rollout's ``costs``."""
+    if rescoring is not None and rescoring.heads and rollouts:
+        _add_head_scores(rollouts, rescoring)
+    if reward_models:
+        _add_reward_model_scores(rollouts, reward_models)
+
+
+def _add_reward_model_scores(
+    rollouts: Sequence[QuestionRollout], specs: ScorerSpecs
+) -> None:
+    """Score every response with each reward model (question text + response text) and record its cost per
+    sample in each rollout's ``costs``."""
     pairs = [(r.question, resp.text) for r in rollouts for resp in r.responses]
     if not pairs:
         return
@@ -70,23 +104,13 @@ def add_scorer_scores(rollouts: Sequence[QuestionRollout], specs: ScorerSpecs) -
             r.costs[name] = cost
 
 
-def add_head_scores(
-    rollouts: Sequence[QuestionRollout],
-    model,
-    tokenizer,
-    heads: Mapping[str, SwiftHead],
-    *,
-    max_gen_toks: int,
-    encode: Callable[[str], list[int]] | None = None,
-    batch_size: int = 8,
-) -> None:
+def _add_head_scores(rollouts: Sequence[QuestionRollout], rescoring: Rescoring) -> None:
     """Add each head's SWIFT reward (under its alias) to every response by one teacher-forced pass.
 
-    Tokens come from the rollouts when they carry them (``hf-swift``); otherwise the prompt is encoded with
-    ``encode`` (default: as lm-eval's HF backend would) and the response by the one response-token rule for text.
+    Tokens come from the rollouts when they carry them (``hf-swift``); otherwise the prompt is encoded with the
+    loaded ``encode`` and the response by the one response-token rule for text.
     """
-    if not heads:
-        return
+    model, tokenizer, encode = rescoring.load()
     encode = encode or (lambda prompt: prompt_tokens(tokenizer, prompt))
     prompts, responses, targets = [], [], []
     for r in rollouts:
@@ -95,14 +119,17 @@ def add_head_scores(
             prompts.append(prompt_ids)
             responses.append(
                 resp.token_ids
-                or response_tokens_from_text(resp.text, tokenizer, max_gen_toks)
+                or response_tokens_from_text(
+                    resp.text, tokenizer, rescoring.max_gen_toks
+                )
             )
             targets.append(resp)
+    heads = rescoring.heads
     rewards = rescore(
-        model, list(heads.values()), prompts, responses, batch_size=batch_size
+        model, list(heads.values()), prompts, responses, batch_size=rescoring.batch_size
     )
-    for resp, row in zip(targets, rewards.tolist()):
-        resp.scores.update(zip(heads, row))
+    for resp, row in zip(targets, rewards.tolist(), strict=True):
+        resp.scores.update(zip(heads, row, strict=True))
 
 
 def add_rescore_arguments(parser: argparse.ArgumentParser) -> None:
@@ -146,8 +173,7 @@ def add_rescore_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_rescore(args: argparse.Namespace) -> None:
     """``lm-eval-swift rescore``: add head and scorer scores to rollouts files, rewriting each atomically."""
-    from lm_eval_swift.pipeline import score
-    from lm_eval_swift.rollouts import read_rollouts, write_rollouts
+    from lm_eval_swift.bon.rollouts import read_rollouts, write_rollouts
     from lm_eval_swift.swift.features import load_base_model
     from lm_eval_swift.swift.heads import find_head, head_refs
 
@@ -166,19 +192,17 @@ def cmd_rescore(args: argparse.Namespace) -> None:
             model_id, device=args.device, dtype=args.dtype, parallelize=args.parallelize
         )
         heads = resolve_heads(args.head, model_id, model.config, model=model)
-        score(
+        add_scores(
             rollouts,
-            heads=lambda rs: add_head_scores(
-                rs,
-                model,
-                tokenizer,
+            Rescoring(
                 heads,
-                max_gen_toks=args.max_gen_toks,
-                batch_size=args.batch_size,
+                lambda: (model, tokenizer, None),
+                args.max_gen_toks,
+                args.batch_size,
             ),
         )
         del model  # freed before the reward models load
-    score(rollouts, scorers=specs)
+    add_scores(rollouts, reward_models=specs)
     for path, rs in files.items():
         write_rollouts(rs, path)
         print(f"Rescored {len(rs)} questions in {path}")

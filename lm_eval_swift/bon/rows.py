@@ -1,22 +1,19 @@
-"""The best-of-N pipeline, one direction: samples -> graded responses -> scores -> selection -> rows.
+"""The rows of a best-of-N table and their k values, and the table itself (:func:`bon_table`): the last step of
+the one direction data flows (prompt -> samples -> graded -> scored -> selected -> rows).
 
-The task (:class:`~lm_eval_swift.harness.tasks.BestOfNTask`, inside lm-eval), ``lm-eval-swift report`` and
-``lm-eval-swift rescore`` all call it. It also holds the one definition of the result rows and their k values:
-lm-eval's filter pipelines (:func:`filter_list`) and the report's table (:func:`bon_table`) are both made from
+The one definition of the result rows: lm-eval's filter pipelines
+(:func:`~lm_eval_swift.harness.filters.filter_list`) and the report's table (:func:`bon_table`) are both made from
 :func:`rows` and :data:`BON_KS`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any
+from collections.abc import Collection, Sequence
 
-from tqdm import tqdm
-
+from lm_eval_swift.bon.rollouts import QuestionRollout
+from lm_eval_swift.bon.selectors import SELECTORS
 from lm_eval_swift.errors import UsageError
-from lm_eval_swift.harness.selectors import FILTER_NAMES, SELECTORS
-from lm_eval_swift.rollouts import QuestionRollout, build_rollout
 
 
 log = logging.getLogger(__name__)
@@ -86,76 +83,6 @@ def needed_scores(row: Row) -> set[str]:
     """The scores a row's selector reads."""
     kwargs = row[1]
     return {kwargs["score"]} if "score" in kwargs else set(kwargs.get("scores", ()))
-
-
-def filter_list(
-    table_rows: Mapping[str, Row], n: int, ks: Sequence[int] = BON_KS
-) -> list[dict[str, Any]]:
-    """lm-eval's ``filter_list``: one filter pipeline per row and k, named ``<row>@<k>`` (``first`` alone), each
-    applying the row's selector to the first k of the N responses."""
-    out = []
-    for row, (selector, kwargs) in table_rows.items():
-        for k in row_ks(row, n, ks):
-            step = {"function": FILTER_NAMES[selector], **kwargs}
-            if row not in ("first", "mean"):
-                step["k"] = k
-            out.append(
-                {"name": row if row == "first" else f"{row}@{k}", "filter": [step]}
-            )
-    return out
-
-
-def grade(
-    task: str,
-    docs: Sequence[tuple[int, dict, str]],
-    samples: Sequence[Sequence[str]],
-    tokenizer=None,
-    max_gen_toks: int | None = None,
-    grading: str = "default",
-) -> list[QuestionRollout]:
-    """Grade each question's samples under grading mode ``grading``: ``docs`` holds (doc id, doc, prompt) per
-    question, a doc carrying ``kind``, ``problem`` and ``answer``. ``tokenizer`` (with ``max_gen_toks``) gives token
-    ids to samples that come as plain text."""
-    return [
-        build_rollout(
-            task,
-            doc_id,
-            doc["kind"],
-            doc["problem"],
-            prompt,
-            doc["answer"],
-            resps,
-            tokenizer,
-            max_gen_toks,
-            grading,
-        )
-        for (doc_id, doc, prompt), resps in tqdm(
-            zip(docs, samples, strict=True),
-            total=len(docs),
-            desc=f"Grading {task}",
-            unit="q",
-        )
-    ]
-
-
-HeadScoring = Callable[[Sequence[QuestionRollout]], None]
-"""Adds SWIFT-head rewards to every response of the rollouts it is given (see
-:func:`~lm_eval_swift.scoring.add_head_scores`)."""
-
-
-def score(
-    rollouts: Sequence[QuestionRollout],
-    heads: HeadScoring | None = None,
-    scorers: Mapping[str, Mapping[str, Any]] | None = None,
-) -> None:
-    """Add scores in place: SWIFT heads (``heads``), then each reward-model scorer (name -> load options), one
-    loaded at a time."""
-    from lm_eval_swift.scoring import add_scorer_scores
-
-    if heads is not None:
-        heads(rollouts)
-    if scorers:
-        add_scorer_scores(rollouts, scorers)
 
 
 def score_names(rollouts: Sequence[QuestionRollout]) -> tuple[list[str], set[str]]:

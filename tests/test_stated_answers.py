@@ -169,3 +169,86 @@ def test_no_answer_never_wins_a_vote():
     assert majority(q.responses).text == "The answer is 12."
     none = build_rollout("t", 0, "gsm8k", "q", "p", "4", [_Sample(cut, "length")] * 2)
     assert majority(none.responses).correct == 0.0
+
+
+# ------------------------------------------------------------------------------------- the blind review's cases
+
+_HUGE = " * ".join(["9" * 50] * 90)  # 4,500 digits: over int's 4,300-digit string limit
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        f"The answer is {_HUGE}",
+        f"The answer is {_HUGE}.\n",
+        f"So the total is \\boxed{{{_HUGE}}}",
+        f"#### {_HUGE}",
+        f"The answer is 5.\nThe answer is {_HUGE} = {_HUGE}.",  # the last statement states it: not 5
+        "The answer is \\frac{" + "1" * 5000 + "}{3}",
+        "The answer is 9^999999",
+        "The answer is 10^{700}",
+        # longer than the 512 characters a statement is read for
+        "The answer is " + "9" * 5000,
+    ],
+)
+def test_a_result_too_large_to_write_is_no_answer(response):
+    """One response never stops a grading run: no answer, graded wrong, a no-answer class."""
+    for truncated in (False, True):
+        assert extract_answer(response, "gsm8k", truncated) is None
+    assert grade_all([response, "The answer is 3."], ["3", "3"], "gsm8k") == [
+        False,
+        True,
+    ]
+
+
+def test_large_results_are_written_exactly():
+    assert extract_answer("The answer is 10^{600}", "gsm8k") == "1" + "0" * 600
+    half = "123456789012345678901234567891"  # beyond Decimal's 28 digits: no rounding
+    assert extract_answer(f"The answer is {half} / 2", "gsm8k") == (
+        "61728394506172839450617283945.5"
+    )
+    assert extract_answer("The answer is -7 / 40", "gsm8k") == "-0.175"
+
+
+@pytest.mark.parametrize(
+    "response, truncated, expected",
+    [
+        ("The answer is 2^3.", False, "8"),
+        ("The answer is 2^{10} = 1024 ways.", False, "1024"),
+        ("The answer is 2^10.", False, "1024"),
+        ("The answer is 3 * 2^2 + 1.", False, "13"),
+        ("The answer is 2^0.5", False, None),  # not rational: no exact value
+        ("\\boxed{x^2}", False, "x^2"),  # not the number 2
+        ("Dish 4 = \\boxed{Dy^4}\nTotal = \\boxed", True, "Dy^4"),
+        ("So, the answer is: 228 = 2 * 2^3 + 12 = 2 * 2^2 + 12 + 12 + ", True, None),
+        ("\\boxed{3\\*4}", False, "12"),  # Markdown's escaped star
+        ("So the answer is 6 \\* 2 = 12.", False, "12"),
+        ("Since the limit is \\boxed\\$600. Then she pays $500", False, "500"),
+        ("Since the limit is \\boxed\\$600. Then she pays $500 for", True, None),
+        ("\\boxed{:}  4,000 / 4 = 1,0", True, None),
+        ("So, the answer is 72.\n\n", True, "72"),
+        ("So, the answer is 26.6667\n", True, "26.6667"),
+        ("The answer is 10 x 10 = 100.\n", True, "100"),
+        ("The answer is 10 x 10 = 100.", True, None),  # may go on: 100.5
+        ("So the answer is 18 +\n", True, None),
+        ("So the answer is 110ml.", False, "110"),
+        ("The answer is 5.\nSo the answer is 18kg.", False, "18"),
+        ("the final answer is 20m * 30m / 3 = 90m and more", False, "90"),
+        ("The answer is 5.\nSo the answer is 2x.", False, "5"),  # 2x: a term, no value
+        ("The answer is 3 days (9*2=18 hours).", False, "3"),
+        ("The final answer is 200 (25 times 1000 = 2000)", False, "200"),
+        ("The answer is (9*2=18).", False, "18"),
+        ("So the answer is $42 + $160 = $240", False, "240"),
+        ("So the answer is $42$.", False, "42"),
+    ],
+)
+def test_review_cases(response, truncated, expected):
+    assert extract_answer(response, "gsm8k", truncated) == expected
+
+
+def test_review_cases_are_graded_wrong_for_the_number_they_never_state():
+    assert not grade("\\boxed{x^2}", "2", "gsm8k")
+    assert not grade("Total = \\boxed{Dy^4}", "4", "gsm8k", truncated=True)
+    assert not grade("\\boxed{3\\*4}", "3", "gsm8k")
+    assert not grade("The answer is 2^3.", "2", "gsm8k")
+    assert grade("The answer is 2^3.", "8", "gsm8k")

@@ -4,9 +4,14 @@
    (``\\boxed{Your Answer}``) nor a sentence without a number;
 2. else the last answer statement (``the answer is``, ``answer:``, ``Final Answer:``, ``####``, ``N is the answer``
    and the like) that states something. For GSM8K its **result**: the value after the statement's last ``=``, else
-   the value of its first arithmetic expression (``3 * 4`` -> 12). In a response cut off at the token limit, a
-   statement that ends before its result (``So the answer is 18 + 2 =``, ``the answer is \\boxed{6.``) states
-   nothing;
+   the value of its first arithmetic expression (``3 * 4`` -> 12, ``2^3`` -> 8, Markdown's ``3 \\* 4`` -> 12). An
+   ``=`` inside brackets is an aside (``3 days (9*2=18 hours)`` states 3); a unit glued to a number is read past
+   (``110ml``, ``18kg`` state 110 and 18), any other letter makes it a term (``2x``, ``x^2``: no value); a ``$``
+   before a digit is a currency sign, not LaTeX (``$42 + $160 = $240`` states 240). In a response cut off at the
+   token limit, a statement that ends before its result (``So the answer is 18 + 2 =``, ``the answer is
+   \\boxed{6.``) states nothing, unless a line break shows that its number ended (``the answer is 72.\\n``). A
+   result longer than the 512 characters read, or too large to write exactly (over ``_MAX_TEXT_BITS``), is no
+   answer (None), as is a box holding neither a letter nor a digit (``\\boxed\\$600`` boxes ``\\$``);
 3. else, only for a response that ended by itself (end of sequence or a stop string), its last number, as
    lm-eval's flexible extraction does. A truncated response with none of these has no answer (None).
 
@@ -17,7 +22,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from decimal import Decimal
 from fractions import Fraction
 
 from lm_eval_swift.grading.numeric import evaluate
@@ -42,8 +46,9 @@ _REVERSE_ANCHOR = re.compile(r"\s+is\s+the\s+(?:final\s+)?answer\b", re.IGNORECA
 _REVERSE_VALUE = re.compile(
     r"(?<![\d.,])-?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?$"
 )  # "0.75" is the answer
+# Not "$42 + $160 = $202": a "$" before a digit is a currency sign
 _MATH_SPAN = re.compile(
-    r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL
+    r"\$\$(.+?)\$\$|\$(.+?)\$(?!\d)|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL
 )
 _SENTENCE_END = re.compile(r"\.(?:\s|$)|\n")
 _CLAUSE_END = re.compile(
@@ -53,18 +58,32 @@ _NUMBER = re.compile(
     r"(-?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+))"
     r"(?:[eE]([-+]?\d+)(?![\d.])|\s*(?:\\times|\\cdot|\u00d7)\s*10\s*\^\s*\{?\s*([-+]?\d+)\s*\}?)?"
 )  # 1,234.5; 2.5e-3; 2.5\times 10^{-3}
-# One number of a stated result: not part of a word (2z), a time or ratio (9:15), or a longer number
-_VALUE = (
-    r"(?<![\w.,:])-?\$?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)"
-    r"(?:[eE][-+]?\d+|\s*(?:\\times|\\cdot|\u00d7)\s*10\s*\^\s*\{?\s*[-+]?\d+\s*\}?)?(?![\w]|[.,:]\d)"
+# A unit of measure glued to a number (110ml, 18kg, 3hrs): the number is the value; a letter that is not one
+# (2x, 2z, 5ab) makes the number an algebraic term, no value
+_UNIT = (
+    r"(?:[mk]?l|[mk]?g|[kcm]?m|mi|ft|in|yds?|lbs?|oz|mph|hrs?|h|mins?|s|secs?|cents?|dollars?|hours?|minutes?"
+    r"|seconds?|days?|weeks?|months?|years?|miles?|feet|inch(?:es)?|meters?|lit(?:er|re)s?|grams?|pounds?)"
+    r"(?![A-Za-z])"
 )
+# One number of a stated result: not part of a word (2z), an exponent (x^2), a time or ratio (9:15), or a longer
+# number; a unit may be glued to it (18kg)
+_VALUE = (
+    r"(?<![\w.,:^])-?\$?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)"
+    r"(?:[eE][-+]?\d+|\s*(?:\\times|\\cdot|\u00d7)\s*10\s*\^\s*\{?\s*[-+]?\d+\s*\}?)?"
+    rf"(?:(?={_UNIT})|(?![\w]|[.,:]\d))"
+)
+_POWER = r"\s*\^\s*(?:\{\s*-?\d+(?:\.\d+)?\s*\}|\d+(?:\.\d+)?(?![\w]|[.,:]\d))"  # 2^3, 2^{10}
 _OPERATOR = r"\s*(?:[-+*/\u00d7\u00f7]|\\times|\\cdot|\\div)\s*|\s+x\s+"
 _FIRST_VALUE = re.compile(_VALUE)
 # Where a statement's first number starts: a fraction \frac{a}{b}, else a digit (with its sign or $)
 _NUMBER_START = re.compile(
     r"\\[dt]?frac\s*\{\s*(?P<num>\d+)\s*\}\s*\{\s*(?P<den>\d+)\s*\}|-?\$?\.?\d"
 )
-_EXPRESSION = re.compile(rf"{_VALUE}(?:(?:{_OPERATOR}){_VALUE})*")
+# An expression going on past what was read
+_GOES_ON = re.compile(rf"\d|(?:{_OPERATOR}|\s*\^\s*)\$?\d")
+_EXPRESSION = re.compile(
+    rf"{_VALUE}(?:{_POWER})*(?:(?:{_OPERATOR}){_VALUE}(?:{_POWER})*)*"
+)
 _CONTINUES = re.compile(
     r"\s*(?:[-+*/^\u00d7\u00f7]|\\times|\\cdot|\\div)\s*[A-Za-z(\\{]"
 )  # 20*3*side, 5 * (2 + 3)
@@ -80,6 +99,13 @@ _LAST_NUMBER = re.compile(
 _CUT_TAIL = re.compile(
     r"\s*(?:[-+*/=x\u00d7.,:^(]|\\times|\\cdot|\\frac)?\s*"
 )  # all a cut-off result leaves
+_LINE_END = re.compile(r"[ \t]*\.?[ \t]*\n")  # "72.\n": the number ended before the cut
+_PLAIN_POWER = re.compile(r"\^(-?\d+(?:\.\d+)?)")
+_EQUALS_OR_BRACKET = re.compile(r"[=()\[\]]")
+# A result too long to read or too large to write exactly: the statement states no answer (see _number_text)
+_TOO_LARGE = ""
+# A result's numerator and denominator are written exactly up to 2048 bits (~616 digits)
+_MAX_TEXT_BITS = 2048
 _LEAD = re.compile(
     r"(?:\s|[:*]|\\boxed\s*\{|(?<=\n)\d{1,2}\.\s)*"
 )  # "**", "\boxed{", a list's "1. "
@@ -137,6 +163,8 @@ def _boxed_answers(text: str) -> Iterator[str]:
 def _holds_an_answer(content: str, kind: str) -> bool:
     """False for a placeholder (``Your Answer``) or a sentence without a number (``Step 3: Display your answer``)."""
     words = len(_WORD.findall(content))
+    if not any(ch.isalnum() for ch in content):  # \boxed\$600: the box holds "\\"
+        return False
     if not any(ch.isdigit() for ch in content):
         return not (
             _PLACEHOLDER.search(content) or words >= (3 if kind == "math" else 2)
@@ -197,49 +225,80 @@ def _statements(text: str, kind: str) -> Iterator[tuple[int, int]]:
 
 
 def _cut_off(text: str, end: int) -> bool:
-    """Whether a result ending at ``end`` may continue past the token limit: only operators or punctuation follow."""
-    return _CUT_TAIL.fullmatch(text, end) is not None
+    """Whether a result ending at ``end`` may continue past the token limit: only operators or punctuation follow,
+    and no line break shows that the number ended (``72.\\n``)."""
+    return _CUT_TAIL.fullmatch(text, end) is not None and not _LINE_END.match(text, end)
+
+
+def _last_equals(text: str, start: int, end: int) -> int:
+    """Index of the last ``=`` of ``text[start:end]`` outside brackets (``3 days (9*2=18 hours)``), else -1."""
+    depth, last = 0, -1
+    for m in _EQUALS_OR_BRACKET.finditer(text, start, end):
+        if m.group() in "([":
+            depth += 1
+        elif m.group() in ")]":
+            depth = max(depth - 1, 0)
+        elif depth == 0:
+            last = m.start()
+    return last
 
 
 def _number_text(value: Fraction) -> str:
-    """``12``, ``2.5`` (a terminating decimal) or ``2/3``."""
-    if value.denominator == 1:
-        return str(value.numerator)
-    den = value.denominator
-    for p in (2, 5):
-        while den % p == 0:
-            den //= p
-    if den != 1:
-        return f"{value.numerator}/{value.denominator}"
-    return format(Decimal(value.numerator) / Decimal(value.denominator), "f")
+    """``12``, ``-2.5`` (a terminating decimal, exactly) or ``2/3``; ``_TOO_LARGE`` for a numerator or denominator
+    over ``_MAX_TEXT_BITS`` (no GSM8K answer is that long, and writing it out costs quadratic time)."""
+    num, den = value.numerator, value.denominator
+    if max(num.bit_length(), den.bit_length()) > _MAX_TEXT_BITS:
+        return _TOO_LARGE
+    if den == 1:
+        return str(num)
+    twos = (den & -den).bit_length() - 1
+    fives, rest = 0, den >> twos
+    while rest % 5 == 0:
+        fives, rest = fives + 1, rest // 5
+    if rest != 1:
+        return f"{num}/{den}"
+    places = max(twos, fives)
+    digits = str(abs(num) * 10**places // den).rjust(places + 1, "0")
+    return f"{'-' if num < 0 else ''}{digits[:-places]}.{digits[-places:]}"
+
+
+def _fraction_text(num: str, den: str) -> str:
+    """``\\frac{num}{den}`` as ``_number_text`` writes it (a zero denominator read as 1)."""
+    # over ~2048 bits: never converted to int (int's limit is 4,300 digits)
+    if max(len(num), len(den)) * 10 > _MAX_TEXT_BITS * 3:
+        return _TOO_LARGE
+    return _number_text(Fraction(int(num), max(int(den), 1)))
 
 
 def _result(text: str, start: int, end: int, truncated: bool) -> str | None:
-    """The value a GSM8K statement ``text[start:end]`` states: after its last ``=``, else its first expression;
-    None when it states no number we can read (``2x + 1``, ``20*3*side``), or is cut off at the token limit before
-    its result is complete."""
-    equals = text.rfind("=", start, end)
+    """The value a GSM8K statement ``text[start:end]`` states: after its last ``=`` outside brackets, else its
+    first expression (``+ - * / ^``); None when it states no number we can read (``2x + 1``, ``20*3*side``,
+    ``x^2``), or is cut off at the token limit before its result is complete; ``_TOO_LARGE`` for a value too large
+    to write exactly (or not rational: ``2^{0.5}``)."""
+    equals = _last_equals(text, start, end)
     first = _NUMBER_START.search(text, equals + 1 if equals >= 0 else start, end)
     if first is None:
         return None
-    if first["num"]:  # \frac{3}{4}
-        m, value = first, Fraction(int(first["num"]), max(int(first["den"]), 1))
-    else:
-        m, value = _EXPRESSION.match(text, first.start()), None
+    # \frac{3}{4}, else an expression (3 * 4)
+    m = first if first["num"] else _EXPRESSION.match(text, first.start(), end)
     if m is None or _CONTINUES.match(text, m.end()):
         return None
+    # longer than the _SEGMENT_CHARS read: not read
+    if m.end() == end and _GOES_ON.match(text, end):
+        return _TOO_LARGE
     if truncated and _cut_off(text, m.end()):
         return None
-    if value is not None:
-        return _number_text(value)
+    if first["num"]:
+        return _fraction_text(first["num"], first["den"])
     if _FIRST_VALUE.fullmatch(m.group()):  # one number: as written
         return find_numbers(m.group().replace("$", ""))[0]
     expression = re.sub(r"\s+x\s+|\u00d7", "*", m.group()).replace("\u00f7", "/")
-    value = evaluate(re.sub(r"[\s$,]", "", expression))
-    if value is not None and value.exact is not None:
-        return _number_text(value.exact)
-    numbers = find_numbers(m.group().replace("$", ""))
-    return numbers[0] if numbers else None
+    # 2^0.5 is 2^{0.5}, not 2^0 * .5
+    expression = _PLAIN_POWER.sub(r"^{\1}", re.sub(r"[\s$,]", "", expression))
+    value = evaluate(expression)
+    if value is None:  # 5/0, 2^3^2
+        return None
+    return _TOO_LARGE if value.exact is None else _number_text(value.exact)
 
 
 def _box_answer(content: str, kind: str) -> str | None:
@@ -254,7 +313,8 @@ def _box_answer(content: str, kind: str) -> str | None:
         return None
     if kind == "math":
         return content
-    return _result(content, 0, len(content), truncated=False) or content
+    value = _result(content, 0, len(content), truncated=False)
+    return content if value is None else value
 
 
 def find_numbers(text: str) -> list[str]:
@@ -313,14 +373,14 @@ def extract_answer(response: str, kind: str, truncated: bool = False) -> str | N
     (``"x"``). Linear time in the length of ``response``."""
     check_kind(kind)
     if kind == "gsm8k":
-        response = response.replace("{,}", ",").replace(
-            "\\!", ""
-        )  # 15{,}000 and 15,\!000
+        response = (  # 15{,}000, 15,\!000 and Markdown's escaped star 3\*4
+            response.replace("{,}", ",").replace("\\!", "").replace("\\*", "*")
+        )
     for content in _boxed_answers(response):
         answer = _box_answer(content, kind)
         if answer is not None:
-            return answer
+            return answer or None  # _TOO_LARGE: no answer
     answer = _stated(response, kind, truncated)
     if answer is not None or truncated or kind == "math":
-        return answer
+        return answer or None
     return _last_number(response)

@@ -440,6 +440,38 @@ def test_feature_cache_of_a_subset_is_copied_from_a_cached_superset(
     assert all(torch.equal(a, b) for a, b in zip(copied(idx), built(idx)))
 
 
+def test_feature_cache_build_resumes_after_an_interruption(
+    model, rollouts, tmp_path, monkeypatch
+):
+    """A build stopped after 3 batches (Ctrl-C) resumes with the 4th and ends with the features of a straight one."""
+    lm, tok = load_base_model(model, device="cpu")
+    data = TrainingData.load([rollouts], tok, 1024)
+    kwargs = {"batch_size": 8, "key": "k", "progress": False}
+    extractor = FeatureExtractor(lm, (0, 2), tok.pad_token_id)
+    monkeypatch.setattr(FeatureCache, "RECORD_EVERY", 0.0)  # record every batch
+    fed, stop = [], [4]
+    real = FeatureExtractor.__call__
+
+    def stopped(self, prompts, responses):
+        if len(fed) + 1 == stop[0]:
+            raise KeyboardInterrupt
+        fed.append(len(responses))
+        return real(self, prompts, responses)
+
+    monkeypatch.setattr(FeatureExtractor, "__call__", stopped)
+    args = (extractor, data.prompts, data.responses)
+    with pytest.raises(KeyboardInterrupt):
+        FeatureCache.open_or_build(tmp_path / "a", *args, **kwargs)
+    first, stop[0] = sum(fed), 0
+    resumed = FeatureCache.open_or_build(tmp_path / "a", *args, **kwargs)
+    assert len(fed) > 3 and sum(fed) == len(data.responses)  # each response once
+    assert not list((tmp_path / "a").glob("*/partial.json"))
+    straight = FeatureCache.open_or_build(tmp_path / "b", *args, **kwargs)
+    assert first and sum(fed) == len(data.responses) * 2
+    idx = list(range(len(data.responses)))
+    assert all(torch.equal(a, b) for a, b in zip(resumed(idx), straight(idx)))
+
+
 def test_cli_train(model, rollouts, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)

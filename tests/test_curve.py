@@ -113,6 +113,12 @@ def test_curve_needs_one_feature_pass_and_is_deterministic(
     assert read_csv(second / "curve_seeds.csv") == fits
     assert len((second / FITS).read_text().splitlines()) == 6
 
+    # more sizes: only their fits are added
+    main(curve_argv(rollouts, model, second, cache, 4, 8, 12, 16))
+    assert len((second / FITS).read_text().splitlines()) == 8
+    extended = read_csv(second / "curve_seeds.csv")
+    assert [f for f in extended if f["questions"] != "12"] == fits
+
 
 def test_curve_with_other_settings_does_not_reuse_fits(model, rollouts, tmp_path):
     out, cache = tmp_path / "out", tmp_path / "cache"

@@ -10,9 +10,9 @@ cache) and read by every fit.
 
 Each fit keeps its best epoch (as ``lm-eval-swift train``) and is recorded with its validation metrics (loss, global
 and within-question AUROC, best-of-k accuracy of the first k samples per question, the rows' convention) as a line
-of ``OUT/curve_fits.jsonl``, so a stopped curve resumes with the fits it lacks. The outputs: ``curve_seeds.csv``
-(one row per seed and size), ``curve.csv`` (per size: mean and standard deviation over the seeds of every metric)
-and ``curve.png``.
+of ``OUT/curve_fits.jsonl``, so a stopped curve resumes with the fits it lacks (and a curve given more sizes or
+seeds fits only those). The outputs: ``curve_seeds.csv`` (one row per seed and size), ``curve.csv`` (per size: mean
+and standard deviation over the seeds of every metric) and ``curve.png``.
 """
 
 from __future__ import annotations
@@ -122,7 +122,9 @@ def learning_curve(
             "a learning curve reads every response's features many times: they must fit the feature cache "
             "(raise --cache-budget-gb, or read fewer --layers)"
         )
-    record = {**setup.record(), "sizes": sizes}
+    record = (
+        setup.record()
+    )  # a fit does not depend on the other sizes: a curve can be extended
     done = _read_fits(out_dir / FITS, record)
     todo = [(config.seed + s, n) for s in range(seeds) for n in sizes]
     bar = tqdm(todo, desc="Learning curve", unit="fit", disable=not progress)

@@ -143,7 +143,7 @@ def learning_curve(
     write_outputs(
         fits,
         out_dir,
-        title=f"{Path(base_model).name}: {len(val_q)} validation questions",
+        title=f"{Path(base_model).name}, {config.loss} head: {len(val_q)} validation questions",
     )
     return fits
 

@@ -116,23 +116,25 @@ def learning_curve(
     train_q, val_q = setup.split()
     keys = [question_key(r) for r in setup.data.rollouts]
     check_sizes(sizes, len({keys[q] for q in train_q}))
-    setup.check_pairs(train_q, val_q)
+    seed_list = [config.seed + s for s in range(seeds)]
+    subsets = {s: nested_subsets(keys, train_q, sizes, s) for s in seed_list}
+    for s in (
+        seed_list
+    ):  # before the feature pass: a pairwise loss needs pairs in every subset
+        setup.check_pairs(subsets[s][sizes[0]], val_q)
     if not isinstance(setup.open_features(progress), FeatureCache):
         raise UsageError(
             "a learning curve reads every response's features many times: they must fit the feature cache "
             "(raise --cache-budget-gb, or read fewer --layers)"
         )
-    record = (
-        setup.record()
-    )  # a fit does not depend on the other sizes: a curve can be extended
+    record = setup.record()  # not the sizes: a fit does not depend on the others
     done = _read_fits(out_dir / FITS, record)
-    todo = [(config.seed + s, n) for s in range(seeds) for n in sizes]
+    todo = [(s, n) for s in seed_list for n in sizes]
     bar = tqdm(todo, desc="Learning curve", unit="fit", disable=not progress)
     for seed, n in bar:
         if (seed, n) in done:
             continue
-        subset = nested_subsets(keys, train_q, sizes, seed)[n]
-        setup.check_pairs(subset, val_q)
+        subset = subsets[seed][n]
         _, state = fit(setup, subset, val_q, seed, progress=False)
         done[seed, n] = fit_row(seed, n, len(setup.data.responses_of(subset)), state)
         _append_fit(out_dir / FITS, record, done[seed, n])

@@ -260,8 +260,10 @@ def _band(
         return
     ax.plot(xs, ys, marker=marker, color=color, linestyle=style, label=label)
     if any(sd > 0 for sd in sds):
-        lo = [y - s for y, s in zip(ys, sds, strict=True)]
-        hi = [y + s for y, s in zip(ys, sds, strict=True)]
+        lo = [
+            max(y - s, 0.0) for y, s in zip(ys, sds, strict=True)
+        ]  # (accuracies and AUROCs lie in [0, 1])
+        hi = [min(y + s, 1.0) for y, s in zip(ys, sds, strict=True)]
         ax.fill_between(xs, lo, hi, color=color, alpha=0.15)
 
 

@@ -16,6 +16,10 @@ the best epoch's.
 
 Each epoch ends with a checkpoint (``out_dir/checkpoints/last.pt``: head, optimizer, shuffling RNG, best so far); a
 run started again with the same arguments resumes from it and ends with the same head.
+
+The settings are one :class:`TrainConfig`. :class:`TrainingSetup` holds what every fit on the same rollouts shares
+(the base model, the responses and labels, their features) and :func:`fit` trains one head on some of the questions:
+:func:`train_head` is one fit on the seeded split, :mod:`lm_eval_swift.swift.curve` (``--curve``) many.
 """
 
 from __future__ import annotations

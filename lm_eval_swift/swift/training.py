@@ -844,7 +844,8 @@ def _add_curve_arguments(parser: argparse.ArgumentParser) -> None:
     curve = parser.add_argument_group(
         "learning curve",
         "with --curve, fit heads on nested random subsets of the training questions (one validation split for all,"
-        " features computed once) and write OUT/curve.csv, OUT/curve_seeds.csv and OUT/curve.png instead of a head",
+        " features computed once into --cache-dir, default the user cache) and write OUT/curve.csv, OUT/curve_seeds.csv"
+        " and OUT/curve.png instead of a head",
     )
     curve.add_argument(
         "--curve",

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import sqlite3
 import subprocess
 from contextlib import closing
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoConfig
 
-from lm_eval_swift.bon.rollouts import read_rollouts
+from lm_eval_swift.bon.rollouts import (
+    QuestionRollout,
+    Response,
+    read_rollouts,
+    write_rollouts,
+)
 from lm_eval_swift.swift.heads import SwiftHead
+from lm_eval_swift.toy_models import char_tokenizer
 
 
 # ---- SWIFT rewards by a reference computation ------------------------------------------------------------------
@@ -59,6 +67,66 @@ def make_heads(config, name_or_path, seed=0) -> list[SwiftHead]:
         torch.nn.init.normal_(head.linear.weight, std=0.5)
         torch.nn.init.normal_(head.linear.bias, std=0.5)
     return heads
+
+
+# ---- toy rollouts for training ----------------------------------------------------------------------------------
+
+
+def make_rollouts(
+    path: Path,
+    n_questions: int = 20,
+    n: int = 6,
+    seed: int = 0,
+    task: str = "toy",
+    flip=frozenset(),
+) -> Path:
+    """Toy rollouts: correct responses contain a '#' that incorrect ones lack. Even questions carry token ids, odd
+    ones only text. Labels of the (doc_id, j) in ``flip`` are inverted (label noise)."""
+    rng, tok = random.Random(seed), char_tokenizer()
+    names = {f.name for f in fields(QuestionRollout)}
+    rollouts = []
+    for q in range(n_questions):
+        correct = set(rng.sample(range(n), rng.randint(1, n - 1)))
+        answers, responses = [], []
+        for j in range(n):
+            body = rng.choices("abcdefgh ", k=rng.randint(6, 12))
+            if j in correct:
+                body.insert(rng.randrange(len(body)), "#")
+            answer = "7" if j in correct else rng.choice("123")
+            answers.append(answer)
+            text = "".join(body) + " " + answer
+            ids = (
+                tok.encode(text, add_special_tokens=False) + [tok.eos_token_id]
+                if q % 2 == 0
+                else []
+            )
+            label = (j in correct) != ((q, j) in flip)
+            responses.append(
+                Response(
+                    text=text,
+                    answer=answer,
+                    correct=float(label),
+                    answer_class=answers.index(answer),
+                    num_tokens=len(ids),
+                    token_ids=ids,
+                )
+            )
+        prompt = (
+            f"<s><|user|>q{q}: {''.join(rng.choices('abcdef', k=5))}</s><|assistant|>"
+        )
+        record = {
+            "task": task,
+            "doc_id": q,
+            "kind": "math",
+            "question": f"q{q}",
+            "prompt": prompt,
+            "gold": "7",
+            "responses": responses,
+        }
+        rollouts.append(
+            QuestionRollout(**{k: v for k, v in record.items() if k in names})
+        )
+    return write_rollouts(rollouts, path)
 
 
 # ---- command-line runs of hf-swift with a sample cache -----------------------------------------------------------

@@ -289,7 +289,8 @@ def ref_starling(
     tok.pad_token = tok.unk_token
     tok.truncation_side = "left"
     samples = [
-        f"<s>[INST] {q} </s> [/INST] {r}</s>" for q, r in zip(questions, responses)
+        f"<s>[INST] {q} </s> [/INST] {r}</s>"
+        for q, r in zip(questions, responses, strict=True)
     ]
     enc = tok(
         samples,
@@ -309,7 +310,7 @@ def _chat_ids(tok, conv):
 @torch.no_grad()
 def ref_seq_cls(c: Ckpt) -> list[float]:  # Skywork model card
     out = []
-    for q, r in zip(QUESTIONS, RESPONSES):
+    for q, r in zip(QUESTIONS, RESPONSES, strict=True):
         ids = _chat_ids(
             c.tok, [{"role": "user", "content": q}, {"role": "assistant", "content": r}]
         )
@@ -323,7 +324,7 @@ def ref_rlhflow_steps(
 ) -> list[list[float]]:  # math-rm/prm_evaluate.py
     cand = [c.tok.encode("+")[-1], c.tok.encode("-")[-1]]
     out = []
-    for prompt, ans in zip(QUESTIONS, RESPONSES):
+    for prompt, ans in zip(QUESTIONS, RESPONSES, strict=True):
         ans_list = [ans] if orm else [j.strip() for j in ans.split("\n\n")]
         conversation, scores = [], []
         for k in range(len(ans_list)):
@@ -343,7 +344,7 @@ def ref_shepherd_steps(c: Ckpt) -> list[list[float]]:  # math-shepherd model car
     candidate_tokens = [tok.convert_tokens_to_ids("+"), tok.convert_tokens_to_ids("-")]
     step_tag_id = tok.encode("ки")[-1]
     out = []
-    for q, r in zip(QUESTIONS, RESPONSES):
+    for q, r in zip(QUESTIONS, RESPONSES, strict=True):
         output = "\n".join(s.strip() + " ки" for s in r.split("\n\n"))
         input_id = torch.tensor([tok.encode(f"{q} {output}")])
         logits = c.lm(input_id).logits[:, :, candidate_tokens]
@@ -355,11 +356,19 @@ def ref_shepherd_steps(c: Ckpt) -> list[list[float]]:  # math-shepherd model car
 def _reference(name: str, c: Ckpt) -> list[float]:
     if name == "eurus":
         return ref_value_head(
-            c, [f"[INST] {q} [/INST] {r}" for q, r in zip(QUESTIONS, RESPONSES)]
+            c,
+            [
+                f"[INST] {q} [/INST] {r}"
+                for q, r in zip(QUESTIONS, RESPONSES, strict=True)
+            ],
         )
     if name == "ultrarm":
         return ref_value_head(
-            c, [f"Human: {q}\nAssistant: {r}" for q, r in zip(QUESTIONS, RESPONSES)]
+            c,
+            [
+                f"Human: {q}\nAssistant: {r}"
+                for q, r in zip(QUESTIONS, RESPONSES, strict=True)
+            ],
         )
     if name == "starling":
         return ref_starling(c)
@@ -468,7 +477,7 @@ def test_step_scores_and_aggregations(ckpts):
     prm = _load("rlhflow-prm", c, batch_size=3, padding_side="left", aggregation="min")
     steps = prm.score_steps(QUESTIONS, RESPONSES)
     assert [len(s) for s in steps] == [2, 4, 1]
-    for got, want in zip(steps, ref):
+    for got, want in zip(steps, ref, strict=True):
         assert got == pytest.approx(want, abs=TOL)
     assert prm.score(QUESTIONS, RESPONSES) == pytest.approx(
         [min(s) for s in ref], abs=TOL
@@ -536,7 +545,11 @@ def test_formats_and_bos(ckpts):
     assert eu.format("q", "a") == "[INST] q [\\INST] a"
     assert eu.score(QUESTIONS, RESPONSES) == pytest.approx(
         ref_value_head(
-            c, [f"[INST] {q} [\\INST] {r}" for q, r in zip(QUESTIONS, RESPONSES)]
+            c,
+            [
+                f"[INST] {q} [\\INST] {r}"
+                for q, r in zip(QUESTIONS, RESPONSES, strict=True)
+            ],
         ),
         abs=TOL,
     )
@@ -707,7 +720,7 @@ def test_paper_protocol_matches_the_papers_script(name, ckpts):
     c = ckpts[CKPT_OF[name]]
     want_ids = [
         _paper_ids(name, c.tok, INSTRUCTION + q, r)
-        for q, r in zip(QUESTIONS, RESPONSES)
+        for q, r in zip(QUESTIONS, RESPONSES, strict=True)
     ]
     want = [_paper_score(name, c, ids) for ids in want_ids]
     # Math-Shepherd's P("+") at the final tag is small here: compare it relatively
@@ -727,7 +740,7 @@ def test_paper_protocol_matches_the_papers_script(name, ckpts):
         assert scorer.protocol == "paper" and scorer.instruction == INSTRUCTION
         got_ids = [
             scorer._encode(scorer.instruction + q, r).input_ids
-            for q, r in zip(QUESTIONS, RESPONSES)
+            for q, r in zip(QUESTIONS, RESPONSES, strict=True)
         ]
         assert got_ids == want_ids
         for batch_size, side in [(1, "right"), (3, "left")]:
@@ -803,7 +816,7 @@ def test_rescore_cli_paper_protocol(ckpts, tmp_path):
             "5",
             [Response(r, "5", 1.0, 0, 3), Response(r[:9], None, 0.0, -1, 2)],
         )
-        for i, (q, r) in enumerate(zip(QUESTIONS, RESPONSES))
+        for i, (q, r) in enumerate(zip(QUESTIONS, RESPONSES, strict=True))
     ]
     path = write_rollouts(rollouts, tmp_path / "rollouts.jsonl")
     spec = json.dumps(
@@ -970,7 +983,7 @@ def test_paper_protocol_runs_eager_attention_in_bf16(name, ckpts):
     backbone.config._attn_implementation = "eager"
     want = []
     with torch.no_grad():
-        for q, r in zip(QUESTIONS, RESPONSES):
+        for q, r in zip(QUESTIONS, RESPONSES, strict=True):
             ids = torch.tensor([_paper_ids(name, c.tok, INSTRUCTION + q, r)])
             want.append(head(backbone(input_ids=ids)[0])[0, -1, 0].float().item())
     scorer = _load(name, c, protocol="paper", batch_size=1)
@@ -999,7 +1012,7 @@ def test_paper_protocol_rounds_probabilities_as_a_bf16_softmax(name, ckpts):
     cand = [tok.encode("+")[-1], tok.encode("-")[-1]]
     want = []
     with torch.no_grad():
-        for q, r in zip(QUESTIONS, RESPONSES):
+        for q, r in zip(QUESTIONS, RESPONSES, strict=True):
             ids = torch.tensor([_paper_ids(name, tok, INSTRUCTION + q, r)])
             logits = lm(ids).logits[:, :, cand]
             assert logits.dtype == torch.bfloat16

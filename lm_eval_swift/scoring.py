@@ -84,20 +84,23 @@ def add_head_scores(
     """Add each head's SWIFT reward (under its alias) to every response by one teacher-forced pass.
 
     Tokens come from the rollouts when they carry them (``hf-swift``); otherwise the prompt is encoded with
-    ``encode`` (default: as lm-eval's HF backend would) and the response by the one response-token rule for text.
+    ``encode`` (default: as lm-eval's HF backend would) and the response by the one response-token rule for text,
+    and the rollouts keep those tokens.
     """
     if not heads:
         return
     encode = encode or (lambda prompt: prompt_tokens(tokenizer, prompt))
     prompts, responses, targets = [], [], []
     for r in rollouts:
-        prompt_ids = r.prompt_token_ids or encode(r.prompt)
+        r.prompt_token_ids = r.prompt_token_ids or encode(r.prompt)
         for resp in r.responses:
-            prompts.append(prompt_ids)
-            responses.append(
-                resp.token_ids
-                or response_tokens_from_text(resp.text, tokenizer, max_gen_toks)
-            )
+            if not resp.token_ids:
+                resp.token_ids = response_tokens_from_text(
+                    resp.text, tokenizer, max_gen_toks
+                )
+                resp.num_tokens = len(resp.token_ids)
+            prompts.append(r.prompt_token_ids)
+            responses.append(resp.token_ids)
             targets.append(resp)
     rewards = rescore(
         model, list(heads.values()), prompts, responses, batch_size=batch_size

@@ -723,3 +723,31 @@ def test_files_are_written_with_the_users_umask(tmp_path, model_and_head):
         ] == [0o750, 0o750, 0o640]
     finally:
         os.umask(old)
+
+
+@pytest.mark.parametrize(
+    "doc, expected",
+    [
+        ({"id": "0", "kind": "gsm8k", "problem": "Q?", "answer": "18"}, ("gsm8k", "Q?", "18")),  # our tasks
+        ({"question": "Q?", "answer": "16 - 3 = 13\n#### 1,300"}, ("gsm8k", "Q?", "1,300")),  # lm-eval's gsm8k
+        ({"problem": "P?", "level": "Level 2", "type": "Algebra", "solution": "so $\\boxed{\\frac12}$."},
+         ("math", "P?", "\\frac12")),  # lm-eval's hendrycks_math
+    ],
+)  # fmt: skip
+def test_samples_documents_of_our_and_lm_evals_math_tasks(doc, expected):
+    from lm_eval_swift.log_samples import question
+
+    assert question(doc) == expected
+
+
+def test_samples_of_a_task_that_is_not_math_is_a_user_error(tmp_path):
+    path = tmp_path / "samples_hellaswag_2026-01-01T00-00-00.000000.jsonl"
+    record = {"doc_id": 0, "doc": {"ctx": "A man", "endings": ["x"]}, "arguments": {"gen_args_0": {"arg_0": "A man"}},
+              "resps": [["x"]]}  # fmt: skip
+    path.write_text(json.dumps(record) + "\n")
+    line = user_error(["report", str(path)], tmp_path)
+    assert f"{path}: document 0:" in line and "math answers only" in line
+    path.write_text('{"doc_id": 0}\n')
+    assert f"{path}:1: not an lm_eval --log_samples record" in user_error(
+        ["report", str(path)], tmp_path
+    )

@@ -260,6 +260,31 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default="bce",
         help="bce (default), or pairwise hinge / dpo",
     )
+    _add_optimisation(parser)
+    parser.add_argument(
+        "--cache-dir", help="cache fp16 features here (when they fit --cache-budget-gb)"
+    )
+    parser.add_argument(
+        "--cache-budget-gb",
+        type=float,
+        default=50.0,
+        help="largest feature cache in GB (default 50)",
+    )
+    _add_model_loading(parser, "the base model")
+    _add_hub_options(parser)
+    parser.add_argument(
+        "--max-gen-toks",
+        type=positive_int,
+        default=1024,
+        help="max_gen_toks of the sampling run (default 1024)",
+    )
+    parser.add_argument(
+        "--name", default="swift", help="the head's name (default swift)"
+    )
+
+
+def _add_optimisation(parser: argparse.ArgumentParser) -> None:
+    """The training options of ``lm-eval-swift train``: optimiser, stopping, held-out split, batch."""
     parser.add_argument(
         "--lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)"
     )
@@ -304,26 +329,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=16,
         help="responses per step / base-model forward",
-    )
-    parser.add_argument(
-        "--cache-dir", help="cache fp16 features here (when they fit --cache-budget-gb)"
-    )
-    parser.add_argument(
-        "--cache-budget-gb",
-        type=float,
-        default=50.0,
-        help="largest feature cache in GB (default 50)",
-    )
-    _add_model_loading(parser, "the base model")
-    _add_hub_options(parser)
-    parser.add_argument(
-        "--max-gen-toks",
-        type=positive_int,
-        default=1024,
-        help="max_gen_toks of the sampling run (default 1024)",
-    )
-    parser.add_argument(
-        "--name", default="swift", help="the head's name (default swift)"
     )
 
 

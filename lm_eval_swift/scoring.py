@@ -105,8 +105,8 @@ def add_head_scores(
     rewards = rescore(
         model, list(heads.values()), prompts, responses, batch_size=batch_size
     )
-    for resp, row in zip(targets, rewards.tolist()):
-        resp.scores.update(zip(heads, row))
+    for resp, row in zip(targets, rewards.tolist(), strict=True):
+        resp.scores.update(zip(heads, row, strict=True))
 
 
 def cmd_rescore(args: argparse.Namespace) -> None:

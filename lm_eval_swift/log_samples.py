@@ -5,7 +5,8 @@ lm-eval writes ``samples_<task>_<date>.jsonl`` beside ``results_<date>.json``: o
 filter, each with the document (``doc``), the prompt the model saw (``arguments.gen_args_0.arg_0``) and every
 response of the document (``resps``: per request, its repeats). The lines of one document repeat the same
 responses once per filter; the first is read. The responses are graded again here (their grades are not in the
-file); scores come later, by rescoring. Documents of our tasks carry ``kind``, ``problem`` and ``answer``;
+file), under the run's grading mode (its task's metadata in the results file beside it); scores come later, by
+rescoring. Documents of our tasks carry ``kind``, ``problem`` and ``answer``;
 lm-eval's own GSM8K (``question``, ``answer`` ending in ``#### <n>``) and MATH (``problem``, ``solution``) documents
 are read as well.
 """
@@ -133,10 +134,22 @@ def read_rollouts_or_samples(path: str | os.PathLike) -> list[QuestionRollout]:
     hold the responses."""
     name = Path(path).name
     if is_samples_file(path):
-        return read_samples(path)
+        return read_samples(path, run_grading(path))
     if name.endswith(".json"):
         raise UsageError(results_instead(path))
     return list(read_rollouts(path))
+
+
+def run_grading(samples: str | os.PathLike) -> str:
+    """The grading mode of the run that wrote ``samples``: ``grading`` of its task's metadata in the
+    ``results_<date>.json`` beside it (``--metadata '{"grading": "paper"}'``), else ``default``."""
+    m = SAMPLES_FILE.fullmatch(Path(samples).name)
+    results = Path(samples).with_name(f"results_{m['date']}.json") if m else None
+    try:
+        config = json.loads(results.read_text(encoding="utf-8"))["configs"][m["task"]]
+        return str(config.get("metadata", {}).get("grading", "default"))
+    except (AttributeError, OSError, ValueError, KeyError, TypeError):
+        return "default"
 
 
 def results_instead(path: str | os.PathLike) -> str:

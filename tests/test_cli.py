@@ -751,3 +751,20 @@ def test_samples_of_a_task_that_is_not_math_is_a_user_error(tmp_path):
     assert f"{path}:1: not an lm_eval --log_samples record" in user_error(
         ["report", str(path)], tmp_path
     )
+
+
+def test_demo_takes_one_thread_when_the_cores_are_busy():
+    """``demo --threads auto`` counts the cores other processes leave idle: with a busy loop on every core, one."""
+    from lm_eval_swift.demo.run import idle_cores
+
+    loops = [
+        subprocess.Popen([sys.executable, "-c", "while 1: pass"])
+        for _ in os.sched_getaffinity(0)
+    ]
+    try:
+        time.sleep(0.5)
+        assert idle_cores(1.0) == 1
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()

@@ -1,5 +1,6 @@
 """The ``lm-eval-swift`` command. ``eval`` is lm_eval itself with our models, filters and tasks registered;
-every other subcommand lives beside its concept and is imported only when it runs.
+every other subcommand lives beside its concept and is imported only when it runs. Their arguments and help are
+in :mod:`lm_eval_swift.commands`, which imports nothing heavy, so that ``--help`` and argument errors answer at once.
 
 A user's mistake (:class:`~lm_eval_swift.errors.UsageError`) is one line on stderr and exit status 2, Ctrl-C
 exit status 130, in every subcommand; ``--debug`` (anywhere in the arguments) or ``LM_EVAL_SWIFT_DEBUG=1`` shows

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import textwrap
 from pathlib import Path
 
 
@@ -475,9 +476,10 @@ def task_list(directory: Path) -> str:
             if line.startswith("#")
         )
         name = re.search(r"^task:\s*(\S+)", text, re.M)
-        lines.append(
-            f"  {name[1] if name else path.stem:<22} {comment.split('. ')[0].rstrip('.')}"
+        about = textwrap.shorten(
+            comment.split(". ")[0].rstrip("."), 96, placeholder=" ..."
         )
+        lines.append(f"  {name[1] if name else path.stem:<22} {about}")
     return "\n".join(lines)
 
 

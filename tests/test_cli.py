@@ -415,6 +415,9 @@ def test_ctrl_c_exits_130_without_a_traceback(model_and_head, shared_data, tmp_p
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
+        # Ctrl-C's default action, also when pytest runs as a background job of a shell, whose SIGINT is ignored
+        # (Python then leaves it ignored and the child would never see the signal)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     seen = []
     for line in (

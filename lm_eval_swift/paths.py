@@ -32,3 +32,15 @@ def tasks_dir() -> Path:
 def model_basename(name_or_path: str) -> str:
     """The last component of a model's path or Hub id (``/ckpt/llama/`` -> ``llama``)."""
     return str(name_or_path).rstrip("/\\").replace("\\", "/").split("/")[-1]
+
+
+def with_user_umask(path: str | os.PathLike) -> Path:
+    """Give ``path`` (a file, or a folder and all it holds) the mode a new file or folder gets under the user's
+    umask (0644 / 0755 under the usual 022): safetensors and ``tempfile`` write 0600 files and 0700 folders."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    path = Path(path)
+    for p in [path, *(path.rglob("*") if path.is_dir() else ())]:
+        if not p.is_symlink():
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
+    return path

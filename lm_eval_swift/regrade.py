@@ -18,10 +18,9 @@ from lm_eval_swift.bon.rollouts import (
     read_rollouts,
     write_rollouts,
 )
-from lm_eval_swift.grading import MODES
 
 
-__all__ = ["Movement", "add_regrade_arguments", "cmd_regrade", "regrade_rollout"]
+__all__ = ["Movement", "cmd_regrade", "regrade_rollout"]
 
 
 @dataclass
@@ -75,25 +74,6 @@ def regrade_rollout(
             )
         )
     return replace(rollout, responses=regraded)
-
-
-def add_regrade_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "rollouts", nargs="+", help="rollouts files, rewritten in place"
-    )
-    parser.add_argument(
-        "--grading",
-        choices=tuple(MODES),
-        default="default",
-        help="grading mode (default: default)",
-    )
-    parser.add_argument(
-        "--max_gen_toks",
-        type=int,
-        default=None,
-        help="the run's generation limit: a response without a recorded finish (plain --model hf) that reached "
-        "it counts as truncated",
-    )
 
 
 def cmd_regrade(args: argparse.Namespace) -> None:

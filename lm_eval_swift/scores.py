@@ -16,7 +16,7 @@ from typing import Any
 from lm_eval_swift.bon.rollouts import QuestionRollout
 from lm_eval_swift.bon.samples import prompt_tokens, response_tokens_from_text
 from lm_eval_swift.errors import UsageError
-from lm_eval_swift.scorers import PROTOCOLS, check_protocol, get_scorer, load_scorer
+from lm_eval_swift.scorers import check_protocol, get_scorer, load_scorer
 from lm_eval_swift.swift.heads import SwiftHead, resolve_heads
 from lm_eval_swift.swift.rescoring import rescore
 
@@ -107,22 +107,23 @@ def _add_reward_model_scores(
 def _add_head_scores(rollouts: Sequence[QuestionRollout], rescoring: Rescoring) -> None:
     """Add each head's SWIFT reward (under its alias) to every response by one teacher-forced pass.
 
-    Tokens come from the rollouts when they carry them (``hf-swift``); otherwise the prompt is encoded with the
-    loaded ``encode`` and the response by the one response-token rule for text.
+    Tokens come from the rollouts when they carry them (``hf-swift``); otherwise the prompt is encoded with
+    ``encode`` (default: as lm-eval's HF backend would) and the response by the one response-token rule for text,
+    and the rollouts keep those tokens.
     """
     model, tokenizer, encode = rescoring.load()
     encode = encode or (lambda prompt: prompt_tokens(tokenizer, prompt))
     prompts, responses, targets = [], [], []
     for r in rollouts:
-        prompt_ids = r.prompt_token_ids or encode(r.prompt)
+        r.prompt_token_ids = r.prompt_token_ids or encode(r.prompt)
         for resp in r.responses:
-            prompts.append(prompt_ids)
-            responses.append(
-                resp.token_ids
-                or response_tokens_from_text(
+            if not resp.token_ids:
+                resp.token_ids = response_tokens_from_text(
                     resp.text, tokenizer, rescoring.max_gen_toks
                 )
-            )
+                resp.num_tokens = len(resp.token_ids)
+            prompts.append(r.prompt_token_ids)
+            responses.append(resp.token_ids)
             targets.append(resp)
     heads = rescoring.heads
     rewards = rescore(
@@ -132,55 +133,19 @@ def _add_head_scores(rollouts: Sequence[QuestionRollout], rescoring: Rescoring) 
         resp.scores.update(zip(heads, row, strict=True))
 
 
-def add_rescore_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("rollouts", nargs="+")
-    parser.add_argument(
-        "--head",
-        help="head spec: [alias=]path_or_name[,...] (the first head's alias defaults to swift)",
-    )
-    parser.add_argument(
-        "--model",
-        help="base model for the heads (default: the first head's base model)",
-    )
-    parser.add_argument(
-        "--scorer",
-        action="append",
-        default=[],
-        help="reward-model scorer name (repeatable)",
-    )
-    parser.add_argument(
-        "--rm-protocol",
-        choices=PROTOCOLS,
-        default=None,
-        help="inputs of the scorers: each model card's recipe (card, the default) or the SWIFT "
-        "paper's baseline script (paper)",
-    )
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument(
-        "--parallelize",
-        action="store_true",
-        help="shard the model across GPUs (accelerate)",
-    )
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument(
-        "--max-gen-toks",
-        type=int,
-        default=1024,
-        help="the generation limit of the run, for responses stored without token ids",
-    )
-
-
 def cmd_rescore(args: argparse.Namespace) -> None:
     """``lm-eval-swift rescore``: add head and scorer scores to rollouts files, rewriting each atomically."""
-    from lm_eval_swift.bon.rollouts import read_rollouts, write_rollouts
+    from lm_eval_swift.bon.rollouts import write_rollouts
+    from lm_eval_swift.log_samples import read_rollouts_or_samples
     from lm_eval_swift.swift.features import load_base_model
     from lm_eval_swift.swift.heads import find_head, head_refs
 
     if not args.head and not args.scorer:
         raise UsageError("rescore: give at least one --head or --scorer")
     specs = parse_scorer_specs(",".join(args.scorer), protocol=args.rm_protocol)
-    files = {path: list(read_rollouts(path)) for path in args.rollouts}
+    files = {
+        _rescored_path(path): read_rollouts_or_samples(path) for path in args.rollouts
+    }
     rollouts = [r for rs in files.values() for r in rs]
     if args.head:
         first_ref = head_refs(args.head)[0][1]
@@ -206,3 +171,18 @@ def cmd_rescore(args: argparse.Namespace) -> None:
     for path, rs in files.items():
         write_rollouts(rs, path)
         print(f"Rescored {len(rs)} questions in {path}")
+
+
+def _rescored_path(path: str) -> str:
+    """Where rescore writes the rollouts of ``path``: the file itself, or for lm_eval's samples file the
+    ``rollouts_<task>_<date>.jsonl`` beside it, which must not exist yet (rescore that one instead)."""
+    from lm_eval_swift.log_samples import is_samples_file, rollouts_path
+
+    if not is_samples_file(path):
+        return path
+    out = rollouts_path(path)
+    if out.exists():
+        raise UsageError(
+            f"{out} already exists beside {path}: rescore it instead (it keeps the scores it has)"
+        )
+    return str(out)

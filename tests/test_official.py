@@ -7,11 +7,11 @@ import argparse
 import pytest
 import torch
 
+from lm_eval_swift.commands import add_import_arguments
 from lm_eval_swift.swift.features import FeatureExtractor, load_base_model
 from lm_eval_swift.swift.heads import SwiftHead
 from lm_eval_swift.swift.official import (
     OfficialCheckpointError,
-    add_import_arguments,
     cmd_import,
     import_official,
 )

@@ -22,6 +22,7 @@ from lm_eval_swift.bon.rollouts import (
     read_rollouts,
     write_rollouts,
 )
+from lm_eval_swift.commands import add_train_arguments
 from lm_eval_swift.swift.features import (
     FeatureCache,
     FeatureExtractor,
@@ -33,7 +34,6 @@ from lm_eval_swift.swift.training import (
     CHECKPOINT,
     ThroughOutputEmbedding,
     TrainingData,
-    add_train_arguments,
     cmd_train,
     correct_incorrect_pairs,
     objective,

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -20,35 +21,30 @@ MODEL_DIR = DEMO_DIR / "swift-demo-llama"
 HEAD_DIR = DEMO_DIR / "swift-demo-llama-head"
 
 
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--questions",
-        type=int,
-        default=300,
-        help="synthetic test questions (default 300)",
-    )
-    parser.add_argument(
-        "--n", type=int, default=16, help="samples per question (default 16)"
-    )
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=2,
-        help="torch threads (default 2: on 2 idle cores 30%% faster than 1; the 1M-parameter model "
-        "gains little from more)",
-    )
-    parser.add_argument("--output", help="output folder (default: a temporary one)")
-    parser.add_argument(
-        "--model",
-        default=str(MODEL_DIR),
-        help="model dir (default: the shipped demo model)",
-    )
-    parser.add_argument(
-        "--head",
-        default=str(HEAD_DIR),
-        help="head dir (default: the shipped demo head)",
-    )
+def idle_cores(seconds: float = 0.5) -> int:
+    """CPU cores (of those this process may use) that other processes left idle over the next ``seconds``, rounded
+    down, at least 1: from /proc/stat where there is one, else cores minus the 1-minute load average.
+
+    One torch thread per idle core: a thread more than the idle cores waits for a core at every operation, and the
+    demo's operations are short, so one CPU-bound process beside it made 2 threads on 2 cores 15 times slower."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        before = _cpu_times()
+        time.sleep(seconds)
+        after = _cpu_times()
+        busy, total = (after[0] - before[0]), (after[1] - before[1])
+        idle = (os.cpu_count() or cores) * (1 - busy / total) if total else cores
+    except (OSError, ValueError, IndexError):
+        idle = cores - os.getloadavg()[0]
+    return max(1, min(cores, int(idle + 0.25)))
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot, from the first line of /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields[:8]) - idle, sum(fields[:8])
 
 
 def demo_argv(args: argparse.Namespace, output: str) -> list[str]:
@@ -79,7 +75,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from lm_eval_swift.harness.eval_command import run_lm_eval
     from lm_eval_swift.reports.report import bon_table, format_table
 
-    torch.set_num_threads(max(1, min(args.threads, os.cpu_count() or 1)))
+    threads = idle_cores() if args.threads == "auto" else args.threads
+    torch.set_num_threads(max(1, min(threads, len(os.sched_getaffinity(0)))))
+    print(f"torch threads: {torch.get_num_threads()} (--threads {args.threads})")
     output = args.output or tempfile.mkdtemp(prefix="lm-eval-swift-demo-")
     argv = demo_argv(args, output)
     print(

@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from lm_eval_swift.commands import eval_epilog
 from lm_eval_swift.errors import UsageError
 from lm_eval_swift.harness import lm_eval_private
 from lm_eval_swift.paths import tasks_dir
@@ -22,13 +23,13 @@ def run_lm_eval(argv: Sequence[str]) -> None:
 
     lm-eval 0.4.13 reads no plugin entry points, so this is the one place that joins the two: lm-eval's parser
     with an argument list (never ``sys.argv``), its ``include_path`` (a list, as its TaskManager takes), and a
-    step after its run."""
+    step after its run. The arguments are parsed and checked (:func:`check_before_start_up`) before any model code
+    is imported, so ``--help`` and a user's mistakes answer at once."""
+    args = lm_eval_parser().parse_args(["run", *argv])
+    check_before_start_up(args)
     import lm_eval_swift.harness.models  # noqa: F401  (registers hf-swift)
     from lm_eval_swift.harness.tasks import save_rollouts  # (registers the filters)
 
-    parser = argparse.ArgumentParser(prog="lm-eval-swift eval")
-    lm_eval_private.add_run_command(parser)
-    args = parser.parse_args(["run", *argv])
     args.include_path = [
         *([args.include_path] if args.include_path else []),
         str(tasks_dir()),
@@ -46,6 +47,55 @@ def run_lm_eval(argv: Sequence[str]) -> None:
         results = lm_eval_private.results_file(Path(args.output_path), started)
         if results is not None:
             save_rollouts(results)
+
+
+def lm_eval_parser() -> argparse.ArgumentParser:
+    """lm-eval's ``run`` parser, its help extended with what is ours (:func:`~lm_eval_swift.commands.eval_epilog`);
+    it imports no model code, so ``eval --help`` and mistakes in lm_eval's flags answer at once."""
+    parser = argparse.ArgumentParser(prog="lm-eval-swift")
+    run = lm_eval_private.add_run_command(parser)
+    run.prog = "lm-eval-swift eval"
+    run.usage = "lm-eval-swift eval --model hf-swift --model_args pretrained=MODEL --tasks TASK [options]"
+    run.description = "lm_eval with hf-swift and our filters and tasks registered (takes lm_eval's flags)."
+    run.epilog = eval_epilog(tasks_dir())
+    return parser
+
+
+def check_before_start_up(args: argparse.Namespace) -> None:
+    """The user's mistakes that can be seen in lm_eval's parsed arguments, as a :class:`UsageError` before lm-eval
+    starts (imports, logging, model loading): a task name like ours (its ending, or a close spelling) that is not
+    ours, a local model or head path that does not exist, and a metadata ``n`` that is not a whole number >= 1.
+    The rest is checked where it is met (the task checks the data, the heads against the model, the context
+    length)."""
+    ours = {p.stem for p in tasks_dir().glob("*.yaml")}
+    suffixes = tuple({"_" + name.split("_", 1)[1] for name in ours if "_" in name})
+    unknown = [
+        t
+        for t in args.tasks or []
+        if t not in ours
+        and (t.endswith(suffixes) or difflib.get_close_matches(t, ours, cutoff=0.85))
+    ]  # lm-eval's own task names are neither
+    if unknown:
+        raise UsageError(_unknown_tasks(unknown))
+    model_args = args.model_args if isinstance(args.model_args, dict) else {}
+    metadata = args.metadata if isinstance(args.metadata, dict) else {}
+    pretrained = str(model_args.get("pretrained", ""))
+    if _local(pretrained) and not Path(pretrained).expanduser().exists():
+        raise UsageError(
+            f"--model_args pretrained={pretrained}: no such model directory"
+        )
+    for spec in (model_args.get("heads"), metadata.get("heads")):
+        for ref in (part.split("=", 1)[-1] for part in str(spec or "").split(",")):
+            if _local(ref) and not Path(ref).expanduser().exists():
+                raise UsageError(f"SWIFT head {ref!r} not found (no such directory)")
+    n = metadata.get("n", model_args.get("n", 1))
+    if isinstance(n, bool) or not str(n).isdigit() or int(n) < 1:
+        raise UsageError(f"--metadata n must be a whole number >= 1, got {n!r}")
+
+
+def _local(path: str) -> bool:
+    """Whether a model or head reference is a local path (else a name or Hub id, checked where it is loaded)."""
+    return path.startswith(("/", "./", "../", "~"))
 
 
 def _unknown_tasks(names: Sequence[str]) -> str:

@@ -19,11 +19,14 @@ from pathlib import Path
 TASKS_NOT_FOUND = "Tasks not found:"  # lm_eval/config/evaluate_config.py
 
 
-def add_run_command(parser: argparse.ArgumentParser) -> None:
-    """Add lm-eval's ``run`` subcommand (all of lm_eval's flags; it sets ``func``) to ``parser``."""
+def add_run_command(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add lm-eval's ``run`` subcommand (all of lm_eval's flags; it sets ``func``) to ``parser``; returns its
+    parser. Imports lm-eval's CLI only, no model code."""
     from lm_eval._cli.run import Run
 
-    Run.create(parser.add_subparsers(dest="command"))
+    sub = parser.add_subparsers(dest="command")
+    Run.create(sub)
+    return sub.choices["run"]
 
 
 def unknown_tasks(error: ValueError) -> list[str] | None:

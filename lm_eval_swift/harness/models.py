@@ -49,6 +49,7 @@ from lm_eval_swift.decoding import (
     decode,
     sample_seed,
 )
+from lm_eval_swift.harness.batching import decode_rows
 from lm_eval_swift.harness.distributed import (
     destroy_gloo_group_at_exit,
     padding_copies,
@@ -234,17 +235,19 @@ class HFSwiftLM(HFLM):
             grouped.setdefault(
                 (context, json.dumps(gen_kwargs, sort_keys=True, default=str)), []
             ).append(i)
-        batch_size = (
-            self._detect_batch_size()
-            if self.batch_size == "auto"
-            else int(self.batch_size)
-        )
         self._counts = {"cached": 0, "sampled": 0}
         samplers: dict[str, Sampling] = {}
         questions = [
             self._plan(*requests[idxs[0]].args, idxs, samplers)
             for idxs in grouped.values()
         ]
+        batch_size = decode_rows(
+            self.batch_size,
+            self.model,
+            self.max_length,
+            self.max_batch_size or 64,
+            sum(len(q.job.seeds) for q in questions),
+        )  # lm-eval's default 1 is read as auto: never one sample at a time by accident
         autocast = torch.autocast(
             self.device.type,
             self.mixed_precision_dtype,

@@ -23,10 +23,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lm_eval_swift.bon.metrics import auroc, within_question_auroc
-from lm_eval_swift.bon.rollouts import QuestionRollout, read_rollouts
+from lm_eval_swift.bon.rollouts import QuestionRollout
 from lm_eval_swift.bon.rows import BON_KS as DEFAULT_KS
 from lm_eval_swift.bon.rows import bon_table, sample_counts
 from lm_eval_swift.errors import UsageError
+from lm_eval_swift.log_samples import read_rollouts_or_samples
 from lm_eval_swift.paths import model_basename
 
 
@@ -511,11 +512,12 @@ def leaderboard(
                 results.setdefault((model, task), {}).update(cells)
         elif suffix in (".jsonl", ".jsonl.gz"):
             model = rollouts_model(path)
-            for q in read_rollouts(path):
+            for q in read_rollouts_or_samples(path):
                 questions.setdefault((model, q.task), {})[q.doc_id] = q
         else:
             raise UsageError(
-                f"{path}: unknown file kind: give lm-eval results (.json) or rollouts (.jsonl, .jsonl.gz) files"
+                f"{path}: unknown file kind: give lm-eval results (.json), rollouts (.jsonl, .jsonl.gz) or lm_eval "
+                "samples (samples_<task>_<date>.jsonl) files"
             )
     cells = {
         g: bon_estimates(list(qs.values()), ks, estimator, subsets=subsets, seed=seed)
@@ -540,48 +542,6 @@ def leaderboard(
 
 
 # -- CLI ---------------------------------------------------------------------------------------------------------
-
-
-def add_source_arguments(parser: argparse.ArgumentParser) -> None:
-    """The input files and estimator options shared by ``leaderboard`` and ``plot``."""
-    parser.add_argument(
-        "files", nargs="+", help="lm-eval results_*.json and/or rollouts_*.jsonl files"
-    )
-    parser.add_argument(
-        "--estimator",
-        choices=list(ESTIMATORS),
-        default="first",
-        help="BoN@k from the first k of N samples (default) or the mean over random k-subsets",
-    )
-    parser.add_argument(
-        "--subsets",
-        type=int,
-        default=64,
-        help="k-subsets per question for --estimator subsets",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the k-subsets")
-
-
-def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> None:
-    add_source_arguments(parser)
-    parser.add_argument(
-        "--k",
-        type=int,
-        nargs="+",
-        default=list(DEFAULT_KS),
-        help="values of k (default 1 4 16 64)",
-    )
-    parser.add_argument(
-        "--head-parameters",
-        action="append",
-        default=[],
-        metavar="NAME=COUNT",
-        help="parameter count of a SWIFT head score, for its FLOPs (repeatable)",
-    )
-    parser.add_argument(
-        "--csv", help="also write the table (and <stem>_scores.csv) here"
-    )
-    parser.add_argument("--markdown", help="also write the Markdown here")
 
 
 def parse_head_parameters(specs: Sequence[str]) -> dict[str, float]:

@@ -12,7 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lm_eval_swift.reports.leaderboard import add_source_arguments, leaderboard
+from lm_eval_swift.reports.leaderboard import leaderboard
 
 
 POWERS_OF_TWO = tuple(
@@ -80,11 +80,6 @@ def panel_title(label: str, width: int = TITLE_WIDTH) -> str:
         textwrap.fill(part, width, break_long_words=True, break_on_hyphens=False)
         for part in parts
     )
-
-
-def add_plot_arguments(parser: argparse.ArgumentParser) -> None:
-    add_source_arguments(parser)
-    parser.add_argument("-o", "--output", required=True, help="the PNG to write")
 
 
 def cmd_plot(args: argparse.Namespace) -> None:

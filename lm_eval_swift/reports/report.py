@@ -6,16 +6,19 @@ from __future__ import annotations
 import argparse
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 
 from lm_eval_swift.bon.metrics import MIN_DISCORDANT, mcnemar
-from lm_eval_swift.bon.rollouts import QuestionRollout, read_rollouts
+from lm_eval_swift.bon.rollouts import QuestionRollout
 from lm_eval_swift.bon.rows import BON_KS as DEFAULT_KS
 from lm_eval_swift.bon.rows import bon_table, sample_counts
+from lm_eval_swift.errors import UsageError
+from lm_eval_swift.log_samples import read_rollouts_or_samples
 
 
 __all__ = [
     "DEFAULT_KS",
-    "add_report_arguments",
+    "checked_ks",
     "bon_table",
     "cmd_report",
     "format_paired",
@@ -35,51 +38,24 @@ def format_table(table: dict[str, dict[int, float]], title: str = "") -> str:
     return "\n".join(lines)
 
 
-def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "rollouts",
-        nargs="+",
-        help="rollouts_*.jsonl files written next to lm_eval's results",
-    )
-    parser.add_argument(
-        "--k",
-        type=int,
-        nargs="+",
-        default=list(DEFAULT_KS),
-        help="values of k (default 1 4 16 64)",
-    )
-    parser.add_argument(
-        "--paired",
-        action="store_true",
-        help="also compare every row with maj@k, paired over questions: difference, 95%% bootstrap interval, "
-        "discordant questions and the exact McNemar p-value",
-    )
-    parser.add_argument(
-        "--resamples",
-        type=int,
-        default=2000,
-        help="bootstrap resamples for --paired (default 2000)",
-    )
-
-
 def cmd_report(args: argparse.Namespace) -> None:
-    """``lm-eval-swift report``: one table per task found in the files."""
+    """``lm-eval-swift report``: one table per task found in the files (rollouts or lm_eval samples files)."""
     by_task: dict[str, list[QuestionRollout]] = defaultdict(list)
     for path in args.rollouts:
-        for r in read_rollouts(path):
+        for r in read_rollouts_or_samples(path):
             by_task[r.task].append(r)
     for task, rollouts in by_task.items():
         n_min, n = sample_counts(rollouts)
+        ks = checked_ks(args.k, n_min, task)
         sizes = f"N={n}" if n_min == n else f"N={n_min}..{n}"
         print(
             format_table(
-                bon_table(rollouts, args.k),
-                f"{task}: {len(rollouts)} questions, {sizes}",
+                bon_table(rollouts, ks), f"{task}: {len(rollouts)} questions, {sizes}"
             )
         )
         print()
         if args.paired:
-            print(format_paired(rollouts, args.k, args.resamples))
+            print(format_paired(rollouts, ks, args.resamples))
             print()
 
 
@@ -121,3 +97,18 @@ def format_paired(
             lines.append(f"| {row} | {k} | {sum(diff) / n:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {only_row} / {only_maj} "
                          f"| {p:.3g}{flag} |")  # fmt: skip
     return "\n".join(lines)
+
+
+def checked_ks(ks: Sequence[int] | None, n: int, task: str) -> list[int]:
+    """The k values of a table whose questions have at least ``n`` samples: ``ks`` (each >= 1), where a k above
+    ``n`` is a :class:`UsageError`; without ``ks``, those of :data:`DEFAULT_KS` up to ``n``."""
+    if ks is None:
+        return [k for k in DEFAULT_KS if k <= n]
+    if bad := [k for k in ks if k < 1]:
+        raise UsageError(f"--k {bad[0]}: every k must be a whole number >= 1")
+    if over := [k for k in ks if k > n]:
+        raise UsageError(
+            f"--k {' '.join(map(str, over))}: k can be at most {n}, the number of samples of each question "
+            f"of {task}"
+        )
+    return list(ks)

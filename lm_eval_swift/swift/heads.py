@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lm_eval_swift.errors import UsageError
-from lm_eval_swift.paths import model_basename
+from lm_eval_swift.paths import model_basename, with_user_umask
 
 
 log = logging.getLogger(__name__)
@@ -306,6 +306,7 @@ class SwiftHead(nn.Module):
             directory / WEIGHTS_NAME,
             metadata={"format": "pt"},
         )
+        with_user_umask(directory / WEIGHTS_NAME)  # safetensors writes 0600
         (directory / CONFIG_NAME).write_text(json.dumps(self.config(), indent=2) + "\n")
         return directory
 

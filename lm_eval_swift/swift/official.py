@@ -127,34 +127,6 @@ def _hint(n_features: int, head: SwiftHead) -> str:
     return ": the checkpoint was trained on another model or other features"
 
 
-def add_import_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``lm-eval-swift import-official``."""
-    parser.add_argument("file", help="the authors' reward model state dict (.pt)")
-    parser.add_argument(
-        "--base-model",
-        required=True,
-        help="the model it was trained on: path or hub id (config only)",
-    )
-    parser.add_argument("--out", required=True, help="output head directory")
-    features = parser.add_mutually_exclusive_group()
-    features.add_argument(
-        "--layers",
-        type=int,
-        nargs="+",
-        help="the --layers of the authors' run (default: all)",
-    )
-    features.add_argument(
-        "--logits",
-        action="store_true",
-        help="the checkpoint was trained in --logits_mode",
-    )
-    parser.add_argument(
-        "--name", default="swift", help="the head's name (default swift)"
-    )
-    parser.add_argument("--revision")
-    parser.add_argument("--trust-remote-code", action="store_true")
-
-
 def cmd_import(args: argparse.Namespace) -> None:
     """Run ``lm-eval-swift import-official``."""
     head = import_official(

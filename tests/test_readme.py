@@ -3,7 +3,7 @@
 What the test changes, and nothing else: the model (``meta-llama/Llama-3.1-8B-Instruct``, ``MODEL``) becomes a tiny
 random model; evaluations get size flags (``--limit``, ``--gen_kwargs max_gen_toks=``, N through ``--metadata``)
 and ``train`` ``--epochs``; the data come from ``LM_EVAL_SWIFT_DATA_DIR`` (as the README says); without a GPU,
-``parallelize=True`` (which needs GPUs) is dropped. Not run here: ``pip install`` lines (the demo they end with is
+``parallelize=True`` (which needs GPUs) is dropped. ``sh`` blocks are shown, not run (vLLM sampling: no vLLM or GPU here). Not run here: ``pip install`` lines (the demo they end with is
 ``test_demo.py`` and ``test_packaging.py``) and ``accelerate launch`` (``test_data_parallel.py``).
 """
 

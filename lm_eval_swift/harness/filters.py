@@ -44,9 +44,11 @@ def _filter_class(selector: Selector) -> type[BestOfNFilter]:
 
 
 FILTERS: dict[str, type[BestOfNFilter]] = {}
-"""Selector name -> its filter class, registered under each of the selector's filter names."""
+"""Selector name -> its filter class, registered under each of the selector's filter names (and a module attribute
+of its own name, ``FirstFilter``, ..., which the ``lm_eval.filters`` entry points in pyproject name)."""
 for _name, _selector in SELECTORS.items():
-    FILTERS[_name] = _filter_class(_selector)
+    _cls = FILTERS[_name] = _filter_class(_selector)
+    globals()[_cls.__name__] = _cls
     for _filter_name in FILTER_NAMES[_name]:
         register_filter(_filter_name)(FILTERS[_name])
 

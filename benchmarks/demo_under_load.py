@@ -22,9 +22,11 @@ import tempfile
 import time
 
 
-def run_demo(questions: int, threads: str, hogs: int) -> tuple[float, float, float]:
-    """(wall seconds, CPU seconds of the demo's processes, 1-minute load average at its start) of one demo run
-    beside ``hogs`` busy loops."""
+def run_demo(
+    questions: int, threads: str, hogs: int
+) -> tuple[float, float, float, str]:
+    """(wall seconds, CPU seconds of the demo's processes, 1-minute load average at its start, the torch threads
+    it used) of one demo run beside ``hogs`` busy loops."""
     loops = [
         subprocess.Popen([sys.executable, "-c", "while 1: pass"]) for _ in range(hogs)
     ]
@@ -55,7 +57,15 @@ def run_demo(questions: int, threads: str, hogs: int) -> tuple[float, float, flo
     if done.returncode != 0:
         raise SystemExit(f"the demo failed:\n{done.stderr[-3000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, load
+    used = next(
+        (
+            line.split()[2]
+            for line in done.stdout.splitlines()
+            if line.startswith("torch threads:")
+        ),
+        "?",
+    )
+    return wall, cpu, load, used
 
 
 def main() -> None:
@@ -79,8 +89,8 @@ def main() -> None:
     print(
         f"demo --questions {args.questions}; {os.cpu_count()} cores; hogs: {args.hogs}"
     )
-    print("| threads | hogs | wall s | CPU s | load at start |")
-    print("|---|---:|---:|---:|---:|")
+    print("| --threads | used | hogs | wall s | CPU s | load at start |")
+    print("|---|---:|---:|---:|---:|---:|")
     ratios: dict[str, list[float]] = {}
     for threads in args.threads:
         for repeat in range(args.repeats):

@@ -4,6 +4,7 @@
     python experiments/smollm2_gsm8k/run.py heads [--threads 2]  # four heads, ``lm-eval-swift train``, train shards
     python experiments/smollm2_gsm8k/run.py sample --split test  [--workers 2] [--commit]   # with the four heads
     python experiments/smollm2_gsm8k/run.py rescore    # the heads' rewards for test shards drawn without them
+    python experiments/smollm2_gsm8k/run.py confidence [--commit]  # the confidence scores of the test shards
     python experiments/smollm2_gsm8k/run.py report     # results.md: table with SEs, AUROCs, paired bootstrap
     python experiments/smollm2_gsm8k/run.py ship       # the head chosen on validation to heads/SmolLM2-135M-Instruct
     python experiments/smollm2_gsm8k/run.py status
@@ -280,6 +281,32 @@ def cmd_rescore(args: argparse.Namespace) -> None:
             commit(path, f"experiments/smollm2_gsm8k: heads' rewards for {path.name}")
 
 
+def cmd_confidence(args: argparse.Namespace) -> None:
+    """Add the confidence scores (teacher-forced, in place) to the test shards, one shard at a time so a stopped run
+    resumes from the shards already done (the scores are deterministic: one fp32 pass of SmolLM2)."""
+    from lm_eval_swift.confidence import CONFIDENCE_SCORERS
+
+    todo = [
+        path
+        for path in split_files("test")
+        if any(
+            set(CONFIDENCE_SCORERS) - set(resp.scores)
+            for q in read_rollouts(path)
+            for resp in q.responses
+        )
+    ]
+    print(f"test: {len(todo)} shards without the confidence scores", flush=True)
+    for path in todo:
+        cmd = [sys.executable, "-m", "lm_eval_swift", "rescore", str(path), "--confidence", "all",
+               "--model", str(smollm2_dir()), "--device", "cpu", "--dtype", "float32",
+               "--batch-size", str(SPLITS["test"]["n"])]  # fmt: skip
+        subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if args.commit:
+            commit(
+                path, f"experiments/smollm2_gsm8k: confidence scores for {path.name}"
+            )
+
+
 KS = (1, 2, 4, 8, 16)
 
 
@@ -474,6 +501,14 @@ def main() -> None:
         "--commit", action="store_true", help="git commit the rescored shards"
     )
     p.set_defaults(func=cmd_rescore)
+    p = sub.add_parser(
+        "confidence",
+        help="add the confidence scores to the test shards (teacher-forced)",
+    )
+    p.add_argument(
+        "--commit", action="store_true", help="git commit each rescored shard"
+    )
+    p.set_defaults(func=cmd_confidence)
     p = sub.add_parser(
         "report", help="the results table, AUROCs and paired comparisons (results.md)"
     )

@@ -126,27 +126,36 @@ class ConfidenceCapture:
             full, torch.minimum(self.lowest[rows], mean), self.lowest[rows]
         )
 
+    @torch.inference_mode()  # the state may be inference tensors (made while decoding)
     def finish(self, row: int, length: int) -> Scores | None:
         """The scores of row ``row``'s first ``length`` tokens (its response); None when more than ``lag`` sampled
-        tokens were cut off (then its scores need the teacher-forced pass). The row is spent."""
+        tokens were cut off (then its scores need the teacher-forced pass). The state is left as it was."""
         seen, folded = int(self.seen[row]), int(self.folded[row])
         if length < folded or length > seen:
             return None
-        at = torch.tensor([row])
+        one, first = self.detach(row), torch.tensor([0])
         for i in range(folded, length):
-            self._fold(at, self.pending[row, i % self.lag][None])
+            one._fold(first, one.pending[0, i % self.lag][None])
         if length == 0:
             return {}
-        means = (self.sums[row] / length).tolist()
+        means = (one.sums[0] / length).tolist()
         p = self.params
-        lowest = (
-            float(self.lowest[row])
-            if length >= p.window
-            else float(self.window_sum[row]) / length
+        lowest = float(
+            one.lowest[0] if length >= p.window else one.window_sum[0] / length
         )
         last = torch.arange(length - min(length, p.tail), length) % self.ring
-        tail = float(self.conf[row, last].mean())
+        tail = float(one.conf[0, last].mean())
         return dict(zip(CONFIDENCE_SCORERS, [*means, lowest, tail], strict=True))
+
+    STATE = ("pending", "seen", "sums", "folded", "conf", "window_sum", "lowest")
+
+    def detach(self, row: int) -> ConfidenceCapture:
+        """A one-row copy of row ``row``'s state (a finished sample's, for :meth:`finish` once its length is known)."""
+        one = ConfidenceCapture.__new__(ConfidenceCapture)
+        one.params, one.lag, one.ring = self.params, self.lag, self.ring
+        for name in self.STATE:
+            setattr(one, name, getattr(self, name)[row : row + 1].clone())
+        return one
 
     def move(self, dst: torch.Tensor, src: torch.Tensor) -> None:
         """Copy rows ``src`` to rows ``dst`` (the decode batch compacted)."""

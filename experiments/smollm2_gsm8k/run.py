@@ -4,7 +4,7 @@
     python experiments/smollm2_gsm8k/run.py heads [--threads 2]  # four heads, ``lm-eval-swift train``, train shards
     python experiments/smollm2_gsm8k/run.py sample --split test  [--workers 2] [--commit]   # with the four heads
     python experiments/smollm2_gsm8k/run.py rescore    # the heads' rewards for test shards drawn without them
-    python experiments/smollm2_gsm8k/run.py confidence [--commit]  # the confidence scores of the test shards
+    python experiments/smollm2_gsm8k/run.py confidence [--commit]  # confidence scores: rollouts/test-confidence/
     python experiments/smollm2_gsm8k/run.py report     # results.md: table with SEs, AUROCs, paired bootstrap
     python experiments/smollm2_gsm8k/run.py ship       # the head chosen on validation to heads/SmolLM2-135M-Instruct
     python experiments/smollm2_gsm8k/run.py status
@@ -281,30 +281,85 @@ def cmd_rescore(args: argparse.Namespace) -> None:
             commit(path, f"experiments/smollm2_gsm8k: heads' rewards for {path.name}")
 
 
-def cmd_confidence(args: argparse.Namespace) -> None:
-    """Add the confidence scores (teacher-forced, in place) to the test shards, one shard at a time so a stopped run
-    resumes from the shards already done (the scores are deterministic: one fp32 pass of SmolLM2)."""
+CONFIDENCE_DIR = (
+    ROLLOUTS / "test-confidence"
+)  # test shards with the confidence scores added
+
+
+def has_confidence(path: Path) -> bool:
+    """Every response of the shard at ``path`` carries every confidence score."""
     from lm_eval_swift.confidence import CONFIDENCE_SCORERS
 
+    return path.is_file() and all(
+        set(CONFIDENCE_SCORERS) <= set(resp.scores)
+        for q in read_rollouts(path)
+        for resp in q.responses
+    )
+
+
+def cmd_confidence(args: argparse.Namespace) -> None:
+    """Copy each test shard to ``rollouts/test-confidence/`` and add the confidence scores to the copy by the
+    teacher-forced ``lm-eval-swift rescore --confidence all`` (one fp32 pass of SmolLM2 over its responses), one shard
+    at a time, so a stopped run resumes from the shards done. The copies keep the test shards' samples and scores;
+    results.md's confidence section reads them (the main table stays on all 300 questions while they are fewer)."""
+    CONFIDENCE_DIR.mkdir(exist_ok=True)
     todo = [
-        path
-        for path in split_files("test")
-        if any(
-            set(CONFIDENCE_SCORERS) - set(resp.scores)
-            for q in read_rollouts(path)
-            for resp in q.responses
-        )
+        p for p in split_files("test") if not has_confidence(CONFIDENCE_DIR / p.name)
     ]
     print(f"test: {len(todo)} shards without the confidence scores", flush=True)
     for path in todo:
-        cmd = [sys.executable, "-m", "lm_eval_swift", "rescore", str(path), "--confidence", "all",
+        target = CONFIDENCE_DIR / path.name
+        shutil.copyfile(path, target)
+        cmd = [sys.executable, "-m", "lm_eval_swift", "rescore", str(target), "--confidence", "all",
                "--model", str(smollm2_dir()), "--device", "cpu", "--dtype", "float32",
                "--batch-size", str(SPLITS["test"]["n"])]  # fmt: skip
         subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         if args.commit:
             commit(
-                path, f"experiments/smollm2_gsm8k: confidence scores for {path.name}"
+                target, f"experiments/smollm2_gsm8k: confidence scores for {path.name}"
             )
+
+
+def confidence_section(bootstrap: int) -> list[str]:
+    """results.md's section on the confidence scorers: over the questions of the shards in ``test-confidence/``,
+    each confidence row with its paired difference from maj (95% bootstrap interval) at k = 4 and 16, and each
+    score's AUROC (pooled and within question)."""
+    from lm_eval_swift.bon.metrics import auroc, within_question_auroc
+    from lm_eval_swift.confidence import CONFIDENCE_SCORERS
+
+    done = [p for p in sorted(CONFIDENCE_DIR.glob("*.jsonl.gz")) if has_confidence(p)]
+    if not done:
+        return []
+    rollouts = [q for p in done for q in read_rollouts(p)]
+    table, n = outcomes(rollouts), len(rollouts)
+    lines = ["", "## Confidence scorers (training-free)", "",
+             f"The {n} questions of the {len(done)} test shards rescored so far (`run.py confidence`, "
+             f"`rollouts/test-confidence/`: {', '.join(p.name.split('_q')[1][:9] for p in done)}). Accuracy and the "
+             f"difference from majority voting paired over these questions, with a 95% paired bootstrap interval "
+             f"({bootstrap} resamples); AUROC of the score for correctness, pooled and within question.", "",
+             "| row | k=4 | k=4 − maj | 95% interval | k=16 | k=16 − maj | 95% interval |",
+             "|---|---:|---:|---|---:|---:|---|"]  # fmt: skip
+    for row in [
+        "maj",
+        *(r for name in CONFIDENCE_SCORERS for r in table if r.startswith(name)),
+    ]:
+        cells = []
+        for k in (4, 16):
+            diff, lo, hi = paired_bootstrap(table[row][k], table["maj"][k], bootstrap)
+            cells += [
+                f"{mean_se(table[row][k])[0]:.3f}",
+                f"{diff:+.3f}",
+                f"[{lo:+.3f}, {hi:+.3f}]",
+            ]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines += ["", "| score | AUROC | within-q AUROC |", "|---|---:|---:|"]
+    labels = [[r.correct for r in q.responses] for q in rollouts]
+    for name in CONFIDENCE_SCORERS:
+        scores = [[r.scores[name] for r in q.responses] for q in rollouts]
+        pooled = auroc([s for g in scores for s in g], [y for g in labels for y in g])
+        within = within_question_auroc(list(zip(scores, labels, strict=True)))
+        lines.append(f"| {name} | {pooled:.3f} | {within:.3f} |")
+    return lines
 
 
 KS = (1, 2, 4, 8, 16)
@@ -415,6 +470,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         diff, lo, hi = paired_bootstrap(table[row][k], table["maj"][k], args.bootstrap)
         lines.append(f"| {k} | {mean_se(table[row][k])[0]:.3f} | {mean_se(table['maj'][k])[0]:.3f} | {diff:+.3f} "
                      f"| [{lo:+.3f}, {hi:+.3f}] |")  # fmt: skip
+    lines += confidence_section(args.bootstrap)
     text = "\n".join(lines) + "\n"
     (HERE / "results.md").write_text(text)
     print(text)

@@ -8,7 +8,7 @@ from collections import defaultdict
 
 from lm_eval_swift.bon.rollouts import QuestionRollout, read_rollouts
 from lm_eval_swift.bon.rows import BON_KS as DEFAULT_KS
-from lm_eval_swift.bon.rows import bon_table, sample_counts
+from lm_eval_swift.bon.rows import ETAS, bon_table, sample_counts
 
 
 __all__ = [
@@ -45,6 +45,13 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
         default=list(DEFAULT_KS),
         help="values of k (default 1 4 16 64)",
     )
+    parser.add_argument(
+        "--eta",
+        type=float,
+        nargs="+",
+        default=list(ETAS),
+        help="percentages kept by the filter-then-vote rows <score>_top<eta> (default 10 90)",
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -58,7 +65,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         sizes = f"N={n}" if n_min == n else f"N={n_min}..{n}"
         print(
             format_table(
-                bon_table(rollouts, args.k),
+                bon_table(rollouts, args.k, etas=args.eta),
                 f"{task}: {len(rollouts)} questions, {sizes}",
             )
         )

@@ -103,9 +103,13 @@ def rows(
     return out
 
 
-def row_ks(row: str, n: int, ks: Sequence[int] = BON_KS) -> list[int]:
-    """The k values of ``row`` for N = ``n`` samples: ``first`` at 1, ``mean`` at N, every other row at each
-    k <= N."""
+def row_ks(
+    row: str, n: int, ks: Sequence[int] = BON_KS, selector: str = ""
+) -> list[int]:
+    """The k values of ``row`` (whose selector is ``selector``) for N = ``n`` samples: ``first`` at 1, ``mean`` at
+    N, a filter-then-vote row (``top``) at each k > 1 (at k = 1 it is ``first``), every other row at each k <= N."""
+    if selector == "top":
+        return [k for k in ks if 1 < k <= n]
     return {"first": [1], "mean": [n]}.get(row) or [k for k in ks if k <= n]
 
 
@@ -161,8 +165,10 @@ def bon_table(
                         task, missing, total, name)  # fmt: skip
     table: dict[str, dict[int, float]] = {}
     for row, (selector, kwargs) in rows(names, reward_models, etas).items():
+        if selector == "top" and not row_ks(row, n_min, ks, selector):
+            continue  # only k = 1 asked: there it is ``first``
         fn = SELECTORS[selector]
-        ks_of_row = [n] if row == "mean" else row_ks(row, n_min, ks)
+        ks_of_row = [n] if row == "mean" else row_ks(row, n_min, ks, selector)
         table[row] = {
             k: sum(fn(r.responses[:k], **kwargs).correct for r in rollouts)
             / len(rollouts)

@@ -3,7 +3,8 @@
 The small character-level Llama shipped in this folder (trained by :mod:`lm_eval_swift.demo.build`) samples 16
 answers to each of a few hundred synthetic GSM8K-format word problems with ``hf-swift``; its SWIFT head (trained
 on the model's own rollouts of a separate split) scores them while they are sampled; the table compares first,
-mean, majority, oracle, SWIFT argmax and the SWIFT-weighted vote.
+mean, majority, oracle, SWIFT argmax, the SWIFT-weighted vote and filter-then-vote, and the same rows for the
+confidence scorers captured while sampling (:mod:`lm_eval_swift.confidence`).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def demo_argv(args: argparse.Namespace, output: str) -> list[str]:
         "--model",
         "hf-swift",
         "--model_args",
-        f"pretrained={args.model},dtype=float32,heads={args.head},sample_cache=none",
+        f"pretrained={args.model},dtype=float32,heads={args.head},confidence=all,sample_cache=none",
         "--tasks",
         "demo_bon_swift",
         "--apply_chat_template",

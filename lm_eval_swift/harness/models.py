@@ -120,8 +120,8 @@ class HFSwiftLM(HFLM):
     """HFLM plus best-of-N sampling with SWIFT rewards: ``generate_until`` returns :class:`Sample` responses.
 
     ``heads``: head spec as in :func:`~lm_eval_swift.swift.heads.resolve_heads` (default "auto"; None, "none", "off" or ""
-    mean no heads: plain sampling). ``confidence``: the confidence scorers captured while sampling, "all"
-    (default), names comma separated, or "none". ``seed``: sampling seed. ``sample_cache``: where finished samples are kept so
+    mean no heads: plain sampling). ``confidence``: the confidence scorers captured while sampling: "all",
+    names comma separated, or "none" (default). ``seed``: sampling seed. ``sample_cache``: where finished samples are kept so
     that a run started again samples only what is missing (see :mod:`~lm_eval_swift.harness.sample_cache`): a SQLite
     file or a directory for one; "auto" (default): ``hf-swift-samples.sqlite`` in the user's cache folder
     (``$XDG_CACHE_HOME/lm-eval-swift/``, default ``~/.cache/lm-eval-swift/``); None or "none": no cache.
@@ -137,7 +137,7 @@ class HFSwiftLM(HFLM):
         self,
         pretrained,
         heads: str | None = "auto",
-        confidence: str | None = "all",
+        confidence: str | None = "none",
         seed: int = 1234,
         sample_cache: str | os.PathLike | None = "auto",
         packing: bool = True,
@@ -337,11 +337,20 @@ class HFSwiftLM(HFLM):
                     "until": until,
                     "max_gen_toks": max_gen_toks,
                     "eos": sorted(eos),
-                    # the confidence scores stored with the samples
-                    "confidence": [list(self.confidence), repr(self.confidence_params)],
                     "autocast": str(
                         self.mixed_precision_dtype
                     ),  # mixed_precision_dtype changes the numbers
+                    # the confidence scores stored with the samples (none: the key is as before they existed)
+                    **(
+                        {
+                            "confidence": [
+                                list(self.confidence),
+                                repr(self.confidence_params),
+                            ]
+                        }
+                        if self.confidence
+                        else {}
+                    ),
                 },
                 seed=self.seed,
             )

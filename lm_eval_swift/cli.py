@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = [a for a in argv if a != DEBUG_FLAG]
     try:
         if argv and argv[0] == "eval":
-            from lm_eval_swift.harness.eval import run_lm_eval
+            from lm_eval_swift.harness.eval_command import run_lm_eval
 
             run_lm_eval(argv[1:])
             return

@@ -77,7 +77,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     import torch
 
     from lm_eval_swift.bon.rollouts import read_rollouts
-    from lm_eval_swift.harness.eval import run_lm_eval
+    from lm_eval_swift.harness.eval_command import run_lm_eval
     from lm_eval_swift.reports.report import bon_table, format_table
 
     torch.set_num_threads(max(1, min(args.threads, os.cpu_count() or 1)))

@@ -226,8 +226,9 @@ class BestOfNTask(ConfigurableTask):
 
     Built before any sampling, it checks the scorer names and resolves the SWIFT heads (``heads`` in the model
     arguments or metadata) against the generating model (see :class:`~lm_eval_swift.harness.generator.GeneratorModel`).
-    Before lm-eval's filters run, it runs the best-of-N pipeline on its responses (grade, then score: missing SWIFT
-    scores by rescoring, then the scorers) and keeps the rollouts for :func:`save_rollouts`. Rows whose scores no
+    Before lm-eval's filters run, it grades its responses (:func:`~lm_eval_swift.bon.rollouts.grade`), adds the
+    missing scores (:func:`~lm_eval_swift.scores.add_scores`: SWIFT heads by rescoring, then the reward models) and
+    keeps the rollouts for :func:`save_rollouts`. Rows whose scores no
     response carries are left out, with a warning.
     """
 

@@ -1,2 +1,2 @@
-"""Reading results: the best-of-N table from rollouts (report), the leaderboard across models (leaderboard), its
-curves (plot) and ranking diagnostics (metrics)."""
+"""Reading results: the best-of-N table from rollouts (report), the leaderboard across models (leaderboard) and its
+curves (plot). The rows, the table and the ranking diagnostics they read are in :mod:`lm_eval_swift.bon`."""

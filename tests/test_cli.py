@@ -228,6 +228,48 @@ def test_hf_swift_capture_equals_rescoring(model_and_head, shared_data, tmp_path
             )
 
 
+def test_confidence_captured_by_hf_swift_and_computed_for_hf_equal_rescore(
+    model_and_head, shared_data, tmp_path
+):
+    """The confidence scorers: captured by ``hf-swift`` (``confidence=all``), computed by the plain ``hf`` path's
+    teacher-forced pass (``--metadata '{"confidence": "all"}'``) with their rows in lm-eval's table, and equal to
+    ``lm-eval-swift rescore --confidence all`` of the same rollouts within 1e-4."""
+    from lm_eval_swift.confidence import CONFIDENCE_SCORERS
+
+    model, head = model_and_head
+    runs = {
+        "swift": (
+            "hf-swift",
+            f"pretrained={model},dtype=float32,heads={head},confidence=all",
+            {},
+        ),
+        "hf": ("hf", f"pretrained={model},dtype=float32", {"confidence": "all"}),
+    }
+    for name, (model_type, model_args, metadata) in runs.items():
+        out = tmp_path / name
+        run([sys.executable, "-m", "lm_eval_swift", "eval", "--model", model_type, "--model_args", model_args,
+             *common_flags(shared_data, out, metadata)], tmp_path)  # fmt: skip
+        acc, rollouts = results_and_rollouts(out)
+        if name == "hf":  # asked for in the metadata: lm-eval's table has their rows
+            assert {
+                "logprob@4",
+                "self_certainty_vote@4",
+                "deepconf_tail_top10@4",
+            } <= set(acc)
+        before = [dict(resp.scores) for r in rollouts for resp in r.responses]
+        assert all(set(CONFIDENCE_SCORERS) <= set(s) for s in before)
+        path = next(out.rglob("rollouts_*.jsonl"))
+        run([sys.executable, "-m", "lm_eval_swift", "rescore", str(path), "--confidence", "all", "--model",
+             str(model), "--device", "cpu", "--dtype", "float32"], tmp_path)  # fmt: skip
+        after = [resp.scores for r in read_rollouts(path) for resp in r.responses]
+        for b, a in zip(before, after, strict=True):
+            assert max(abs(b[n] - a[n]) for n in CONFIDENCE_SCORERS) <= 1e-4
+        report = run(
+            [sys.executable, "-m", "lm_eval_swift", "report", str(path)], tmp_path
+        )
+        assert "| logprob_vote |" in report and "| deepconf_lowest_top90 |" in report
+
+
 # ---- a user's mistakes: one line on stderr, exit status 2 (130 for Ctrl-C), a traceback only when asked -------
 
 

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from lm_eval_swift.bon.rollouts import Response
-from lm_eval_swift.bon.rows import rows, score_rows
+from lm_eval_swift.bon.rows import ETAS, bon_table, rows, score_rows
 from lm_eval_swift.bon.selectors import filter_vote, weighted_vote
 from lm_eval_swift.confidence import (
     CONFIDENCE_SCORERS,
@@ -95,10 +95,6 @@ def test_running_state_equals_all_at_once():
 
 
 def sampled(model, prompts, n, batch_size, max_new_tokens=30):
-    stop_on = {
-        3,
-        7,
-    }  # token ids that end a sample early, so rows finish at different steps
     jobs = [
         Job(p, list(range(100 * j, 100 * j + n)), Sampling(do_sample=True, temperature=1.5, top_p=0.9),
             max_new_tokens, lambda ids: ids[-1] % 7 == 0)
@@ -157,7 +153,9 @@ def test_filter_then_vote():
 
 def test_confidence_rows_and_weights():
     table = rows(
-        ["swift", "deepconf_tail", "logprob", "skywork"], reward_models={"skywork"}
+        ["swift", "deepconf_tail", "logprob", "skywork"],
+        reward_models={"skywork"},
+        etas=ETAS,
     )
     names = list(table)
     assert (
@@ -188,3 +186,25 @@ def test_confidence_rows_and_weights():
         parse_confidence("all") == tuple(CONFIDENCE_SCORERS)
         and parse_confidence("none") == ()
     )
+
+
+def test_filter_then_vote_rows_in_the_table():
+    """report's table: ``<score>_top<eta>`` at each k > 1 only (at k = 1 it is ``first``), none unless asked."""
+    from lm_eval_swift.bon.rollouts import QuestionRollout
+
+    rs = [
+        response(c, float(c == 2), logprob=v)
+        for c, v in ((1, -1.0), (2, -0.1), (1, -2.0), (2, -0.2))
+    ]
+    q = QuestionRollout("t", 0, "gsm8k", "q", "q", "2", rs)
+    table = bon_table([q], ks=(1, 2, 4), etas=(50,))
+    assert table["logprob_top50"] == {
+        2: 1.0,
+        4: 1.0,
+    }  # k=4: the two best (class 2) vote
+    assert table["maj"] == {
+        1: 0.0,
+        2: 0.0,
+        4: 0.0,
+    }  # k=4: a 2-2 tie goes to the first class
+    assert "logprob_top50" not in bon_table([q], ks=(1, 2, 4))

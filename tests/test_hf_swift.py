@@ -13,10 +13,10 @@ from lm_eval.models.huggingface import HFLM
 from safetensors.torch import save_file
 from transformers import AutoConfig
 
+from lm_eval_swift.confidence import CONFIDENCE_SCORERS, ConfidenceParams
 from lm_eval_swift.decoding import Sampling
 from lm_eval_swift.harness.models import HFSwiftLM, encode_prompt
 from lm_eval_swift.swift.heads import HeadError, HeadMismatchError, SwiftHead
-from lm_eval_swift.confidence import CONFIDENCE_SCORERS, ConfidenceParams
 from lm_eval_swift.swift.rescoring import rescore, teacher_forced_scores
 
 

@@ -18,6 +18,7 @@ from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
 from lm_eval_swift.bon.rollouts import read_rollouts
+from lm_eval_swift.confidence import CONFIDENCE_SCORERS, ConfidenceParams
 from lm_eval_swift.harness.models import HFSwiftLM
 from lm_eval_swift.harness.tasks import PROMPT
 from lm_eval_swift.smollm2 import (
@@ -28,7 +29,6 @@ from lm_eval_swift.smollm2 import (
     smollm2_gguf,
 )
 from lm_eval_swift.swift.heads import resolve_heads
-from lm_eval_swift.confidence import CONFIDENCE_SCORERS, ConfidenceParams
 from lm_eval_swift.swift.rescoring import rescore, teacher_forced_scores
 
 

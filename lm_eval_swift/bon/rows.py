@@ -25,7 +25,9 @@ BON_KS = (1, 4, 16, 64)
 """The k values of every row (the first k of a question's N samples; k > N is left out)."""
 
 ETAS = (10, 90)
-"""The percentages of filter-then-vote rows ``<score>_top<eta>`` (DeepConf's 10% and 90%)."""
+"""The percentages of the filter-then-vote rows ``<score>_top<eta>`` that ``report``, ``leaderboard`` and ``plot``
+show by default (DeepConf's 10% and 90%). The library functions and lm-eval's results table default to none, so
+that table keeps its rows unless ``--metadata '{"etas": [10, 90]}'`` asks for them."""
 
 CLASSIC_ROWS: dict[str, Row] = {
     "first": ("first", {}),  # k = 1 only
@@ -54,7 +56,7 @@ def vote_weight(name: str, kind: str) -> str:
 
 
 def score_rows(
-    name: str, kind: str = "head", etas: Sequence[float] = ETAS
+    name: str, kind: str = "head", etas: Sequence[float] = ()
 ) -> dict[str, Row]:
     """The rows a score adds: argmax ``<name>``, weighted vote ``<name>_vote`` (weights by :func:`vote_weight`),
     filter-then-vote ``<name>_top<eta>`` for each eta, and for a reward model its combinations with SWIFT."""
@@ -76,7 +78,7 @@ def score_rows(
 def rows(
     score_names: Collection[str],
     reward_models: Collection[str] = (),
-    etas: Sequence[float] = ETAS,
+    etas: Sequence[float] = (),
 ) -> dict[str, Row]:
     """Row name -> (selector name, selector kwargs): the classic rows, then the rows of each score (SWIFT heads
     first, then confidence scorers, then reward models, which also combine with ``swift`` when it is present)."""
@@ -136,7 +138,7 @@ def bon_table(
     ks: Sequence[int] = BON_KS,
     *,
     warn: bool = True,
-    etas: Sequence[float] = ETAS,
+    etas: Sequence[float] = (),
 ) -> dict[str, dict[int, float]]:
     """Accuracy of each row at each k (first k of the N samples); ``first`` at k=1 and ``mean`` at k=N only;
     ``etas``: the percentages of the filter-then-vote rows.

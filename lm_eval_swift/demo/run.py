@@ -77,6 +77,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     import torch
 
     from lm_eval_swift.bon.rollouts import read_rollouts
+    from lm_eval_swift.bon.rows import ETAS
     from lm_eval_swift.harness.eval_command import run_lm_eval
     from lm_eval_swift.reports.report import bon_table, format_table
 
@@ -95,7 +96,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print()
     print(
         format_table(
-            bon_table(rollouts, ks),
+            bon_table(rollouts, ks, etas=ETAS),
             f"SWIFT demo: {len(rollouts)} questions, N={args.n}",
         )
     )

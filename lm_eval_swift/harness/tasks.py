@@ -251,7 +251,7 @@ class BestOfNTask(ConfigurableTask):
         self.generator = GeneratorModel.from_metadata(meta)
         try:
             self.confidence = parse_confidence(meta.get("confidence"))
-            etas = tuple(float(e) for e in meta.get("etas", bon_rows.ETAS))
+            etas = tuple(float(e) for e in meta.get("etas", ()))
         except (TypeError, ValueError) as err:
             raise UsageError(f"{config.get('task')}: metadata: {err}") from None
         self.rows = bon_rows.rows(

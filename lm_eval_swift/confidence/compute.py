@@ -22,14 +22,21 @@ Scores = dict[str, float]
 
 def token_stats(logits: torch.Tensor, tokens: torch.Tensor, top_k: int) -> torch.Tensor:
     """[n, 4] fp32: (log p(y), KL(uniform || p), -entropy(p), -mean log-prob of p's top-k) of each row of the raw
-    logits [n, V] (any float dtype; softmax in fp32) and its token [n]."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    vocab = logp.shape[-1]
-    chosen = logp.gather(-1, tokens.view(-1, 1).to(logp.device)).squeeze(-1)
-    self_certainty = -logp.mean(-1) - math.log(vocab)
-    neg_entropy = (logp.exp() * logp).sum(-1)
-    conf = -logp.topk(min(top_k, vocab), dim=-1).values.mean(-1)
-    return torch.stack([chosen, self_certainty, neg_entropy, conf], dim=-1)
+    logits [n, V] (any float dtype, computed in fp32) and its token [n].
+
+    With x the logits and L = logsumexp(x): log p(v) = x_v - L, so KL(U || p) = L - mean(x) - log V, -H(p) =
+    sum_v p(v) x_v - L and DeepConf's c = L - mean(top-k of x). One softmax is the only [n, V] temporary (this runs
+    at every decode step); L comes from it and the largest logit: L = max(x) - log p(argmax)."""
+    x = logits.float()
+    top, where = x.topk(min(top_k, x.shape[-1]), dim=-1)
+    p = torch.softmax(x, dim=-1)
+    lse = top[:, 0] - p.gather(-1, where[:, :1]).squeeze(-1).log()
+    chosen = x.gather(-1, tokens.view(-1, 1).to(x.device)).squeeze(-1) - lse
+    self_certainty = lse - x.mean(-1) - math.log(x.shape[-1])
+    neg_entropy = torch.linalg.vecdot(p, x) - lse
+    return torch.stack(
+        [chosen, self_certainty, neg_entropy, lse - top.mean(-1)], dim=-1
+    )
 
 
 def summarise(stats: torch.Tensor, params: ConfidenceParams) -> Scores:

@@ -286,38 +286,65 @@ CONFIDENCE_DIR = (
 )  # test shards with the confidence scores added
 
 
-def has_confidence(path: Path) -> bool:
-    """Every response of the shard at ``path`` carries every confidence score."""
+def with_confidence(q) -> bool:
+    """Every response of question ``q`` carries every confidence score."""
     from lm_eval_swift.confidence import CONFIDENCE_SCORERS
 
-    return path.is_file() and all(
-        set(CONFIDENCE_SCORERS) <= set(resp.scores)
-        for q in read_rollouts(path)
-        for resp in q.responses
-    )
+    return all(set(CONFIDENCE_SCORERS) <= set(resp.scores) for resp in q.responses)
 
 
 def cmd_confidence(args: argparse.Namespace) -> None:
-    """Copy each test shard to ``rollouts/test-confidence/`` and add the confidence scores to the copy by the
-    teacher-forced ``lm-eval-swift rescore --confidence all`` (one fp32 pass of SmolLM2 over its responses), one shard
-    at a time, so a stopped run resumes from the shards done. The copies keep the test shards' samples and scores;
-    results.md's confidence section reads them (the main table stays on all 300 questions while they are fewer)."""
+    """Add the confidence scores to the test questions by the teacher-forced pass (the library's ``add_scores``, as
+    ``lm-eval-swift rescore --confidence all`` does; one fp32 pass of SmolLM2 over each question's 16 responses) and
+    write them to ``rollouts/test-confidence/<shard>``, a copy of the test shard holding the questions done so far,
+    rewritten after every ``--chunk`` questions, so a stopped run resumes from the last chunk. The main table stays
+    on all 300 questions; results.md's confidence section reads these copies. ``--reverse``: shards from the last
+    (a second worker)."""
+    import torch
+
+    from lm_eval_swift.confidence import CONFIDENCE_SCORERS
+    from lm_eval_swift.scores import Rescoring, add_scores
+    from lm_eval_swift.swift.features import load_base_model
+
+    torch.set_num_threads(1)
+    model, tokenizer = load_base_model(
+        str(smollm2_dir()), device="cpu", dtype="float32"
+    )
+    rescoring = Rescoring({}, lambda: (model, tokenizer, None), GENERATION["max_gen_toks"],
+                          SPLITS["test"]["n"], tuple(CONFIDENCE_SCORERS))  # fmt: skip
     CONFIDENCE_DIR.mkdir(exist_ok=True)
-    todo = [
-        p for p in split_files("test") if not has_confidence(CONFIDENCE_DIR / p.name)
-    ]
-    print(f"test: {len(todo)} shards without the confidence scores", flush=True)
-    for path in todo:
+    paths = split_files("test")
+    for path in reversed(paths) if args.reverse else paths:
         target = CONFIDENCE_DIR / path.name
-        shutil.copyfile(path, target)
-        cmd = [sys.executable, "-m", "lm_eval_swift", "rescore", str(target), "--confidence", "all",
-               "--model", str(smollm2_dir()), "--device", "cpu", "--dtype", "float32",
-               "--batch-size", str(SPLITS["test"]["n"])]  # fmt: skip
-        subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        if args.commit:
+        done = (
+            {q.doc_id: q for q in read_rollouts(target) if with_confidence(q)}
+            if target.is_file()
+            else {}
+        )
+        todo = [q for q in read_rollouts(path) if q.doc_id not in done]
+        for at in range(0, len(todo), args.chunk):
+            chunk = todo[at : at + args.chunk]
+            add_scores(chunk, rescoring)
+            done.update((q.doc_id, q) for q in chunk)
+            write_rollouts(sorted(done.values(), key=lambda q: q.doc_id), target)
+            print(
+                f"{target.name}: {len(done)} questions with confidence scores",
+                flush=True,
+            )
+        if args.commit and todo:
             commit(
                 target, f"experiments/smollm2_gsm8k: confidence scores for {path.name}"
             )
+
+
+def spans(ids: list[int]) -> str:
+    """[0, 1, 2, 5, 6] -> "0-2, 5-6"."""
+    out, start = [], ids[0]
+    for a, b in zip(ids, [*ids[1:], None], strict=True):
+        if b != a + 1:
+            out.append(f"{start}-{a}" if a != start else str(a))
+            start = b
+    return ", ".join(out)
 
 
 def confidence_section(bootstrap: int) -> list[str]:
@@ -327,14 +354,15 @@ def confidence_section(bootstrap: int) -> list[str]:
     from lm_eval_swift.bon.metrics import auroc, within_question_auroc
     from lm_eval_swift.confidence import CONFIDENCE_SCORERS
 
-    done = [p for p in sorted(CONFIDENCE_DIR.glob("*.jsonl.gz")) if has_confidence(p)]
-    if not done:
+    files = sorted(CONFIDENCE_DIR.glob("*.jsonl.gz"))
+    rollouts = [q for p in files for q in read_rollouts(p) if with_confidence(q)]
+    if not rollouts:
         return []
-    rollouts = [q for p in done for q in read_rollouts(p)]
+    ids = sorted(q.doc_id for q in rollouts)
     table, n = outcomes(rollouts), len(rollouts)
     lines = ["", "## Confidence scorers (training-free)", "",
-             f"The {n} questions of the {len(done)} test shards rescored so far (`run.py confidence`, "
-             f"`rollouts/test-confidence/`: {', '.join(p.name.split('_q')[1][:9] for p in done)}). Accuracy and the "
+             f"The {n} test questions rescored so far (`run.py confidence`, `rollouts/test-confidence/`; "
+             f"questions {spans(ids)}). Accuracy and the "
              f"difference from majority voting paired over these questions, with a 95% paired bootstrap interval "
              f"({bootstrap} resamples); AUROC of the score for correctness, pooled and within question.", "",
              "| row | k=4 | k=4 − maj | 95% interval | k=16 | k=16 − maj | 95% interval |",
@@ -564,6 +592,8 @@ def main() -> None:
     p.add_argument(
         "--commit", action="store_true", help="git commit each rescored shard"
     )
+    p.add_argument("--chunk", type=int, default=2, help="questions between writes")
+    p.add_argument("--reverse", action="store_true", help="shards from the last")
     p.set_defaults(func=cmd_confidence)
     p = sub.add_parser(
         "report", help="the results table, AUROCs and paired comparisons (results.md)"

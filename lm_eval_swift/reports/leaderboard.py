@@ -566,17 +566,23 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
         help="k-subsets per question for --estimator subsets",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the k-subsets")
+
+
+def add_eta_argument(parser: argparse.ArgumentParser, default=ETAS) -> None:
+    """``--eta``: the percentages of the filter-then-vote rows ``<score>_top<eta>``."""
     parser.add_argument(
         "--eta",
         type=float,
-        nargs="+",
-        default=list(ETAS),
-        help="percentages kept by the filter-then-vote rows <score>_top<eta> (default 10 90)",
+        nargs="*",
+        default=list(default),
+        help="percentages kept by the filter-then-vote rows <score>_top<eta> "
+        f"(default: {' '.join(f'{e:g}' for e in default) or 'none'})",
     )
 
 
 def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> None:
     add_source_arguments(parser)
+    add_eta_argument(parser)
     parser.add_argument(
         "--k",
         type=int,

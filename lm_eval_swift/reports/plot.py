@@ -12,7 +12,11 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lm_eval_swift.reports.leaderboard import add_source_arguments, leaderboard
+from lm_eval_swift.reports.leaderboard import (
+    add_eta_argument,
+    add_source_arguments,
+    leaderboard,
+)
 
 
 POWERS_OF_TWO = tuple(
@@ -85,6 +89,7 @@ def panel_title(label: str, width: int = TITLE_WIDTH) -> str:
 
 def add_plot_arguments(parser: argparse.ArgumentParser) -> None:
     add_source_arguments(parser)
+    add_eta_argument(parser, default=())  # a curve each: asked for, not by default
     parser.add_argument("-o", "--output", required=True, help="the PNG to write")
 
 

@@ -48,7 +48,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--eta",
         type=float,
-        nargs="+",
+        nargs="*",
         default=list(ETAS),
         help="percentages kept by the filter-then-vote rows <score>_top<eta> (default 10 90)",
     )

@@ -243,14 +243,18 @@ def test_confidence_captured_by_hf_swift_and_computed_for_hf_equal_rescore(
             f"pretrained={model},dtype=float32,heads={head},confidence=all",
             {},
         ),
-        "hf": ("hf", f"pretrained={model},dtype=float32", {"confidence": "all"}),
+        "hf": (
+            "hf",
+            f"pretrained={model},dtype=float32",
+            {"confidence": "all", "etas": [10, 90]},
+        ),
     }
     for name, (model_type, model_args, metadata) in runs.items():
         out = tmp_path / name
         run([sys.executable, "-m", "lm_eval_swift", "eval", "--model", model_type, "--model_args", model_args,
              *common_flags(shared_data, out, metadata)], tmp_path)  # fmt: skip
         acc, rollouts = results_and_rollouts(out)
-        if name == "hf":  # asked for in the metadata: lm-eval's table has their rows
+        if name == "hf":  # asked for in the metadata: lm-eval's table has these rows
             assert {
                 "logprob@4",
                 "self_certainty_vote@4",

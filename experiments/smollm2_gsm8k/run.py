@@ -395,12 +395,13 @@ KS = (1, 2, 4, 8, 16)
 
 def outcomes(rollouts, ks=KS) -> dict[str, dict[int, list[float]]]:
     """{row: {k: per-question value}} of every row of ``lm-eval-swift report`` (each question scored alone by
-    ``report.bon_table``, so the means are exactly the report's table)."""
+    ``report.bon_table``, with the report's filter-then-vote rows, so the means are exactly the report's table)."""
+    from lm_eval_swift.bon.rows import ETAS
     from lm_eval_swift.reports.report import bon_table
 
     table: dict[str, dict[int, list[float]]] = {}
     for q in rollouts:
-        for row, cols in bon_table([q], ks).items():
+        for row, cols in bon_table([q], ks, etas=ETAS).items():
             for k, value in cols.items():
                 table.setdefault(row, {}).setdefault(k, []).append(value)
     return table

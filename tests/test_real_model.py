@@ -131,9 +131,12 @@ def test_capture_equals_rescoring_and_reference_with_chat_template(lm):
     assert captured.argmax(0).tolist() == reference.argmax(0).tolist()
 
 
-def test_captured_confidence_equals_teacher_forced(lm):
-    """The confidence scores hf-swift captures from SmolLM2's sampling logits (49,152-token vocabulary; top_p 0.9
-    does not change them) == one teacher-forced pass, within 1e-4; 40 tokens cover a full 32-token window."""
+def test_captured_confidence_equals_teacher_forced(lm, monkeypatch):
+    """The confidence scores hf-swift captures (``confidence=all``) from SmolLM2's sampling logits (49,152-token
+    vocabulary; top_p 0.9 does not change them) == one teacher-forced pass, within 1e-4; 40 tokens cover a full
+    32-token window."""
+    monkeypatch.setattr(lm, "confidence", tuple(CONFIDENCE_SCORERS))
+    monkeypatch.setattr(lm, "confidence_params", ConfidenceParams())
     out = lm.generate_until(
         [
             Instance(

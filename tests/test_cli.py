@@ -399,6 +399,20 @@ def test_max_gen_toks_beyond_the_context_fails_before_sampling(
         assert ": pass --gen_kwargs max_gen_toks=" in line
 
 
+def test_rescore_confidence_mistakes_are_one_line(tmp_path):
+    """A misspelt confidence scorer, or confidence scores without the model that generated the responses, fail
+    before anything is read or loaded."""
+    path = str(tmp_path / "rollouts_x.jsonl")
+    error = user_error(
+        ["rescore", path, "--confidence", "logprob,perplexity", "--model", "m"],
+        tmp_path,
+    )
+    assert "unknown confidence scorer(s) perplexity" in error
+    assert "--confidence needs the generating model" in user_error(
+        ["rescore", path, "--confidence", "all"], tmp_path
+    )
+
+
 def test_debug_shows_the_traceback(tmp_path):
     empty = tmp_path / "rollouts_x.jsonl"
     empty.write_text("")

@@ -61,7 +61,12 @@ def lm(request, tiny_model_factory, tmp_path_factory):
     heads = make_heads(AutoConfig.from_pretrained(path), str(path))
     spec = save_heads(heads, tmp_path_factory.mktemp("heads"))
     return HFSwiftLM(
-        pretrained=str(path), device="cpu", batch_size=4, heads=spec, sample_cache=None
+        pretrained=str(path),
+        device="cpu",
+        batch_size=4,
+        heads=spec,
+        confidence="all",
+        sample_cache=None,
     )
 
 

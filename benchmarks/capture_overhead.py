@@ -9,6 +9,9 @@ spent inside capture code), and what HF ``generate(output_hidden_states=True)`` 
 Time: on CPU the process CPU time (wall time is reported too, but on a shared machine it mostly measures the
 neighbours), on CUDA wall time. Peak memory: on CPU the peak RSS above the RSS before the run (VmHWM after resetting
 it via /proc/self/clear_refs), on CUDA ``torch.cuda.max_memory_allocated`` above the allocation before the run.
+With ``--confidence`` it measures instead what capturing all the confidence scorers costs (hf-swift's decode loop
+with and without :class:`~lm_eval_swift.confidence.compute.ConfidenceCapture`, no heads; goal: time and peak memory
+x <= 1.02), e.g. on SmolLM2 with ``--pretrained`` (its 49,152-token vocabulary is what the scorers read).
 Appends a line to RESULTS.md. The harness (clocks, alternation, models, RESULTS.md rows) is in _common.py; the
 model's shape and dtype are flags (``--size 1b --dtype bfloat16`` on a GPU, see gpu.sh).
 
@@ -27,7 +30,10 @@ import torch
 from _common import TimedProjector, paired, ratios
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from lm_eval_swift.decoding import Sampling, sample_continuations
+from lm_eval_swift.confidence import ConfidenceParams
+from lm_eval_swift.confidence.compute import ConfidenceCapture
+from lm_eval_swift.decoding import Job, Sampling, decode, sample_continuations
+from lm_eval_swift.decoding.decoder import Decoder
 from lm_eval_swift.swift.capture import HeadProjector
 from lm_eval_swift.swift.heads import SwiftHead
 
@@ -78,6 +84,78 @@ def step_ratio(
     )
 
 
+CONFIDENCE_COLUMNS = ["machine", "setup", "confidence time x [range]", "time in confidence code",
+                      "confidence memory x [range]", "plain s (CPU)", "memory measured as"]  # fmt: skip
+
+
+class TimedCapture(ConfidenceCapture):
+    """A ConfidenceCapture adding the process CPU time spent in :meth:`update` (all its per-step work) to
+    ``seconds``."""
+
+    seconds = 0.0
+
+    def update(self, logits, tokens) -> None:
+        start = time.process_time()
+        super().update(logits, tokens)
+        TimedCapture.seconds += time.process_time() - start
+
+
+@torch.inference_mode()
+def timed_decode(model, job: Job, rows: int) -> float:
+    """One decode with every confidence scorer captured -> the share of its CPU time spent in confidence code."""
+    decoder = Decoder(model, [job], rows, confidence=ConfidenceParams())
+    decoder.confidence = TimedCapture(decoder.rows, ConfidenceParams())
+    TimedCapture.seconds, start = 0.0, time.process_time()
+    for _ in decoder.steps():
+        pass
+    return TimedCapture.seconds / (time.process_time() - start)
+
+
+def confidence_overhead(args, model, prompt: list[int], device) -> None:
+    """Paired decode runs without and with every confidence scorer captured: print and record the ratios, and the
+    share of a capturing run's CPU time spent in confidence code (the less noisy view of the time cost)."""
+    job = Job(
+        prompt,
+        list(range(args.n)),
+        Sampling(do_sample=True),
+        args.new_tokens,
+        lambda ids: False,
+    )
+
+    def run(params):
+        return lambda: list(decode(model, [job], args.n, confidence=params))
+
+    for warm_up in (run(None), run(ConfidenceParams())):
+        warm_up()
+    runs = paired(run(None), run(ConfidenceParams()), args.pairs, device)
+    time_x = [b.time / a.time for a, b in runs]
+    mem_x = [b.peak / max(a.peak, 1) for a, b in runs]
+    shares = [timed_decode(model, job, args.n) for _ in range(3)]
+    plain = statistics.median(a.time for a, _ in runs)
+    where, clock = c.machine(device), c.clock_name(device)
+    print(f"machine: {where}; {c.load_note()}; vocabulary {model.config.vocab_size}")
+    print(
+        f"N={args.n} x {args.new_tokens} new tokens, {args.pairs} pairs; plain {plain:.2f} s {clock} time"
+    )
+    print(f"all confidence scorers captured: {clock} time x{c.spread(time_x)}, peak memory x{c.spread(mem_x)} "
+          f"(median [min-max] over pairs); time inside confidence code {100 * statistics.median(shares):.2f}% "
+          f"[{100 * min(shares):.2f}-{100 * max(shares):.2f}] of a capturing run (3 runs)")  # fmt: skip
+    cells = [
+        f"{where} ({c.load_note()})" if device.type == "cpu" else where,
+        f"N={args.n}, T={args.new_tokens}, {c.model_label(args, c.n_params(model))}, V={model.config.vocab_size}, "
+        f"{args.pairs} pairs",
+        c.spread(time_x),
+        f"{100 * statistics.median(shares):.2f}% [{100 * min(shares):.2f}-{100 * max(shares):.2f}]",
+        c.spread(mem_x),
+        f"{plain:.2f}",
+        "CUDA max_memory_allocated delta"
+        if device.type == "cuda"
+        else "peak RSS delta",
+    ]
+    if not args.no_results:
+        c.append_result("capture_overhead.py --confidence", CONFIDENCE_COLUMNS, cells)
+
+
 def main() -> None:
     parser = c.base_parser(__doc__)
     c.add_model_args(parser, "50m")
@@ -95,6 +173,11 @@ def main() -> None:
     parser.add_argument(
         "--step-pairs", type=int, default=300, help="pairs of single decode steps"
     )
+    parser.add_argument(
+        "--confidence",
+        action="store_true",
+        help="measure the confidence scorers' capture instead (no heads)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.new_tokens, args.pairs, args.step_pairs = 64, 2, 60
@@ -106,6 +189,8 @@ def main() -> None:
             AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
         )
         tokenizer = AutoTokenizer.from_pretrained(path)
+    if args.confidence:
+        return confidence_overhead(args, model, tokenizer.encode(PROMPT), device)
     n_params = c.n_params(model)
     heads = [
         SwiftHead.for_model(model.config, str(path)),

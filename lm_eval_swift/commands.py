@@ -23,6 +23,14 @@ LOSSES = ("bce", "hinge", "dpo")  # lm_eval_swift.swift.training.LOSSES
 EARLY_STOPS = ("loss", "within_auroc")  # lm_eval_swift.swift.training.EARLY_STOPS
 ESTIMATORS = ("first", "subsets")  # lm_eval_swift.reports.leaderboard.ESTIMATORS
 GRADING_MODES = ("default", "paper")  # lm_eval_swift.grading.MODES
+ETAS = (10, 90)  # lm_eval_swift.bon.rows.ETAS
+CONFIDENCE_SCORERS = (
+    "logprob",
+    "self_certainty",
+    "neg_entropy",
+    "deepconf_lowest",
+    "deepconf_tail",
+)  # lm_eval_swift.confidence.CONFIDENCE_SCORERS
 DATA_DIR_ENV = "LM_EVAL_SWIFT_DATA_DIR"  # lm_eval_swift.harness.tasks.DATA_DIR_ENV
 
 WORKFLOW = """\
@@ -166,6 +174,21 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
         default=2000,
         help="bootstrap resamples for --paired (default 2000)",
     )
+    _add_eta(parser)
+
+
+def _add_eta(
+    parser: argparse.ArgumentParser, default: tuple[float, ...] = ETAS
+) -> None:
+    """``--eta``: the percentages of the filter-then-vote rows ``<score>_top<eta>``."""
+    parser.add_argument(
+        "--eta",
+        type=float,
+        nargs="*",
+        default=list(default),
+        help="percentages of the samples kept by the filter-then-vote rows <score>_top<eta> before a majority "
+        f"vote (default: {' '.join(f'{e:g}' for e in default) or 'none'})",
+    )
 
 
 def add_regrade_arguments(parser: argparse.ArgumentParser) -> None:
@@ -212,6 +235,12 @@ def add_rescore_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         help="reward model (external scorer) by name, e.g. skywork (repeatable)",
+    )
+    parser.add_argument(
+        "--confidence",
+        default=None,
+        help="confidence scorers to add from the generating model's own logits (needs --model or --head): "
+        f"'all' or names, comma separated ({', '.join(CONFIDENCE_SCORERS)})",
     )
     parser.add_argument(
         "--rm-protocol",
@@ -447,6 +476,7 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> None:
     add_source_arguments(parser)
+    _add_eta(parser)
     parser.add_argument(
         "--k",
         type=positive_int,
@@ -469,6 +499,7 @@ def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_plot_arguments(parser: argparse.ArgumentParser) -> None:
     add_source_arguments(parser)
+    _add_eta(parser, default=())  # a curve each: drawn when asked for, not by default
     parser.add_argument("-o", "--output", required=True, help="the PNG to write")
 
 

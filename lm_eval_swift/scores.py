@@ -1,8 +1,8 @@
 """Adding scores to rollouts after sampling (the "scored" step of prompt -> samples -> graded -> scored ->
 selected -> rows): :func:`add_scores`, the one function that does it, for the best-of-N task and for
-``lm-eval-swift rescore``. SWIFT heads score by rescoring (one teacher-forced pass of their base model,
-:mod:`~lm_eval_swift.swift.rescoring`), reward models by their scorers (:mod:`~lm_eval_swift.scorers`), one model
-loaded at a time, each freed before the next."""
+``lm-eval-swift rescore``. SWIFT heads and confidence scorers score by rescoring (one teacher-forced pass of the
+generating model, :mod:`~lm_eval_swift.swift.rescoring`), reward models by their scorers
+(:mod:`~lm_eval_swift.scorers`), one model loaded at a time, each freed before the next."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ from typing import Any
 
 from lm_eval_swift.bon.rollouts import QuestionRollout
 from lm_eval_swift.bon.samples import prompt_tokens, response_tokens_from_text
+from lm_eval_swift.confidence import ConfidenceParams, parse_confidence
 from lm_eval_swift.errors import UsageError
 from lm_eval_swift.scorers import check_protocol, get_scorer, load_scorer
 from lm_eval_swift.swift.heads import SwiftHead, resolve_heads
-from lm_eval_swift.swift.rescoring import rescore
+from lm_eval_swift.swift.rescoring import teacher_forced_scores
 
 
 ScorerSpecs = dict[str, dict[str, Any]]
@@ -54,17 +55,20 @@ def parse_scorer_specs(
 
 @dataclass
 class Rescoring:
-    """SWIFT heads (by alias) to add by rescoring, and how to get their base model.
+    """SWIFT heads (by alias) and confidence scorers (by name) to add by rescoring, and how to get their base model.
 
     ``load()`` -> (model, tokenizer, ``encode``): called only when there is something to rescore, and the model is
     freed after; ``encode(prompt) -> ids`` encodes prompts of rollouts stored without prompt ids (None: as lm-eval's
     HF backend would, :func:`~lm_eval_swift.bon.samples.prompt_tokens`). ``max_gen_toks``: the run's generation
-    limit, for responses stored without token ids."""
+    limit, for responses stored without token ids. ``confidence``: names of
+    :data:`~lm_eval_swift.confidence.CONFIDENCE_SCORERS` to add, with ``confidence_params``."""
 
     heads: Mapping[str, SwiftHead]
     load: Callable[[], tuple[Any, Any, Callable[[str], list[int]] | None]]
     max_gen_toks: int
     batch_size: int = 8
+    confidence: Sequence[str] = ()
+    confidence_params: ConfidenceParams = ConfidenceParams()
 
 
 def add_scores(
@@ -72,11 +76,12 @@ def add_scores(
     rescoring: Rescoring | None = None,
     reward_models: ScorerSpecs | None = None,
 ) -> None:
-    """Add scores in place to every response: each SWIFT head's (``rescoring``), then each reward model's
+    """Add scores in place to every response: each SWIFT head's and confidence scorer's (``rescoring``), then each
+    reward model's
     (``reward_models``: scorer name -> load options, as :func:`parse_scorer_specs` gives them), one loaded at a
     time; a reward model's cost per sample goes into each rollout's ``costs``."""
-    if rescoring is not None and rescoring.heads and rollouts:
-        _add_head_scores(rollouts, rescoring)
+    if rescoring is not None and (rescoring.heads or rescoring.confidence) and rollouts:
+        _add_rescored_scores(rollouts, rescoring)
     if reward_models:
         _add_reward_model_scores(rollouts, reward_models)
 
@@ -104,8 +109,11 @@ def _add_reward_model_scores(
             r.costs[name] = cost
 
 
-def _add_head_scores(rollouts: Sequence[QuestionRollout], rescoring: Rescoring) -> None:
-    """Add each head's SWIFT reward (under its alias) to every response by one teacher-forced pass.
+def _add_rescored_scores(
+    rollouts: Sequence[QuestionRollout], rescoring: Rescoring
+) -> None:
+    """Add each head's SWIFT reward (under its alias) and each confidence score to every response by one
+    teacher-forced pass.
 
     Tokens come from the rollouts when they carry them (``hf-swift``); otherwise the prompt is encoded with
     ``encode`` (default: as lm-eval's HF backend would) and the response by the one response-token rule for text,
@@ -126,11 +134,24 @@ def _add_head_scores(rollouts: Sequence[QuestionRollout], rescoring: Rescoring) 
             responses.append(resp.token_ids)
             targets.append(resp)
     heads = rescoring.heads
-    rewards = rescore(
-        model, list(heads.values()), prompts, responses, batch_size=rescoring.batch_size
+    rewards, confidence = teacher_forced_scores(
+        model,
+        list(heads.values()),
+        prompts,
+        responses,
+        batch_size=rescoring.batch_size,
+        confidence=rescoring.confidence_params if rescoring.confidence else None,
     )
-    for resp, row in zip(targets, rewards.tolist(), strict=True):
+    for i, (resp, row) in enumerate(zip(targets, rewards.tolist(), strict=True)):
         resp.scores.update(zip(heads, row, strict=True))
+        if confidence is not None:
+            resp.scores.update(
+                {
+                    n: confidence[i][n]
+                    for n in rescoring.confidence
+                    if n in confidence[i]
+                }
+            )
 
 
 def cmd_rescore(args: argparse.Namespace) -> None:
@@ -140,23 +161,35 @@ def cmd_rescore(args: argparse.Namespace) -> None:
     from lm_eval_swift.swift.features import load_base_model
     from lm_eval_swift.swift.heads import find_head, head_refs
 
-    if not args.head and not args.scorer:
-        raise UsageError("rescore: give at least one --head or --scorer")
+    try:
+        confidence = parse_confidence(args.confidence)
+    except ValueError as err:
+        raise UsageError(f"rescore: {err}") from None
+    if not args.head and not args.scorer and not confidence:
+        raise UsageError("rescore: give at least one --head, --scorer or --confidence")
+    if confidence and not args.head and not args.model:
+        raise UsageError(
+            "rescore: --confidence needs the generating model: give --model"
+        )
     specs = parse_scorer_specs(",".join(args.scorer), protocol=args.rm_protocol)
     files = {
         _rescored_path(path): read_rollouts_or_samples(path) for path in args.rollouts
     }
     rollouts = [r for rs in files.values() for r in rs]
-    if args.head:
-        first_ref = head_refs(args.head)[0][1]
-        model_id = (
-            args.model
-            or SwiftHead.from_pretrained(find_head(first_ref)).base.name_or_path
+    if args.head or confidence:
+        model_id = args.model or (
+            SwiftHead.from_pretrained(
+                find_head(head_refs(args.head)[0][1])
+            ).base.name_or_path
         )
         model, tokenizer = load_base_model(
             model_id, device=args.device, dtype=args.dtype, parallelize=args.parallelize
         )
-        heads = resolve_heads(args.head, model_id, model.config, model=model)
+        heads = (
+            resolve_heads(args.head, model_id, model.config, model=model)
+            if args.head
+            else {}
+        )
         add_scores(
             rollouts,
             Rescoring(
@@ -164,6 +197,7 @@ def cmd_rescore(args: argparse.Namespace) -> None:
                 lambda: (model, tokenizer, None),
                 args.max_gen_toks,
                 args.batch_size,
+                confidence,
             ),
         )
         del model  # freed before the reward models load

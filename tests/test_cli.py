@@ -232,6 +232,52 @@ def test_hf_swift_capture_equals_rescoring(model_and_head, shared_data, tmp_path
             )
 
 
+def test_confidence_captured_by_hf_swift_and_computed_for_hf_equal_rescore(
+    model_and_head, shared_data, tmp_path
+):
+    """The confidence scorers: captured by ``hf-swift`` (``confidence=all``), computed by the plain ``hf`` path's
+    teacher-forced pass (``--metadata '{"confidence": "all"}'``) with their rows in lm-eval's table, and equal to
+    ``lm-eval-swift rescore --confidence all`` of the same rollouts within 1e-4."""
+    from lm_eval_swift.confidence import CONFIDENCE_SCORERS
+
+    model, head = model_and_head
+    runs = {
+        "swift": (
+            "hf-swift",
+            f"pretrained={model},dtype=float32,heads={head},confidence=all",
+            {},
+        ),
+        "hf": (
+            "hf",
+            f"pretrained={model},dtype=float32",
+            {"confidence": "all", "etas": [10, 90]},
+        ),
+    }
+    for name, (model_type, model_args, metadata) in runs.items():
+        out = tmp_path / name
+        run([sys.executable, "-m", "lm_eval_swift", "eval", "--model", model_type, "--model_args", model_args,
+             *common_flags(shared_data, out, metadata)], tmp_path)  # fmt: skip
+        acc, rollouts = results_and_rollouts(out)
+        if name == "hf":  # asked for in the metadata: lm-eval's table has these rows
+            assert {
+                "logprob@4",
+                "self_certainty_vote@4",
+                "deepconf_tail_top10@4",
+            } <= set(acc)
+        before = [dict(resp.scores) for r in rollouts for resp in r.responses]
+        assert all(set(CONFIDENCE_SCORERS) <= set(s) for s in before)
+        path = next(out.rglob("rollouts_*.jsonl"))
+        run([sys.executable, "-m", "lm_eval_swift", "rescore", str(path), "--confidence", "all", "--model",
+             str(model), "--device", "cpu", "--dtype", "float32"], tmp_path)  # fmt: skip
+        after = [resp.scores for r in read_rollouts(path) for resp in r.responses]
+        for b, a in zip(before, after, strict=True):
+            assert max(abs(b[n] - a[n]) for n in CONFIDENCE_SCORERS) <= 1e-4
+        report = run(
+            [sys.executable, "-m", "lm_eval_swift", "report", str(path)], tmp_path
+        )
+        assert "| logprob_vote |" in report and "| deepconf_lowest_top90 |" in report
+
+
 # ---- a user's mistakes: one line on stderr, exit status 2 (130 for Ctrl-C), a traceback only when asked -------
 
 
@@ -369,6 +415,20 @@ def test_max_gen_toks_beyond_the_context_fails_before_sampling(
         assert ": pass --gen_kwargs max_gen_toks=" in line
 
 
+def test_rescore_confidence_mistakes_are_one_line(tmp_path):
+    """A misspelt confidence scorer, or confidence scores without the model that generated the responses, fail
+    before anything is read or loaded."""
+    path = str(tmp_path / "rollouts_x.jsonl")
+    error = user_error(
+        ["rescore", path, "--confidence", "logprob,perplexity", "--model", "m"],
+        tmp_path,
+    )
+    assert "unknown confidence scorer(s) perplexity" in error
+    assert "--confidence needs the generating model" in user_error(
+        ["rescore", path, "--confidence", "all"], tmp_path
+    )
+
+
 def test_debug_shows_the_traceback(tmp_path):
     empty = tmp_path / "rollouts_x.jsonl"
     empty.write_text("")
@@ -492,7 +552,8 @@ def test_help_choices_are_the_codes():
     """The choice lists that lm_eval_swift.commands repeats (so that --help imports nothing heavy) are the ones the
     code uses."""
     from lm_eval_swift import commands
-    from lm_eval_swift.bon.rows import BON_KS
+    from lm_eval_swift.bon.rows import BON_KS, ETAS
+    from lm_eval_swift.confidence import CONFIDENCE_SCORERS
     from lm_eval_swift.grading import MODES
     from lm_eval_swift.harness import tasks
     from lm_eval_swift.reports.leaderboard import ESTIMATORS
@@ -504,6 +565,8 @@ def test_help_choices_are_the_codes():
     assert commands.LOSSES == LOSSES and commands.EARLY_STOPS == EARLY_STOPS
     assert commands.ESTIMATORS == tuple(ESTIMATORS)
     assert commands.GRADING_MODES == tuple(MODES)
+    assert commands.ETAS == ETAS
+    assert commands.CONFIDENCE_SCORERS == tuple(CONFIDENCE_SCORERS)
 
 
 # ---- report --k --------------------------------------------------------------------------------------------------

@@ -122,6 +122,10 @@ def test_demo_prints_the_table(tmp_path):
     table = proc.stdout[proc.stdout.index("SWIFT demo: 12 questions, N=4") :]
     rows = dict(re.findall(r"^\| (\S+) \| (.*) \|$", table, re.M))
     assert {"first", "mean", "maj", "oracle", "swift", "swift_vote"} <= set(rows)
+    # the confidence scorers captured while sampling, and filter-then-vote rows for every score
+    assert {"logprob", "neg_entropy_vote", "deepconf_tail_top10", "swift_top90"} <= set(
+        rows
+    )
     values = {
         row: [float(v) for v in re.findall(r"\d\.\d{4}", cells)]
         for row, cells in rows.items()

@@ -13,10 +13,11 @@ from lm_eval.models.huggingface import HFLM
 from safetensors.torch import save_file
 from transformers import AutoConfig
 
+from lm_eval_swift.confidence import CONFIDENCE_SCORERS, ConfidenceParams
 from lm_eval_swift.decoding import Sampling
 from lm_eval_swift.harness.models import HFSwiftLM, encode_prompt
 from lm_eval_swift.swift.heads import HeadError, HeadMismatchError, SwiftHead
-from lm_eval_swift.swift.rescoring import rescore
+from lm_eval_swift.swift.rescoring import rescore, teacher_forced_scores
 
 
 torch.set_num_threads(1)
@@ -60,7 +61,12 @@ def lm(request, tiny_model_factory, tmp_path_factory):
     heads = make_heads(AutoConfig.from_pretrained(path), str(path))
     spec = save_heads(heads, tmp_path_factory.mktemp("heads"))
     return HFSwiftLM(
-        pretrained=str(path), device="cpu", batch_size=4, heads=spec, sample_cache=None
+        pretrained=str(path),
+        device="cpu",
+        batch_size=4,
+        heads=spec,
+        confidence="all",
+        sample_cache=None,
     )
 
 
@@ -89,6 +95,13 @@ def test_captured_scores_match_rescoring_and_reference(lm, batch_size, monkeypat
     reference = reference_rewards(lm.model, heads, prompts, responses)
     torch.testing.assert_close(captured, reference, rtol=1e-3, atol=1e-5)
     torch.testing.assert_close(rescored, reference, rtol=1e-3, atol=1e-5)
+    # the confidence scores captured from the sampler's logits == the teacher-forced pass's, stop strings cut too
+    _, confidence = teacher_forced_scores(
+        lm.model, [], prompts, responses, batch_size=5, confidence=ConfidenceParams()
+    )
+    for o, want in zip(out, confidence, strict=True):
+        assert set(want) == set(CONFIDENCE_SCORERS) <= set(o.scores)
+        assert max(abs(o.scores[n] - want[n]) for n in want) <= 1e-4
     for q in range(len(CONTEXTS)):  # the best-of-N pick per question and head
         rows = slice(q, None, len(CONTEXTS))
         assert (
@@ -123,6 +136,7 @@ def test_samples_do_not_depend_on_batch_size_packing_or_heads(lm, monkeypatch):
     )  # the repeats are different samples
     monkeypatch.setattr(lm, "projector", None)
     monkeypatch.setattr(lm, "heads", {})
+    monkeypatch.setattr(lm, "confidence_params", None)
     plain = lm.generate_until(reqs, disable_tqdm=True)
     assert [(str(a), a.token_ids) for a in plain] == [
         (str(b), b.token_ids) for b in out4

@@ -18,6 +18,7 @@ from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
 from lm_eval_swift.bon.rollouts import read_rollouts
+from lm_eval_swift.confidence import CONFIDENCE_SCORERS, ConfidenceParams
 from lm_eval_swift.harness.models import HFSwiftLM
 from lm_eval_swift.harness.tasks import PROMPT
 from lm_eval_swift.smollm2 import (
@@ -28,7 +29,7 @@ from lm_eval_swift.smollm2 import (
     smollm2_gguf,
 )
 from lm_eval_swift.swift.heads import resolve_heads
-from lm_eval_swift.swift.rescoring import rescore
+from lm_eval_swift.swift.rescoring import rescore, teacher_forced_scores
 
 
 QUESTION = "Tom has 3 boxes with 12 pencils each. He gives away 7 pencils. How many pencils does he have left?"
@@ -128,6 +129,33 @@ def test_capture_equals_rescoring_and_reference_with_chat_template(lm):
     torch.testing.assert_close(captured, reference, rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(rescored, reference, rtol=1e-3, atol=1e-4)
     assert captured.argmax(0).tolist() == reference.argmax(0).tolist()
+
+
+def test_captured_confidence_equals_teacher_forced(lm, monkeypatch):
+    """The confidence scores hf-swift captures (``confidence=all``) from SmolLM2's sampling logits (49,152-token
+    vocabulary; top_p 0.9 does not change them) == one teacher-forced pass, within 1e-4; 40 tokens cover a full
+    32-token window."""
+    monkeypatch.setattr(lm, "confidence", tuple(CONFIDENCE_SCORERS))
+    monkeypatch.setattr(lm, "confidence_params", ConfidenceParams())
+    out = lm.generate_until(
+        [
+            Instance(
+                "generate_until",
+                {},
+                (chat_context(lm), {**SAMPLE, "max_gen_toks": 40}),
+                0,
+            )
+            for _ in range(3)
+        ],
+        True,
+    )
+    prompts, responses = [o.prompt_token_ids for o in out], [o.token_ids for o in out]
+    _, want = teacher_forced_scores(
+        lm.model, [], prompts, responses, batch_size=3, confidence=ConfidenceParams()
+    )
+    for o, w in zip(out, want, strict=True):
+        assert set(w) == set(CONFIDENCE_SCORERS) <= set(o.scores)
+        assert max(abs(o.scores[n] - w[n]) for n in w) <= 1e-4, (o.scores, w)
 
 
 def test_shipped_head_is_what_auto_finds_for_the_hub_model(lm):

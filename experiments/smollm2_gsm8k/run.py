@@ -5,6 +5,7 @@
     python experiments/smollm2_gsm8k/run.py sample --split test  [--workers 2] [--commit]   # with the four heads
     python experiments/smollm2_gsm8k/run.py rescore    # the heads' rewards for test shards drawn without them
     lm-eval-swift regrade experiments/smollm2_gsm8k/rollouts/*/*.jsonl.gz   # grade again, old labels kept
+    python experiments/smollm2_gsm8k/run.py confidence [--commit]  # confidence scores: rollouts/test-confidence/
     python experiments/smollm2_gsm8k/run.py report     # results.md: table with SEs, AUROCs, paired bootstrap,
                                                        # McNemar, how the rows moved in the regrade
     python experiments/smollm2_gsm8k/run.py ship       # the head chosen on validation to heads/SmolLM2-135M-Instruct
@@ -282,17 +283,138 @@ def cmd_rescore(args: argparse.Namespace) -> None:
             commit(path, f"experiments/smollm2_gsm8k: heads' rewards for {path.name}")
 
 
+CONFIDENCE_DIR = (
+    ROLLOUTS / "test-confidence"
+)  # test shards with the confidence scores added
+
+
+def with_confidence(q) -> bool:
+    """Every response of question ``q`` carries every confidence score."""
+    from lm_eval_swift.confidence import CONFIDENCE_SCORERS
+
+    return all(set(CONFIDENCE_SCORERS) <= set(resp.scores) for resp in q.responses)
+
+
+def cmd_confidence(args: argparse.Namespace) -> None:
+    """Add the confidence scores to the test questions by the teacher-forced pass (the library's ``add_scores``, as
+    ``lm-eval-swift rescore --confidence all`` does; one fp32 pass of SmolLM2 over each question's 16 responses) and
+    write them to ``rollouts/test-confidence/<shard>``, a copy of the test shard holding the questions done so far,
+    rewritten after every ``--chunk`` questions, so a stopped run resumes from the last chunk. The main table stays
+    on all 300 questions; results.md's confidence section reads these copies. ``--reverse``: shards from the last
+    (a second worker)."""
+    import torch
+
+    from lm_eval_swift.confidence import CONFIDENCE_SCORERS
+    from lm_eval_swift.scores import Rescoring, add_scores
+    from lm_eval_swift.swift.features import load_base_model
+
+    torch.set_num_threads(1)
+    model, tokenizer = load_base_model(
+        str(smollm2_dir()), device="cpu", dtype="float32"
+    )
+    rescoring = Rescoring({}, lambda: (model, tokenizer, None), GENERATION["max_gen_toks"],
+                          SPLITS["test"]["n"], tuple(CONFIDENCE_SCORERS))  # fmt: skip
+    CONFIDENCE_DIR.mkdir(exist_ok=True)
+    paths = split_files("test")
+    for path in reversed(paths) if args.reverse else paths:
+        target = CONFIDENCE_DIR / path.name
+        done = (
+            {q.doc_id: q for q in read_rollouts(target) if with_confidence(q)}
+            if target.is_file()
+            else {}
+        )
+        todo = [q for q in read_rollouts(path) if q.doc_id not in done]
+        for at in range(0, len(todo), args.chunk):
+            chunk = todo[at : at + args.chunk]
+            add_scores(chunk, rescoring)
+            done.update((q.doc_id, q) for q in chunk)
+            write_rollouts(sorted(done.values(), key=lambda q: q.doc_id), target)
+            print(
+                f"{target.name}: {len(done)} questions with confidence scores",
+                flush=True,
+            )
+        if args.commit and todo:
+            commit(
+                target, f"experiments/smollm2_gsm8k: confidence scores for {path.name}"
+            )
+
+
+def spans(ids: list[int]) -> str:
+    """[0, 1, 2, 5, 6] -> "0-2, 5-6"."""
+    out, start = [], ids[0]
+    for a, b in zip(ids, [*ids[1:], None], strict=True):
+        if b != a + 1:
+            out.append(f"{start}-{a}" if a != start else str(a))
+            start = b
+    return ", ".join(out)
+
+
+def confidence_section(bootstrap: int) -> list[str]:
+    """results.md's section on the confidence scorers: over the questions of the shards in ``test-confidence/``,
+    each confidence row with its paired difference from maj (95% bootstrap interval) at k = 4 and 16, and each
+    score's AUROC (pooled and within question)."""
+    from lm_eval_swift.bon.metrics import (
+        MIN_DISCORDANT,
+        auroc,
+        mcnemar,
+        within_question_auroc,
+    )
+    from lm_eval_swift.confidence import CONFIDENCE_SCORERS
+
+    files = sorted(CONFIDENCE_DIR.glob("*.jsonl.gz"))
+    rollouts = [q for p in files for q in read_rollouts(p) if with_confidence(q)]
+    if not rollouts:
+        return []
+    ids = sorted(q.doc_id for q in rollouts)
+    table, n = outcomes(rollouts), len(rollouts)
+    lines = ["", "## Confidence scorers (training-free)", "",
+             f"The {n} test questions rescored so far (`run.py confidence`, `rollouts/test-confidence/`; "
+             f"questions {spans(ids)}). Accuracy and the "
+             f"difference from majority voting paired over these questions, with a 95% paired bootstrap interval "
+             f"({bootstrap} resamples), the discordant questions (only the row / only maj right) and the exact "
+             f"McNemar p (fewer than {MIN_DISCORDANT} discordant: too few to judge); AUROC of the score for "
+             "correctness, pooled and within question.", "",
+             "| row | k=4 | k=4 − maj | 95% interval | disc. | p | k=16 | k=16 − maj | 95% interval | disc. | p |",
+             "|---|---:|---:|---|---:|---|---:|---:|---|---:|---|"]  # fmt: skip
+    for row in [
+        "maj",
+        *(r for name in CONFIDENCE_SCORERS for r in table if r.startswith(name)),
+    ]:
+        cells = []
+        for k in (4, 16):
+            diff, lo, hi = paired_bootstrap(table[row][k], table["maj"][k], bootstrap)
+            only_row, only_maj, p = mcnemar(table[row][k], table["maj"][k])
+            few = " (too few)" if only_row + only_maj < MIN_DISCORDANT else ""
+            cells += [
+                f"{mean_se(table[row][k])[0]:.3f}",
+                f"{diff:+.3f}",
+                f"[{lo:+.3f}, {hi:+.3f}]",
+                f"{only_row} / {only_maj}",
+                f"{p:.2f}{few}",
+            ]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines += ["", "| score | AUROC | within-q AUROC |", "|---|---:|---:|"]
+    labels = [[r.correct for r in q.responses] for q in rollouts]
+    for name in CONFIDENCE_SCORERS:
+        scores = [[r.scores[name] for r in q.responses] for q in rollouts]
+        pooled = auroc([s for g in scores for s in g], [y for g in labels for y in g])
+        within = within_question_auroc(list(zip(scores, labels, strict=True)))
+        lines.append(f"| {name} | {pooled:.3f} | {within:.3f} |")
+    return lines
+
+
 KS = (1, 2, 4, 8, 16)
 
 
 def outcomes(rollouts, ks=KS) -> dict[str, dict[int, list[float]]]:
     """{row: {k: per-question value}} of every row of ``lm-eval-swift report`` (each question scored alone by
-    ``report.bon_table``, so the means are exactly the report's table)."""
+    ``report.bon_table``, with the report's filter-then-vote rows, so the means are exactly the report's table)."""
+    from lm_eval_swift.bon.rows import ETAS
     from lm_eval_swift.reports.report import bon_table
 
     table: dict[str, dict[int, list[float]]] = {}
     for q in rollouts:
-        for row, cols in bon_table([q], ks).items():
+        for row, cols in bon_table([q], ks, etas=ETAS).items():
             for k, value in cols.items():
                 table.setdefault(row, {}).setdefault(k, []).append(value)
     return table
@@ -357,7 +479,7 @@ def paired_section(table, n: int, resamples: int) -> list[str]:
     lines = ["", "## The SWIFT rows vs majority voting", "",
              f"`{chosen}` is the SWIFT row with the best held-out validation BoN (mean of k=4 and 8: {val:.3f}), chosen "
              f"before the test set was scored; the other rows are listed for completeness (picking the best of them "
-             f"after the fact is 32 comparisons). Difference in accuracy, paired over the {n} questions, with a 95% "
+             f"after the fact is {len(rows) * len(KS[1:])} comparisons). Difference in accuracy, paired over the {n} questions, with a 95% "
              f"paired bootstrap interval ({resamples} resamples); discordant: questions only the row / only maj gets "
              f"right; p: exact McNemar test. Fewer than {MIN_DISCORDANT} discordant questions are too few to judge.", "",
              "| row | k | row acc | maj | difference | 95% interval | discordant | McNemar p |",
@@ -438,6 +560,7 @@ def cmd_report(args: argparse.Namespace) -> None:
                      f"| {m['within_auroc']:.3f} | {test_auroc:.3f} | {test_within:.3f} |")  # fmt: skip
     lines += paired_section(table, n, args.bootstrap)
     lines += movement_section(table, outcomes([as_sampled(q) for q in rollouts]))
+    lines += confidence_section(args.bootstrap)
     text = "\n".join(lines) + "\n"
     (HERE / "results.md").write_text(text)
     print(text)
@@ -524,6 +647,16 @@ def main() -> None:
         "--commit", action="store_true", help="git commit the rescored shards"
     )
     p.set_defaults(func=cmd_rescore)
+    p = sub.add_parser(
+        "confidence",
+        help="add the confidence scores to the test shards (teacher-forced)",
+    )
+    p.add_argument(
+        "--commit", action="store_true", help="git commit each rescored shard"
+    )
+    p.add_argument("--chunk", type=int, default=2, help="questions between writes")
+    p.add_argument("--reverse", action="store_true", help="shards from the last")
+    p.set_defaults(func=cmd_confidence)
     p = sub.add_parser(
         "report", help="the results table, AUROCs and paired comparisons (results.md)"
     )

@@ -13,6 +13,7 @@ from collections.abc import Collection, Sequence
 
 from lm_eval_swift.bon.rollouts import QuestionRollout
 from lm_eval_swift.bon.selectors import SELECTORS
+from lm_eval_swift.confidence import CONFIDENCE_SCORERS
 from lm_eval_swift.errors import UsageError
 
 
@@ -22,6 +23,11 @@ Row = tuple[str, dict]  # (selector name, selector kwargs)
 
 BON_KS = (1, 4, 16, 64)
 """The k values of every row (the first k of a question's N samples; k > N is left out)."""
+
+ETAS = (10, 90)
+"""The percentages of the filter-then-vote rows ``<score>_top<eta>`` that ``report``, ``leaderboard`` and ``plot``
+show by default (DeepConf's 10% and 90%). The library functions and lm-eval's results table default to none, so
+that table keeps its rows unless ``--metadata '{"etas": [10, 90]}'`` asks for them."""
 
 CLASSIC_ROWS: dict[str, Row] = {
     "first": ("first", {}),  # k = 1 only
@@ -34,17 +40,33 @@ CLASSIC_ROWS: dict[str, Row] = {
 }
 
 
-def score_rows(name: str, reward_model: bool) -> dict[str, Row]:
-    """The rows a score adds: argmax ``<name>``, weighted vote ``<name>_vote`` (sigmoid weights for a SWIFT
-    reward, min-max for a reward model), and for a reward model its combinations with SWIFT."""
+def score_kind(name: str, reward_models: Collection[str]) -> str:
+    """``"reward_model"`` (it records a cost), ``"confidence"`` (a confidence scorer's name) or ``"head"``."""
+    if name in reward_models:
+        return "reward_model"
+    return "confidence" if name in CONFIDENCE_SCORERS else "head"
+
+
+def vote_weight(name: str, kind: str) -> str:
+    """How a score becomes a vote weight: sigmoid of a SWIFT reward (a logit), min-max per question for a reward
+    model, the confidence scorer's own rule (:data:`~lm_eval_swift.confidence.CONFIDENCE_SCORERS`)."""
+    if kind == "confidence":
+        return CONFIDENCE_SCORERS[name].weight
+    return "minmax" if kind == "reward_model" else "sigmoid"
+
+
+def score_rows(
+    name: str, kind: str = "head", etas: Sequence[float] = ()
+) -> dict[str, Row]:
+    """The rows a score adds: argmax ``<name>``, weighted vote ``<name>_vote`` (weights by :func:`vote_weight`),
+    filter-then-vote ``<name>_top<eta>`` for each eta, and for a reward model its combinations with SWIFT."""
     rows: dict[str, Row] = {
         name: ("argmax", {"score": name}),
-        f"{name}_vote": (
-            "vote",
-            {"score": name, "weight": "minmax" if reward_model else "sigmoid"},
-        ),
+        f"{name}_vote": ("vote", {"score": name, "weight": vote_weight(name, kind)}),
     }
-    if reward_model:
+    for eta in etas:
+        rows[f"{name}_top{eta:g}"] = ("top", {"score": name, "eta": eta})
+    if kind == "reward_model":
         for method in ("scaling", "ranking"):
             rows[f"swift+{name}_{method}"] = (
                 "combined",
@@ -54,28 +76,42 @@ def score_rows(name: str, reward_model: bool) -> dict[str, Row]:
 
 
 def rows(
-    score_names: Collection[str], reward_models: Collection[str] = ()
+    score_names: Collection[str],
+    reward_models: Collection[str] = (),
+    etas: Sequence[float] = (),
 ) -> dict[str, Row]:
     """Row name -> (selector name, selector kwargs): the classic rows, then the rows of each score (SWIFT heads
-    first, then reward models, which also combine with ``swift`` when it is present)."""
+    first, then confidence scorers, then reward models, which also combine with ``swift`` when it is present)."""
+    kinds = {"head": 0, "confidence": 1, "reward_model": 2}
+    order = list(CONFIDENCE_SCORERS)
     out = dict(CLASSIC_ROWS)
     for name in sorted(
-        score_names, key=lambda s: (s in reward_models, s != "swift", s)
+        score_names,
+        key=lambda s: (
+            kinds[score_kind(s, reward_models)],
+            s != "swift",
+            order.index(s) if s in order else 0,
+            s,
+        ),
     ):
-        rm = name in reward_models
+        kind = score_kind(name, reward_models)
         out.update(
             {
                 row: spec
-                for row, spec in score_rows(name, rm).items()
-                if not (rm and spec[0] == "combined" and "swift" not in score_names)
+                for row, spec in score_rows(name, kind, etas).items()
+                if not (spec[0] == "combined" and "swift" not in score_names)
             }
         )
     return out
 
 
-def row_ks(row: str, n: int, ks: Sequence[int] = BON_KS) -> list[int]:
-    """The k values of ``row`` for N = ``n`` samples: ``first`` at 1, ``mean`` at N, every other row at each
-    k <= N."""
+def row_ks(
+    row: str, n: int, ks: Sequence[int] = BON_KS, selector: str = ""
+) -> list[int]:
+    """The k values of ``row`` (whose selector is ``selector``) for N = ``n`` samples: ``first`` at 1, ``mean`` at
+    N, a filter-then-vote row (``top``) at each k > 1 (at k = 1 it is ``first``), every other row at each k <= N."""
+    if selector == "top":
+        return [k for k in ks if 1 < k <= n]
     return {"first": [1], "mean": [n]}.get(row) or [k for k in ks if k <= n]
 
 
@@ -102,8 +138,10 @@ def bon_table(
     ks: Sequence[int] = BON_KS,
     *,
     warn: bool = True,
+    etas: Sequence[float] = (),
 ) -> dict[str, dict[int, float]]:
-    """Accuracy of each row at each k (first k of the N samples); ``first`` at k=1 and ``mean`` at k=N only.
+    """Accuracy of each row at each k (first k of the N samples); ``first`` at k=1 and ``mean`` at k=N only;
+    ``etas``: the percentages of the filter-then-vote rows.
 
     When the questions' N differ, each question's own N is used: ``mean`` averages all of a question's samples
     (its column is the largest N), and the other rows keep only the k every question has. With ``warn``, that and
@@ -128,9 +166,11 @@ def bon_table(
             log.warning("%s: %d of %d responses have no %r score; they rank below every scored response in its rows",
                         task, missing, total, name)  # fmt: skip
     table: dict[str, dict[int, float]] = {}
-    for row, (selector, kwargs) in rows(names, reward_models).items():
+    for row, (selector, kwargs) in rows(names, reward_models, etas).items():
+        if selector == "top" and not row_ks(row, n_min, ks, selector):
+            continue  # only k = 1 asked: there it is ``first``
         fn = SELECTORS[selector]
-        ks_of_row = [n] if row == "mean" else row_ks(row, n_min, ks)
+        ks_of_row = [n] if row == "mean" else row_ks(row, n_min, ks, selector)
         table[row] = {
             k: sum(fn(r.responses[:k], **kwargs).correct for r in rollouts)
             / len(rollouts)

@@ -89,19 +89,40 @@ def argmax(rs: Sequence[Response], score: str = "swift") -> Response:
 def weighted_vote(
     rs: Sequence[Response], score: str = "swift", weight: str = "sigmoid"
 ) -> Response:
-    """Vote with each response weighted by its score: ``sigmoid`` of it (SWIFT's R is a logit) or its
-    per-question ``minmax``-normalised value in [0, 1] (a constant set maps to 1.0)."""
+    """Vote with each response weighted by its score: ``sigmoid`` of it (SWIFT's R is a logit), its
+    per-question ``minmax``-normalised value in [0, 1] (a constant set maps to 1.0), ``exp`` of it (a mean
+    log-probability becomes a geometric-mean probability) or its ``value`` (a score >= 0, negatives count 0). A
+    missing score weighs 0."""
     values = [_score(r, score) for r in rs]
-    if weight == "sigmoid":
-        weights = [
-            0.0 if v == -math.inf else 1.0 / (1.0 + math.exp(-max(min(v, 50.0), -50.0)))
-            for v in values
-        ]
-    elif weight == "minmax":
-        weights = minmax(values)
-    else:
-        raise ValueError(f"unknown vote weight {weight!r}: use 'sigmoid' or 'minmax'")
-    return _vote(rs, weights)
+    if weight == "minmax":
+        return _vote(rs, minmax(values))
+    if weight not in VOTE_WEIGHTS:
+        raise ValueError(
+            f"unknown vote weight {weight!r}: use 'minmax' or {', '.join(map(repr, VOTE_WEIGHTS))}"
+        )
+    fn = VOTE_WEIGHTS[weight]
+    return _vote(rs, [0.0 if v == -math.inf else fn(v) for v in values])
+
+
+VOTE_WEIGHTS: dict[str, Callable[[float], float]] = {
+    "sigmoid": lambda v: 1.0 / (1.0 + math.exp(-max(min(v, 50.0), -50.0))),
+    "exp": lambda v: math.exp(min(v, 50.0)),
+    "value": lambda v: max(v, 0.0),
+}
+"""Per-response vote weights of a score value (``minmax`` is per question, in :func:`weighted_vote`)."""
+
+
+@register_selector("top", "filter_vote")
+def filter_vote(
+    rs: Sequence[Response], score: str = "swift", eta: float = 10
+) -> Response:
+    """Filter, then vote (DeepConf's offline filtering): majority vote over the ``eta`` percent of the responses
+    with the highest score, ``max(1, round(eta * k / 100))`` of the k (ties in score go to the lower index;
+    a missing score ranks last)."""
+    keep = max(1, math.floor(eta * len(rs) / 100 + 0.5))
+    values = [_score(r, score) for r in rs]
+    kept = sorted(sorted(range(len(rs)), key=lambda i: (-values[i], i))[:keep])
+    return majority([rs[i] for i in kept])
 
 
 def minmax(values: Sequence[float]) -> list[float]:

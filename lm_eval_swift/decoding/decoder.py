@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 from transformers import DynamicCache
 
+from lm_eval_swift.confidence import ConfidenceParams
+from lm_eval_swift.confidence.compute import ConfidenceCapture
 from lm_eval_swift.decoding.cache import PackedCache
 from lm_eval_swift.decoding.sampling import Sampling
 from lm_eval_swift.swift.capture import HeadProjector
@@ -37,13 +39,15 @@ class Job:
 
 
 class Finished(NamedTuple):
-    """A finished sample: ``jobs[job].seeds[sample]``'s generated ids and head outputs [T, H, 2] (fp32 cpu) of
-    those tokens (None without a projector)."""
+    """A finished sample: ``jobs[job].seeds[sample]``'s generated ids, head outputs [T, H, 2] (fp32 cpu) of
+    those tokens (None without a projector) and its confidence state (None without confidence;
+    ``confidence.finish(0, length)`` gives the scores of its first ``length`` tokens)."""
 
     job: int
     sample: int
     ids: list[int]
     parts: torch.Tensor | None
+    confidence: ConfidenceCapture | None = None
 
 
 class _Admission(NamedTuple):
@@ -62,7 +66,9 @@ class Decoder:
     ``cache`` holds the live rows [0, live) (:class:`~lm_eval_swift.decoding.cache.PackedCache`); per live row,
     ``owner`` is its (job, sample), ``generated`` its ids so far and ``u`` [rows, t_max] its seed's uniforms, one per
     new token; ``logits`` [live, V] fp32 are the live rows' next-token logits; ``parts`` [rows, t_max, H, 2] the
-    head outputs at the position where generated token t is the input (with a projector). Use :func:`decode`.
+    head outputs at the position where generated token t is the input (with a projector); ``confidence`` the
+    rows' running confidence state, fed each picked token and the logits it was drawn from (with ``confidence``
+    parameters). Use :func:`decode`.
     """
 
     def __init__(
@@ -71,6 +77,7 @@ class Decoder:
         jobs: Sequence[Job],
         batch_size: int,
         projector: HeadProjector | None = None,
+        confidence: ConfidenceParams | None = None,
     ):
         total = sum(len(job.seeds) for job in jobs)
         self.model, self.jobs, self.projector = model, jobs, projector
@@ -79,6 +86,9 @@ class Decoder:
         self.t_max = max(job.max_new_tokens for job in jobs)
         self.u = torch.zeros(self.rows, self.t_max, dtype=torch.float64)
         self.parts: torch.Tensor | None = None
+        self.confidence = (
+            None if confidence is None else ConfidenceCapture(self.rows, confidence)
+        )
         self.owner: list[tuple[int, int]] = []
         self.generated: list[list[int]] = []
         self.logits: torch.Tensor | None = None
@@ -127,6 +137,8 @@ class Decoder:
         k = min(self.rows - self.cache.live, len(job.seeds) - s)
         r0 = self.cache.live
         self.cache.admit(prefill, k, len(job.prompt_ids) + job.max_new_tokens)
+        if self.confidence is not None:
+            self.confidence.reset(slice(r0, r0 + k))
         for i in range(s, s + k):
             seed = torch.Generator().manual_seed(job.seeds[i])
             self.u[r0 + i - s, : job.max_new_tokens] = torch.rand(
@@ -143,6 +155,8 @@ class Decoder:
         """Pick every live row's next token, then feed the rows that go on (and, with a projector, the finished
         ones once more, to capture their last token); returns the rows that finished."""
         tokens = self.pick()
+        if self.confidence is not None:  # the raw logits each token was drawn from
+            self.confidence.update(self.logits, tokens)
         for g, tok in zip(self.generated, tokens.tolist(), strict=True):
             g.append(tok)
         alive = [
@@ -210,7 +224,12 @@ class Decoder:
     def drop(self, alive: list[bool]) -> tuple[list[Finished], list[int]]:
         """Remove the finished rows -> (them, order of the rows kept)."""
         done = [
-            Finished(*self.owner[r], self.generated[r], self._parts_of(r))
+            Finished(
+                *self.owner[r],
+                self.generated[r],
+                self._parts_of(r),
+                None if self.confidence is None else self.confidence.detach(r),
+            )
             for r, a in enumerate(alive)
             if not a
         ]
@@ -219,6 +238,8 @@ class Decoder:
         if moved:
             dst, src = (torch.tensor(x) for x in zip(*moved, strict=True))
             self.u[dst] = self.u[src]
+            if self.confidence is not None:
+                self.confidence.move(dst, src)
             if self.parts is not None:
                 self.parts[dst.to(self.parts.device)] = self.parts[
                     src.to(self.parts.device)
@@ -241,6 +262,7 @@ def decode(
     jobs: Sequence[Job],
     batch_size: int,
     projector: HeadProjector | None = None,
+    confidence: ConfidenceParams | None = None,
 ) -> Iterator[list[Finished]]:
     """Draw every job's samples, at most ``batch_size`` rows per decode step, packed and continuously batched.
 
@@ -251,11 +273,13 @@ def decode(
     the batch stays full while rows are waiting. Rows of different prompt lengths share each step
     (:class:`PackedCache`). Sample i draws its uniforms from its own seed, so its tokens do not depend on the
     batch it shares. With ``projector`` (entered here) the last sampled token of a row is fed once more to be
-    captured. Yields, after each step in which rows finished, those rows.
+    captured. With ``confidence``, each row's confidence state is fed the raw logits of each of its tokens
+    (:class:`~lm_eval_swift.confidence.compute.ConfidenceCapture`). Yields, after each step in which rows finished,
+    those rows.
     """
     if sum(len(job.seeds) for job in jobs) == 0:
         return
-    yield from Decoder(model, jobs, batch_size, projector).steps()
+    yield from Decoder(model, jobs, batch_size, projector, confidence).steps()
 
 
 def sample_continuations(

@@ -3,7 +3,8 @@
 The small character-level Llama shipped in this folder (trained by :mod:`lm_eval_swift.demo.build`) samples 16
 answers to each of a few hundred synthetic GSM8K-format word problems with ``hf-swift``; its SWIFT head (trained
 on the model's own rollouts of a separate split) scores them while they are sampled; the table compares first,
-mean, majority, oracle, SWIFT argmax and the SWIFT-weighted vote.
+mean, majority, oracle, SWIFT argmax, the SWIFT-weighted vote and filter-then-vote, and the same rows for the
+confidence scorers captured while sampling (:mod:`lm_eval_swift.confidence`).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def demo_argv(args: argparse.Namespace, output: str) -> list[str]:
         "--model",
         "hf-swift",
         "--model_args",
-        f"pretrained={args.model},dtype=float32,heads={args.head},sample_cache=none",
+        f"pretrained={args.model},dtype=float32,heads={args.head},confidence=all,sample_cache=none",
         "--tasks",
         "demo_bon_swift",
         "--apply_chat_template",
@@ -72,6 +73,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     import torch
 
     from lm_eval_swift.bon.rollouts import read_rollouts
+    from lm_eval_swift.bon.rows import ETAS
     from lm_eval_swift.harness.eval_command import run_lm_eval
     from lm_eval_swift.reports.report import bon_table, format_table
 
@@ -92,7 +94,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print()
     print(
         format_table(
-            bon_table(rollouts, ks),
+            bon_table(rollouts, ks, etas=ETAS),
             f"SWIFT demo: {len(rollouts)} questions, N={args.n}",
         )
     )

@@ -60,7 +60,7 @@ def filter_list(
     applying the row's selector to the first k of the N responses."""
     out = []
     for row, (selector, kwargs) in table_rows.items():
-        for k in row_ks(row, n, ks):
+        for k in row_ks(row, n, ks, selector):
             step = {"function": FILTER_NAMES[selector][0], **kwargs}
             if row not in ("first", "mean"):
                 step["k"] = k

@@ -10,7 +10,7 @@ second copy of the weights: ``hf-swift`` scores while sampling instead).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property, partial
 from typing import Any
@@ -88,14 +88,16 @@ class GeneratorModel:
 
         return prompt_tokens(self.tokenizer, context)
 
-    def rescoring(self, max_gen_toks: int) -> Rescoring:
-        """The heads' rescoring (:func:`~lm_eval_swift.scores.add_scores`) with this model, loaded only when it runs
-        (as lm-eval's ``hf`` loads it, so prompts are encoded as it encoded them) and freed after."""
+    def rescoring(self, max_gen_toks: int, confidence: Sequence[str] = ()) -> Rescoring:
+        """The rescoring (:func:`~lm_eval_swift.scores.add_scores`) of the heads and the ``confidence`` scorers with
+        this model, loaded only when it runs (as lm-eval's ``hf`` loads it, so prompts are encoded as it encoded
+        them) and freed after."""
         return Rescoring(
             self.heads,
             partial(self._load_hflm, max_gen_toks),
             max_gen_toks,
             RESCORING_BATCH_SIZE,
+            tuple(confidence),
         )
 
     def _load_hflm(self, max_gen_toks: int):

@@ -1,5 +1,5 @@
 """``hf-swift``: lm-eval's ``hf`` model whose ``generate_until`` samples N responses per question and scores each
-with SWIFT heads while generating.
+with SWIFT heads and the confidence scorers while generating.
 
 Packing and continuous batching (:func:`~lm_eval_swift.decoding.decode`). All the samples of a ``generate_until`` call are rows waiting
 for a place in one decode batch of at most ``batch_size`` rows (B): with N samples per question, B // N questions
@@ -16,6 +16,8 @@ Sample i of a question draws its uniforms from its own seed (``sample_seed``), s
 batch size or on which rows share a batch (up to the last bits of floating point, which can flip a token only when
 a uniform falls within about 1e-7 of a CDF boundary). The heads' outputs of each fed token are captured by a
 :class:`~lm_eval_swift.swift.capture.HeadProjector`; the last sampled token of a row is fed once more to be captured.
+The confidence scorers (:mod:`lm_eval_swift.confidence`) read the raw logits each token is drawn from, which the
+sampler has anyway: a running state per row, no extra forward pass.
 
 Finished samples are kept in a :class:`~lm_eval_swift.harness.sample_cache.SampleCache` (one commit per question after
 each decode step in which some of its samples finished), so a run started again after a kill samples only what
@@ -40,6 +42,7 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 from tqdm import tqdm
 
 from lm_eval_swift.bon.samples import Sample, response_tokens
+from lm_eval_swift.confidence import ConfidenceParams, parse_confidence
 from lm_eval_swift.decoding import (
     Finished,
     Job,
@@ -118,7 +121,8 @@ class HFSwiftLM(HFLM):
     """HFLM plus best-of-N sampling with SWIFT rewards: ``generate_until`` returns :class:`Sample` responses.
 
     ``heads``: head spec as in :func:`~lm_eval_swift.swift.heads.resolve_heads` (default "auto"; None, "none", "off" or ""
-    mean no heads: plain sampling). ``seed``: sampling seed. ``sample_cache``: where finished samples are kept so
+    mean no heads: plain sampling). ``confidence``: the confidence scorers captured while sampling: "all",
+    names comma separated, or "none" (default). ``seed``: sampling seed. ``sample_cache``: where finished samples are kept so
     that a run started again samples only what is missing (see :mod:`~lm_eval_swift.harness.sample_cache`): a SQLite
     file or a directory for one; "auto" (default): ``hf-swift-samples.sqlite`` in the user's cache folder
     (``$XDG_CACHE_HOME/lm-eval-swift/``, default ``~/.cache/lm-eval-swift/``); None or "none": no cache.
@@ -134,6 +138,7 @@ class HFSwiftLM(HFLM):
         self,
         pretrained,
         heads: str | None = "auto",
+        confidence: str | None = "none",
         seed: int = 1234,
         sample_cache: str | os.PathLike | None = "auto",
         packing: bool = True,
@@ -168,6 +173,8 @@ class HFSwiftLM(HFLM):
         )
         if self.projector is not None:
             self.projector.check()
+        self.confidence = parse_confidence(confidence)
+        self.confidence_params = ConfidenceParams() if self.confidence else None
         self.sample_cache = self._open_sample_cache(sample_cache)
         self._fingerprints: dict[
             str, tuple[object, str]
@@ -263,7 +270,11 @@ class HFSwiftLM(HFLM):
             bar.update(sum(not q.job.seeds for q in questions))
             for group in [questions] if self.packing else [[q] for q in questions]:
                 decoded = decode(
-                    self.model, [q.job for q in group], batch_size, self.projector
+                    self.model,
+                    [q.job for q in group],
+                    batch_size,
+                    self.projector,
+                    self.confidence_params,
                 )
                 # closing: leaves the projector's hooks now, not when the generator is collected
                 with closing(decoded):
@@ -332,6 +343,17 @@ class HFSwiftLM(HFLM):
                     "autocast": str(
                         self.mixed_precision_dtype
                     ),  # mixed_precision_dtype changes the numbers
+                    # the confidence scores stored with the samples (none: the key is as before they existed)
+                    **(
+                        {
+                            "confidence": [
+                                list(self.confidence),
+                                repr(self.confidence_params),
+                            ]
+                        }
+                        if self.confidence
+                        else {}
+                    ),
                 },
                 seed=self.seed,
             )
@@ -355,7 +377,7 @@ class HFSwiftLM(HFLM):
         for f in finished:
             q = questions[f.job]
             fresh.setdefault(f.job, {})[q.missing[f.sample]] = self._scored(
-                f.ids, f.parts, q.until, q.eos, q.prompt
+                f, q.until, q.eos, q.prompt
             )
         for j, samples in fresh.items():
             q = questions[j]
@@ -367,11 +389,20 @@ class HFSwiftLM(HFLM):
             self._counts["sampled"] += len(samples)
             bar.update(int(len(q.responses) == q.count))
 
-    def _scored(self, generated, parts, until, eos, prompt) -> Sample:
-        kept, text, finish = response_tokens(generated, self.tokenizer, until, eos)
+    def _scored(self, f: Finished, until, eos, prompt) -> Sample:
+        """The response of a finished sample with its heads' rewards and confidence scores (of its kept tokens)."""
+        kept, text, finish = response_tokens(f.ids, self.tokenizer, until, eos)
         mask = torch.ones(len(kept), dtype=torch.bool)
         scores = {
-            alias: float(swift_reward(parts[: len(kept), h], mask, head.gate))
+            alias: float(swift_reward(f.parts[: len(kept), h], mask, head.gate))
             for h, (alias, head) in enumerate(self.heads.items())
         }
+        if f.confidence is not None:
+            captured = f.confidence.finish(0, len(kept))
+            if captured is None:
+                log.warning("hf-swift: a stop string cut more than %d tokens; that sample has no confidence "
+                            "scores", f.confidence.lag)  # fmt: skip
+            scores.update(
+                {n: v for n, v in (captured or {}).items() if n in self.confidence}
+            )
         return Sample(text, kept, finish, scores, prompt)

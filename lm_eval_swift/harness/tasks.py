@@ -19,6 +19,7 @@ from lm_eval.api.task import ConfigurableTask
 
 from lm_eval_swift.bon import rows as bon_rows
 from lm_eval_swift.bon.rollouts import QuestionRollout, grade, write_rollouts
+from lm_eval_swift.confidence import parse_confidence
 from lm_eval_swift.errors import UsageError
 from lm_eval_swift.grading import MODES as GRADING_MODES
 from lm_eval_swift.grading import extract_answer
@@ -248,8 +249,15 @@ class BestOfNTask(ConfigurableTask):
             meta.get("scorers"), protocol=meta.get("rm_protocol")
         )
         self.generator = GeneratorModel.from_metadata(meta)
+        try:
+            self.confidence = parse_confidence(meta.get("confidence"))
+            etas = tuple(float(e) for e in meta.get("etas", ()))
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"{config.get('task')}: metadata: {err}") from None
         self.rows = bon_rows.rows(
-            ["swift", *self.scorer_specs], reward_models=self.scorer_specs
+            ["swift", *self.confidence, *self.scorer_specs],
+            reward_models=self.scorer_specs,
+            etas=etas,
         )
         config["repeats"] = n
         config["filter_list"] = filter_list(self.rows, n)
@@ -297,7 +305,7 @@ class BestOfNTask(ConfigurableTask):
             and rollouts
             and not any(resp.scores for r in rollouts for resp in r.responses)
         ):
-            rescoring = self.generator.rescoring(max_gen_toks)
+            rescoring = self.generator.rescoring(max_gen_toks, self.confidence)
         add_scores(rollouts, rescoring, reward_models=self.scorer_specs)
         for inst, rollout in zip(self._instances, rollouts, strict=True):
             inst.resps = rollout.responses

@@ -106,14 +106,15 @@ def bon_estimates(
     *,
     subsets: int = 64,
     seed: int = 0,
+    etas: Sequence[float] = (),
 ) -> dict[CellKey, Cell]:
     """BoN@k of every row of :func:`~lm_eval_swift.bon.rows.bon_table` (its cells with k in ``ks``): per question, the mean over
     the estimator's k-subsets of the row's correctness (each subset scored by ``bon_table`` as a question of its
     own), then the mean and standard error across questions. ``first`` reproduces ``bon_table``, also for
     questions with different N (each question's subsets come from its own N; ``mean`` is the mean over all of a
-    question's samples)."""
+    question's samples). ``etas``: the filter-then-vote rows' percentages."""
     _check_estimator(estimator)
-    layout = bon_table(rollouts, ks)
+    layout = bon_table(rollouts, ks, etas=etas)
     keys = [(row, k) for row, cols in layout.items() for k in cols if k in ks]
     sizes = sorted({k for _, k in keys})
     n = sample_counts(rollouts)[1]
@@ -129,7 +130,9 @@ def bon_estimates(
         ):  # only mean@N reaches past the smallest N
             chosen = _subsets(nq, k, estimator, subsets, rng)
             picks = [replace(q, responses=[q.responses[i] for i in s]) for s in chosen]
-            table = bon_table(picks, [k], warn=False)  # the whole set was checked above
+            table = bon_table(
+                picks, [k], warn=False, etas=etas
+            )  # the set was checked above
             values.update(
                 ((row, k), cols[k])
                 for row, cols in table.items()
@@ -491,12 +494,13 @@ def leaderboard(
     subsets: int = 64,
     seed: int = 0,
     head_parameters: Mapping[str, float] | None = None,
+    etas: Sequence[float] = (),
 ) -> Leaderboard:
     """The leaderboard of ``files``: lm-eval ``results_*.json`` and rollouts ``*.jsonl`` (model: see
     :func:`read_results` and :func:`rollouts_model`). Rollouts of the same model and task are
     merged by question (a later file's question replaces an earlier one's) and, where given, win over results
     JSON for that model and task; among results files a later file's cells replace an earlier one's. Only cells
-    with k in ``ks`` are kept."""
+    with k in ``ks`` are kept; ``etas``: the percentages of the filter-then-vote rows of rollouts."""
     _check_estimator(estimator)
     questions: dict[Group, dict[int, QuestionRollout]] = {}
     results: dict[Group, dict[CellKey, Cell]] = {}
@@ -520,7 +524,9 @@ def leaderboard(
                 "samples (samples_<task>_<date>.jsonl) files"
             )
     cells = {
-        g: bon_estimates(list(qs.values()), ks, estimator, subsets=subsets, seed=seed)
+        g: bon_estimates(
+            list(qs.values()), ks, estimator, subsets=subsets, seed=seed, etas=etas
+        )
         for g, qs in questions.items()
     }
     cells.update(
@@ -567,6 +573,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> None:
         subsets=args.subsets,
         seed=args.seed,
         head_parameters=parse_head_parameters(args.head_parameters),
+        etas=args.eta,
     )
     text = board.to_markdown()
     print(text)

@@ -33,11 +33,12 @@ def plot_bon_curves(
     ks: Sequence[int] = POWERS_OF_TWO,
     subsets: int = 64,
     seed: int = 0,
+    etas: Sequence[float] = (),
 ) -> list[Axes]:
     """Draw one curve per selector row that has at least two values of k (oracle dashed, majority dotted), with
     a standard-error band, for each model of ``files`` (as :func:`leaderboard.leaderboard` reads them); save a
     PNG and return the subplots' Axes (one per model and task)."""
-    board = leaderboard(files, ks, estimator, subsets=subsets, seed=seed)
+    board = leaderboard(files, ks, estimator, subsets=subsets, seed=seed, etas=etas)
     groups = board.groups
     fig = Figure(figsize=(5.5 * len(groups), 4.2), layout="constrained")
     FigureCanvasAgg(fig)
@@ -85,7 +86,12 @@ def panel_title(label: str, width: int = TITLE_WIDTH) -> str:
 def cmd_plot(args: argparse.Namespace) -> None:
     """Write the best-of-N curves of ``args.files`` to ``args.output``."""
     axes = plot_bon_curves(
-        args.files, args.output, args.estimator, subsets=args.subsets, seed=args.seed
+        args.files,
+        args.output,
+        args.estimator,
+        subsets=args.subsets,
+        seed=args.seed,
+        etas=args.eta,
     )
     print(
         f"Wrote {args.output} ({sum(len(ax.get_lines()) for ax in axes)} curves, {len(axes)} panels)"

@@ -50,7 +50,8 @@ def cmd_report(args: argparse.Namespace) -> None:
         sizes = f"N={n}" if n_min == n else f"N={n_min}..{n}"
         print(
             format_table(
-                bon_table(rollouts, ks), f"{task}: {len(rollouts)} questions, {sizes}"
+                bon_table(rollouts, ks, etas=args.eta),
+                f"{task}: {len(rollouts)} questions, {sizes}",
             )
         )
         print()

@@ -115,7 +115,7 @@ class FeatureExtractor:
         )
         wants_logits = "logits" in self.entries
         for group in by_prompt(prompts, range(len(prompts))):
-            out, _ = forward_after_prompt(
+            out, _, _ = forward_after_prompt(
                 self.model,
                 prompts[group[0]],
                 [responses[i] for i in group],

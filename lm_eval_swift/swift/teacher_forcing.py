@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -40,6 +41,15 @@ def prompt_batches(
     return sorted(batches, key=lambda b: -(len(prompts[b[0]]) + len(responses[b[0]])))
 
 
+class TeacherForced(NamedTuple):
+    """The outputs of :func:`forward_after_prompt`: the model's ``out`` at the response positions, ``mask`` [B, T]
+    of the response tokens, and ``prompt_logits`` [V] at the prompt's last position (None for an empty prompt)."""
+
+    out: object
+    mask: torch.Tensor
+    prompt_logits: torch.Tensor | None
+
+
 @torch.no_grad()
 def forward_after_prompt(
     model: nn.Module,
@@ -48,8 +58,9 @@ def forward_after_prompt(
     pad_token_id: int = 0,
     prompt_context: Callable[[], AbstractContextManager] = nullcontext,
     **kwargs,
-) -> tuple[object, torch.Tensor]:
-    """``model``'s outputs for ``responses`` (B of them) fed after the one shared ``prompt``, and mask [B, T].
+) -> TeacherForced:
+    """``model``'s outputs for ``responses`` (B of them) fed after the one shared ``prompt``, the mask [B, T] and
+    the prompt's last logits.
 
     The outputs cover the response positions only: ``hidden_states[e]`` [B, T, D] and, with ``logits_to_keep=0`` in
     ``kwargs``, ``logits`` [B, T, V]; T is the longest response (at least 1) and rows are right-padded. The prompt's
@@ -62,16 +73,16 @@ def forward_after_prompt(
     for b, r in enumerate(responses):
         ids[b, : len(r)] = torch.tensor(list(r), dtype=torch.long)
     mask = torch.arange(width) < lengths[:, None]
-    cache = None
+    cache, prompt_logits = None, None
     if len(prompt):
         cache = DynamicCache(config=model.config)
         with prompt_context():
-            model(
+            prompt_logits = model(
                 input_ids=torch.tensor([list(prompt)], device=device),
                 cache=cache,
                 use_cache=True,
                 logits_to_keep=1,
-            )
+            ).logits[0, -1]
         cache.batch_repeat_interleave(len(responses))
     attn = torch.cat(
         [torch.ones(len(responses), len(prompt), dtype=torch.long), mask.long()], dim=1
@@ -83,4 +94,4 @@ def forward_after_prompt(
         use_cache=cache is not None,
         **kwargs,
     )
-    return out, mask.to(device)
+    return TeacherForced(out, mask.to(device), prompt_logits)

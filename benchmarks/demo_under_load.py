@@ -97,10 +97,10 @@ def main() -> None:
             order = (0, args.hogs) if repeat % 2 == 0 else (args.hogs, 0)
             walls = {}
             for hogs in order:
-                wall, cpu, load = run_demo(args.questions, threads, hogs)
+                wall, cpu, load, used = run_demo(args.questions, threads, hogs)
                 walls[hogs] = wall
                 print(
-                    f"| {threads} | {hogs} | {wall:.1f} | {cpu:.1f} | {load:.2f} |",
+                    f"| {threads} | {used} | {hogs} | {wall:.1f} | {cpu:.1f} | {load:.2f} |",
                     flush=True,
                 )
             ratios.setdefault(threads, []).append(walls[args.hogs] / walls[0])

@@ -188,8 +188,9 @@ class FeatureCache:
         self.lengths = list(lengths)
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)])
         shape = (max(int(self.offsets[-1]), 1), n_features)
+        # copy-on-write: the rows are writable in memory (torch takes them without a copy), never on disk
         self.rows = np.memmap(
-            self.directory / self.FEATURES, dtype=np.float16, mode="r", shape=shape
+            self.directory / self.FEATURES, dtype=np.float16, mode="c", shape=shape
         )
 
     @classmethod
@@ -343,11 +344,10 @@ class FeatureCache:
     def __call__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         lengths = torch.tensor([self.lengths[i] for i in indices])
         feats = torch.zeros(len(indices), max(int(lengths.max()), 1), self.n_features)
+        # one pass per response: its fp16 rows are converted straight into the batch
         for b, i in enumerate(indices):
-            feats[b, : lengths[b]] = torch.from_numpy(
-                np.array(
-                    self.rows[self.offsets[i] : self.offsets[i + 1]], dtype=np.float32
-                )
+            feats[b, : lengths[b]].copy_(
+                torch.from_numpy(self.rows[self.offsets[i] : self.offsets[i + 1]])
             )
         mask = torch.arange(feats.shape[1]) < lengths[:, None]
         return feats.to(self.device), mask.to(self.device)

@@ -1,5 +1,5 @@
 """``lm-eval-swift regrade``: committed rollouts graded again without sampling, the old labels kept beside the new;
-and the exact McNemar test the experiment's report prints next to its bootstrap intervals."""
+and the exact McNemar test and paired bootstrap interval that ``report --paired`` and the experiment's report print."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO
 from helpers import run
 
-from lm_eval_swift.bon.metrics import mcnemar
+from lm_eval_swift.bon.metrics import mcnemar, paired_bootstrap
 from lm_eval_swift.bon.rollouts import (
     QuestionRollout,
     Response,
@@ -103,6 +103,21 @@ def test_regrade_of_a_missing_file_is_a_usage_error(tmp_path):
 )
 def test_mcnemar_exact(a, b, expected):
     assert mcnemar(a, b) == pytest.approx(expected)
+
+
+def test_paired_bootstrap_interval():
+    """Identical outcomes differ by exactly 0; a constant difference has no spread; otherwise the 95% interval holds
+    the mean and is about +-1.96 standard errors wide (here 30 of 100 questions: se 0.046); same draws, same
+    interval."""
+    assert paired_bootstrap([1, 0, 1], [1, 0, 1]) == (0.0, 0.0, 0.0)
+    assert paired_bootstrap([1, 1], [0, 0]) == (1.0, 1.0, 1.0)
+    a, b = [1] * 30 + [0] * 70, [0] * 100
+    diff, lo, hi = paired_bootstrap(a, b, resamples=4000, seed=1)
+    assert diff == 0.3 and lo < diff < hi
+    assert (hi - lo) / 2 == pytest.approx(1.96 * (0.3 * 0.7 / 100) ** 0.5, rel=0.15)
+    assert paired_bootstrap(a, b, resamples=4000, seed=1) == (diff, lo, hi)
+    with pytest.raises(ValueError, match="3 outcomes against 2"):
+        paired_bootstrap([1, 0, 1], [1, 0])
 
 
 def _question(doc_id: int) -> QuestionRollout:

@@ -357,6 +357,7 @@ def confidence_section(bootstrap: int) -> list[str]:
         MIN_DISCORDANT,
         auroc,
         mcnemar,
+        paired_bootstrap,
         within_question_auroc,
     )
     from lm_eval_swift.confidence import CONFIDENCE_SCORERS
@@ -427,22 +428,6 @@ def mean_se(values) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) / len(values) ** 0.5
 
 
-def paired_bootstrap(a, b, resamples: int, seed: int = 0) -> tuple[float, float, float]:
-    """mean(a - b) and its 95% percentile interval over ``resamples`` resamplings of the questions (paired)."""
-    import torch
-
-    diff = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
-    idx = torch.randint(
-        len(diff), (resamples, len(diff)), generator=torch.Generator().manual_seed(seed)
-    )
-    means = diff[idx].mean(1)
-    return (
-        float(diff.mean()),
-        float(means.quantile(0.025)),
-        float(means.quantile(0.975)),
-    )
-
-
 def best_swift_row() -> tuple[str, float]:
     """The SWIFT row chosen BEFORE looking at the test set: the (head, argmax or vote) with the highest mean held-out
     validation BoN@4 and @8 recorded by ``lm-eval-swift train``; and that mean."""
@@ -472,7 +457,7 @@ def paired_section(table, n: int, resamples: int) -> list[str]:
     """Every SWIFT row against majority voting at each k > 1: the difference with its paired bootstrap interval, the
     discordant questions (only the row right / only maj right) and the exact McNemar p-value; the row chosen on
     validation first."""
-    from lm_eval_swift.bon.metrics import MIN_DISCORDANT, mcnemar
+    from lm_eval_swift.bon.metrics import MIN_DISCORDANT, mcnemar, paired_bootstrap
 
     chosen, val = best_swift_row()
     rows = [chosen] + [r for r in table if r.startswith(tuple(HEADS)) and r != chosen]

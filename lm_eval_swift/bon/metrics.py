@@ -1,9 +1,12 @@
-"""Ranking diagnostics of a score against correctness (global AUROC, within-question AUROC) and the exact McNemar
-test of two selectors paired over questions."""
+"""Ranking diagnostics of a score against correctness (global AUROC, within-question AUROC), and two selectors
+compared over the same questions: the paired bootstrap interval of their difference and the exact McNemar test."""
 
 from __future__ import annotations
 
+import functools
 import math
+import random
+from array import array
 from collections.abc import Sequence
 
 
@@ -62,3 +65,32 @@ def mcnemar(a: Sequence[float], b: Sequence[float]) -> tuple[int, int, float]:
         return 0, 0, 1.0
     tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1))
     return only_a, only_b, min(1.0, 2 * tail / 2**n)
+
+
+def paired_bootstrap(
+    a: Sequence[float], b: Sequence[float], resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """``(mean(a - b), lo, hi)``: the mean difference of two per-question outcomes and its 95% percentile interval
+    over ``resamples`` resamplings of the questions with replacement (the same draws for every pair of the same
+    length, ``resamples`` and ``seed``, so the intervals of several rows are comparable)."""
+    if len(a) != len(b):
+        raise ValueError(f"{len(a)} outcomes against {len(b)}")
+    if not a:
+        raise ValueError("a paired bootstrap needs at least one question")
+    n = len(a)
+    diff = [x - y for x, y in zip(a, b, strict=True)]
+    means = sorted(
+        sum(map(diff.__getitem__, draw)) / n
+        for draw in _draws(n, max(resamples, 1), seed)
+    )
+    lo, hi = (means[round(q * (len(means) - 1))] for q in (0.025, 0.975))
+    return sum(diff) / n, lo, hi
+
+
+@functools.lru_cache(maxsize=4)
+def _draws(n: int, resamples: int, seed: int) -> tuple[array, ...]:
+    """``resamples`` draws of ``n`` question indices with replacement (kept: every row of a table reuses them)."""
+    rng = random.Random(seed)
+    return tuple(
+        array("I", (rng.randrange(n) for _ in range(n))) for _ in range(resamples)
+    )

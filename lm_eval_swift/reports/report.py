@@ -4,11 +4,10 @@ recomputed without sampling."""
 from __future__ import annotations
 
 import argparse
-import random
 from collections import defaultdict
 from collections.abc import Sequence
 
-from lm_eval_swift.bon.metrics import MIN_DISCORDANT, mcnemar
+from lm_eval_swift.bon.metrics import MIN_DISCORDANT, mcnemar, paired_bootstrap
 from lm_eval_swift.bon.rollouts import QuestionRollout
 from lm_eval_swift.bon.rows import BON_KS as DEFAULT_KS
 from lm_eval_swift.bon.rows import bon_table, sample_counts
@@ -74,9 +73,6 @@ def format_paired(
         for row, cols in bon_table([q], ks, warn=False).items():
             for k, value in cols.items():
                 per_question[row][k].append(value)
-    rng = random.Random(seed)
-    n = len(rollouts)
-    draws = [[rng.randrange(n) for _ in range(n)] for _ in range(max(resamples, 1))]
     lines = [
         "### paired with maj@k",
         "",
@@ -88,14 +84,12 @@ def format_paired(
             continue
         for k in sorted(k for k in cols if k > 1 and k in per_question["maj"]):
             a, b = cols[k], per_question["maj"][k]
-            diff = [x - y for x, y in zip(a, b, strict=True)]
-            means = sorted(sum(diff[i] for i in draw) / n for draw in draws)
-            lo, hi = (means[round(q * (len(means) - 1))] for q in (0.025, 0.975))
+            diff, lo, hi = paired_bootstrap(a, b, resamples, seed)
             only_row, only_maj, p = mcnemar(a, b)
             flag = (
                 "" if only_row + only_maj >= MIN_DISCORDANT else " (too few to judge)"
             )
-            lines.append(f"| {row} | {k} | {sum(diff) / n:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {only_row} / {only_maj} "
+            lines.append(f"| {row} | {k} | {diff:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {only_row} / {only_maj} "
                          f"| {p:.3g}{flag} |")  # fmt: skip
     return "\n".join(lines)
 

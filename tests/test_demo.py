@@ -137,3 +137,18 @@ def test_demo_prints_the_table(tmp_path):
             v <= o + 1e-9 for v, o in zip(values[row], values["oracle"], strict=True)
         )
     assert values["oracle"][0] == pytest.approx(values["first"][0])
+
+
+def test_the_demo_lm_evaluation_gives_no_answer_to_a_cut_off_response(monkeypatch):
+    """The demo LM's accuracy is graded as every other path grades: a response cut off at the token limit states
+    no answer unless it stated one (its last number is not read)."""
+    from lm_eval_swift.demo import train_lm
+
+    texts = ["2 + 2 = 4", "2 + 2 = 4"]
+    monkeypatch.setattr(
+        train_lm, "sample", lambda *args, **kwargs: (texts, 10, [False, True])
+    )
+    result = train_lm.evaluate(
+        None, None, [{"question": "2 + 2?", "answer": "#### 4"}], k=2
+    )
+    assert result["mean_acc"] == 0.5 and result["pass@2"] == 1.0

@@ -250,8 +250,9 @@ def train(args, callback=None) -> tuple[torch.nn.Module, PreTrainedTokenizerFast
 @torch.no_grad()
 def sample(
     model, tokenizer, question: str, n: int, max_new_tokens: int = 160
-) -> tuple[list[str], int]:
-    """``n`` samples (temperature 1.0, top-p 0.9) for one question; returns (texts, generated tokens incl. EOS)."""
+) -> tuple[list[str], int, list[bool]]:
+    """``n`` samples (temperature 1.0, top-p 0.9) for one question; returns (texts, generated tokens incl. EOS,
+    whether each text was cut off at ``max_new_tokens``)."""
     ids = torch.tensor([_ids(tokenizer, chat_prompt(tokenizer, question))])
     out = model.generate(
         ids,
@@ -265,13 +266,15 @@ def sample(
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )[:, ids.shape[1] :]
-    texts, n_tok = [], 0
+    texts, n_tok, truncated = [], 0, []
     for row in out.tolist():
-        if tokenizer.eos_token_id in row:
+        ended = tokenizer.eos_token_id in row
+        if ended:
             row = row[: row.index(tokenizer.eos_token_id) + 1]
         n_tok += len(row)
         texts.append(tokenizer.decode(row, skip_special_tokens=True))
-    return texts, n_tok
+        truncated.append(not ended)
+    return texts, n_tok, truncated
 
 
 def evaluate(
@@ -283,9 +286,12 @@ def evaluate(
     per_sample, passk, majk, lengths = [], [], [], []
     t0 = time.time()
     for i, p in enumerate(tqdm(problems, desc=f"sample x{k}", mininterval=2.0)):
-        texts, _ = sample(model, tokenizer, p["question"], k)
+        texts, _, truncated = sample(model, tokenizer, p["question"], k)
         gold = final_answer(p["answer"])
-        preds = [extract_answer(t, "gsm8k") for t in texts]
+        preds = [
+            extract_answer(t, "gsm8k", truncated=c)
+            for t, c in zip(texts, truncated, strict=True)
+        ]
         ok = [x is not None and is_equivalent(x, gold, "gsm8k") for x in preds]
         per_sample += ok
         passk.append(any(ok))

@@ -476,6 +476,37 @@ def test_feature_cache_build_resumes_after_an_interruption(
     )
 
 
+@pytest.mark.parametrize("damage", ["features cut short", "meta.json garbled"])
+def test_a_damaged_feature_cache_is_built_again(model, rollouts, tmp_path, damage):
+    """A cache whose features file was cut short (a full disk, a copy stopped half-way) or whose records are not
+    JSON is built again by the model, not read as features or a crash."""
+    lm, tok = load_base_model(model, device="cpu")
+    data = TrainingData.load([rollouts], tok, 1024)
+    args = (
+        FeatureExtractor(lm, (0, 2), tok.pad_token_id),
+        data.prompts,
+        data.responses,
+    )
+    kwargs = {"batch_size": 8, "key": "k", "progress": False}
+    idx = list(range(0, len(data.responses), 5))
+    good = FeatureCache.open_or_build(tmp_path, *args, **kwargs)(idx)
+    (directory,) = [p.parent for p in tmp_path.glob("*/meta.json")]
+    if damage == "features cut short":
+        with open(directory / FeatureCache.FEATURES, "r+b") as f:
+            f.truncate(1000)
+    else:
+        (directory / FeatureCache.META).write_text('{"key": ')
+    forwards = []
+    lm.register_forward_pre_hook(lambda *a: forwards.append(1))
+    again = FeatureCache.open_or_build(tmp_path, *args, **kwargs)
+    assert forwards and all(
+        torch.equal(a, b) for a, b in zip(again(idx), good, strict=True)
+    )
+    forwards.clear()
+    FeatureCache.open_or_build(tmp_path, *args, **kwargs)
+    assert not forwards
+
+
 def test_cli_train(model, rollouts, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)

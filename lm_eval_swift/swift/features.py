@@ -222,8 +222,12 @@ class FeatureCache:
             "n_tokens": sum(lengths),
         }
         meta_path, partial = directory / cls.META, directory / cls.PARTIAL
-        if meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
-            return cls(directory, lengths, extractor.n_features, extractor.device)
+        if _read_json(meta_path) == meta:
+            if cls._intact(directory, meta):
+                return cls(directory, lengths, extractor.n_features, extractor.device)
+            log.warning("feature cache %s is damaged (its features file has the wrong size): building it again",
+                        directory)  # fmt: skip
+            meta_path.unlink()
         if not _batches_done(partial, meta):
             shutil.rmtree(directory, ignore_errors=True)
             directory.mkdir(parents=True)
@@ -250,13 +254,24 @@ class FeatureCache:
         """(directory, meta) of a complete cache under ``root`` of the same key and token ids whose entries include
         ``meta``'s, or None."""
         for path in sorted(root.glob(f"*/{cls.META}")):
-            other = json.loads(path.read_text())
+            other = _read_json(path) or {}
             same_data = all(
                 other.get(k) == meta[k] for k in ("key", "data", "n_tokens")
             )
-            if same_data and set(meta["entries"]) < set(other["entries"]):
+            if (
+                same_data
+                and set(meta["entries"]) < set(other.get("entries", ()))
+                and cls._intact(path.parent, other)
+            ):
                 return path.parent, other
         return None
+
+    @classmethod
+    def _intact(cls, directory: Path, meta: dict) -> bool:
+        """Whether the features file of the complete cache ``meta`` has its full size (not cut short or replaced)."""
+        path = directory / cls.FEATURES
+        size = max(int(meta["n_tokens"]), 1) * int(meta["n_features"]) * 2
+        return path.is_file() and path.stat().st_size == size
 
     @classmethod
     def _copy_columns(
@@ -396,10 +411,17 @@ def _columns(config, have: Sequence[Entry], want: Sequence[Entry]) -> np.ndarray
 
 def _batches_done(partial: Path, meta: dict) -> int:
     """Batches an interrupted build of the cache ``meta`` recorded in ``partial`` (0 when none)."""
-    if not partial.is_file():
-        return 0
-    record = json.loads(partial.read_text())
-    return int(record["batches"]) if record.get("meta") == meta else 0
+    record = _read_json(partial) or {}
+    return int(record.get("batches", 0)) if record.get("meta") == meta else 0
+
+
+def _read_json(path: Path) -> dict | None:
+    """The JSON object in ``path``, or None when it is missing or not a readable JSON object (a damaged record)."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _fingerprint(

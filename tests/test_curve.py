@@ -9,13 +9,19 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import make_rollouts
 
 import lm_eval_swift.swift.features as features_module
 from lm_eval_swift.bon.rollouts import read_rollouts
 from lm_eval_swift.cli import main
-from lm_eval_swift.swift.curve import FITS, check_sizes, nested_subsets
-from lm_eval_swift.swift.training import split_questions
+from lm_eval_swift.swift.curve import (
+    FITS,
+    check_sizes,
+    mixed_questions,
+    nested_subsets,
+)
+from lm_eval_swift.swift.training import TrainingData, split_questions
 
 
 @pytest.fixture(scope="module")
@@ -72,12 +78,17 @@ def test_subsets_are_nested_seeded_and_keep_a_question_whole():
 
 
 def test_curve_needs_one_feature_pass_and_is_deterministic(
-    model, rollouts, tmp_path, monkeypatch, capsys
+    model, rollouts, tmp_path, monkeypatch, capsys, caplog
 ):
     fed = count_forwards(monkeypatch)
     cache, first, second = tmp_path / "cache", tmp_path / "a", tmp_path / "b"
     n_responses = sum(len(q.responses) for q in read_rollouts(rollouts))
     main(curve_argv(rollouts, model, first, cache, 4, 8, 16))
+    # the toy split's 4 validation questions are too few to rank sizes by selection: the user is told
+    assert (
+        "of the 4 validation questions have both right and wrong responses"
+        in caplog.text
+    )
     assert (
         sum(fed) == n_responses
     )  # one pass: each response through the model once, for 2 seeds x 3 sizes
@@ -163,3 +174,27 @@ def test_check_sizes():
     assert check_sizes([1, 5, 9], 9) == [1, 5, 9]
     with pytest.raises(ValueError, match="--curve size 10 is more than the 9"):
         check_sizes([5, 10], 9)
+
+
+def test_mixed_questions_counts_those_with_right_and_wrong_responses():
+    labels = [
+        1,
+        0,
+        0,
+        0,
+        1,
+        1,
+        0,
+        1,
+    ]  # questions: mixed, all wrong, all right, mixed (2 responses each)
+    spans = [range(i, i + 2) for i in range(0, 8, 2)]
+    data = TrainingData(
+        [],
+        [],
+        [],
+        torch.tensor(labels, dtype=torch.float32),
+        [i // 2 for i in range(8)],
+        spans,
+    )
+    assert mixed_questions(data, [0, 1, 2, 3]) == 2
+    assert mixed_questions(data, [1, 2]) == 0

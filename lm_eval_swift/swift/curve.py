@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import os
 import statistics
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ from lm_eval_swift.paths import user_cache_dir
 from lm_eval_swift.swift.features import FeatureCache
 from lm_eval_swift.swift.training import (
     TrainConfig,
+    TrainingData,
     TrainingSetup,
     TrainState,
     fit,
@@ -51,6 +53,10 @@ FITS, SEEDS_CSV, CURVE_CSV, PLOT = (
     "curve.png",
 )
 METRICS = ("val_loss", "val_bce", "auroc", "within_auroc")
+# fewer validation questions with both right and wrong responses than this: selection metrics cannot rank the sizes
+FEW_MIXED = 10
+
+log = logging.getLogger(__name__)
 
 
 def check_sizes(sizes: Sequence[int], n_train: int | None = None) -> list[int]:
@@ -80,6 +86,16 @@ def nested_subsets(
     perm = torch.randperm(len(distinct), generator=torch.Generator().manual_seed(seed))
     rank = {distinct[i]: r for r, i in enumerate(perm.tolist())}
     return {n: [q for q in train_q if rank[keys[q]] < n] for n in sizes}
+
+
+def mixed_questions(data: TrainingData, questions: Sequence[int]) -> int:
+    """How many of ``questions`` have both right and wrong responses (those that within-question AUROC and best-of-k
+    selection are decided on)."""
+    return sum(
+        1
+        for q in questions
+        if 0 < data.labels[data.spans[q]].sum() < len(data.spans[q])
+    )
 
 
 def fit_row(
@@ -122,6 +138,14 @@ def learning_curve(
         seed_list
     ):  # before the feature pass: a pairwise loss needs pairs in every subset
         setup.check_pairs(subsets[s][sizes[0]], val_q)
+    mixed = mixed_questions(setup.data, val_q)
+    if mixed < FEW_MIXED:
+        correct = int(setup.data.labels[setup.data.responses_of(val_q)].sum())
+        log.warning(
+            "only %d of the %d validation questions have both right and wrong responses (%d correct responses): "
+            "the within-question AUROC and best-of-k of every size rest on them, so the curve can hardly tell the "
+            "sizes apart", mixed, len(val_q), correct,
+        )  # fmt: skip
     if not isinstance(setup.open_features(progress), FeatureCache):
         raise UsageError(
             "a learning curve reads every response's features many times: they must fit the feature cache "
@@ -145,7 +169,8 @@ def learning_curve(
     write_outputs(
         fits,
         out_dir,
-        title=f"{Path(base_model).name}, {config.loss} head: {len(val_q)} validation questions",
+        title=f"{Path(base_model).name}, {config.loss} head: {len(val_q)} validation questions "
+        f"({mixed} with right and wrong responses)",
     )
     return fits
 

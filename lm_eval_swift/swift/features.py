@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -188,9 +189,9 @@ class FeatureCache:
         self.lengths = list(lengths)
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)])
         shape = (max(int(self.offsets[-1]), 1), n_features)
-        # copy-on-write: the rows are writable in memory (torch takes them without a copy), never on disk
+        # read-only: a private writable map ("c") of a cache larger than memory is refused by the kernel (ENOMEM)
         self.rows = np.memmap(
-            self.directory / self.FEATURES, dtype=np.float16, mode="c", shape=shape
+            self.directory / self.FEATURES, dtype=np.float16, mode="r", shape=shape
         )
 
     @classmethod
@@ -359,11 +360,15 @@ class FeatureCache:
     def __call__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         lengths = torch.tensor([self.lengths[i] for i in indices])
         feats = torch.zeros(len(indices), max(int(lengths.max()), 1), self.n_features)
-        # one pass per response: its fp16 rows are converted straight into the batch
-        for b, i in enumerate(indices):
-            feats[b, : lengths[b]].copy_(
-                torch.from_numpy(self.rows[self.offsets[i] : self.offsets[i + 1]])
-            )
+        with (
+            warnings.catch_warnings()
+        ):  # torch warns of a read-only array; it only reads it here
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            # one pass per response: its fp16 rows are converted straight into the batch
+            for b, i in enumerate(indices):
+                feats[b, : lengths[b]].copy_(
+                    torch.from_numpy(self.rows[self.offsets[i] : self.offsets[i + 1]])
+                )
         mask = torch.arange(feats.shape[1]) < lengths[:, None]
         return feats.to(self.device), mask.to(self.device)
 

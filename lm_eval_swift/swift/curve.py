@@ -159,7 +159,7 @@ def learning_curve(
         if (seed, n) in done:
             continue
         subset = subsets[seed][n]
-        _, state = fit(setup, subset, val_q, seed, progress=False)
+        _, state = fit(setup, subset, val_q, seed, progress=progress)
         done[seed, n] = fit_row(seed, n, len(setup.data.responses_of(subset)), state)
         _append_fit(out_dir / FITS, record, done[seed, n])
         bar.set_postfix(

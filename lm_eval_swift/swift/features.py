@@ -271,7 +271,10 @@ class FeatureCache:
     def _intact(cls, directory: Path, meta: dict) -> bool:
         """Whether the features file of the complete cache ``meta`` has its full size (not cut short or replaced)."""
         path = directory / cls.FEATURES
-        size = max(int(meta["n_tokens"]), 1) * int(meta["n_features"]) * 2
+        try:
+            size = max(int(meta["n_tokens"]), 1) * int(meta["n_features"]) * 2
+        except (KeyError, TypeError, ValueError):
+            return False
         return path.is_file() and path.stat().st_size == size
 
     @classmethod

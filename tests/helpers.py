@@ -8,12 +8,15 @@ import random
 import re
 import sqlite3
 import subprocess
+import sys
+import textwrap
 from contextlib import closing
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 from transformers import AutoConfig
 
 from lm_eval_swift.bon.rollouts import (
@@ -246,4 +249,27 @@ def cache_line(stderr: str, cached: int, sampled: int, db: Path) -> bool:
     return (
         f"hf-swift sample cache {db}: {cached} samples cached, {sampled} sampled"
         in stderr
+    )
+
+
+# ---- a Python process where lm-eval, torch and transformers cannot be imported ------------------------------------
+
+BLOCKED = textwrap.dedent(
+    """
+    import sys
+    for name in ("torch", "lm_eval", "transformers"):
+        sys.modules[name] = None  # importing it raises ImportError
+    """
+)
+
+
+def run_blocked(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` (dedented) in a fresh interpreter in the repository, with lm-eval, torch and transformers
+    blocked."""
+    return subprocess.run(
+        [sys.executable, "-c", BLOCKED + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
     )

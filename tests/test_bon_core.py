@@ -4,34 +4,13 @@ process where importing them fails, the core imports and ``report`` prints the t
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
+from conftest import REPO
+from helpers import run_blocked
 
 
-ROOT = Path(__file__).resolve().parents[1]
 ROLLOUTS = sorted(
-    (ROOT / "experiments/smollm2_gsm8k/rollouts/test").glob("*.jsonl.gz")
+    (REPO / "experiments/smollm2_gsm8k/rollouts/test").glob("*.jsonl.gz")
 )[0]
-
-BLOCKED = textwrap.dedent(
-    """
-    import sys
-    for name in ("torch", "lm_eval", "transformers"):
-        sys.modules[name] = None  # importing it raises ImportError
-    """
-)
-
-
-def run_blocked(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", BLOCKED + textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
 
 
 def test_bon_imports_without_lm_eval_or_torch():

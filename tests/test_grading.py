@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import REPO
+from helpers import run_blocked
 
 from lm_eval_swift import grading
 from lm_eval_swift.grading import extract_answer, grade, is_equivalent, verify_strings
@@ -390,8 +392,7 @@ def test_workers_are_cleaned_up_at_exit():
         "assert grading.verify_strings('$x+1$', '$1+x$', timeout=30)\n"
         "print(*[w._proc.pid for w in grading.pool._POOL._workers])\n"
     )
-    repo = str(Path(grading.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": repo}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -612,22 +613,12 @@ def test_expressions_in_variables(pred, gold, expected):
 
 def test_grading_needs_neither_lm_eval_nor_torch():
     """``lm_eval_swift.grading`` imports and grades with ``lm_eval`` and ``torch`` blocked in ``sys.modules``."""
-    code = (
-        "import sys\n"
-        "for name in ('lm_eval', 'torch', 'transformers'):\n"
-        "    sys.modules[name] = None\n"
-        "from lm_eval_swift import grading\n"
-        "assert grading.grade('So the answer is 6 + 2 = 8 gallons.', '8', 'gsm8k')\n"
-        "assert grading.is_equivalent('x + 1', '1 + x', 'math', timeout=30)\n"
-        "assert not [m for m in sys.modules if m.startswith('lm_eval_swift.harness')]\n"
-    )
-    repo = str(Path(grading.__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": repo}
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
+    out = run_blocked(
+        """
+        from lm_eval_swift import grading
+        assert grading.grade('So the answer is 6 + 2 = 8 gallons.', '8', 'gsm8k')
+        assert grading.is_equivalent('x + 1', '1 + x', 'math', timeout=30)
+        assert not [m for m in sys.modules if m.startswith('lm_eval_swift.harness')]
+        """
     )
     assert out.returncode == 0, out.stderr

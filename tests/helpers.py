@@ -199,6 +199,12 @@ def table_rows(stdout: str) -> list[str]:
     return rows
 
 
+def cells(line: str) -> tuple[str, list[str]]:
+    """(row name, cells) of a markdown table line."""
+    row, *rest = [c.strip() for c in line.strip().strip("|").split("|")]
+    return row, rest
+
+
 def acc_rows(out: Path) -> dict[str, float]:
     """The task's acc and acc_stderr entries of the results JSON."""
     results = json.loads(next(out.rglob("results_*.json")).read_text())["results"][

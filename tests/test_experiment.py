@@ -8,19 +8,13 @@ import re
 import sys
 
 from conftest import REPO
-from helpers import run, table_rows
+from helpers import cells, run, table_rows
 
 from lm_eval_swift.bon.rollouts import read_rollouts
 
 
 EXPERIMENT = REPO / "experiments" / "smollm2_gsm8k"
 KS = (1, 2, 4, 8, 16)
-
-
-def cells(line: str) -> tuple[str, list[str]]:
-    """(row name, cells) of a markdown table line."""
-    row, *rest = [c.strip() for c in line.strip("|").split("|")]
-    return row, rest
 
 
 def results_md_means() -> dict[str, dict[int, float]]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
+from helpers import cells, table_rows
 
 from lm_eval_swift.swift.curve import summarize
 
@@ -83,35 +84,22 @@ def test_the_readmes_quote_the_curves():
         summary = {
             int(r["questions"]): r for r in read_csv(CURVES / folder / "curve.csv")
         }
-        lines = [
-            [c.strip() for c in line.strip().strip("|").split("|")]
-            for line in table.splitlines()
-        ]
-        header, rows = lines[0], lines[2:]
-        assert header[0] == "training questions", table
-        for cells in rows:
-            if cells[0].isdigit():
-                row = summary[int(cells[0])]
-                for name, cell in zip(header[1:], cells[1:], strict=True):
+        (first, header), _, *rows = [cells(line) for line in table_rows(table)]
+        assert first == "training questions", table
+        for questions, values in rows:
+            if questions.isdigit():
+                row = summary[int(questions)]
+                for name, cell in zip(header, values, strict=True):
                     metric = HEADERS.get(name, name)
                     mean, _, sd = cell.partition(" ± ")
-                    assert close(mean, row[f"{metric}_mean"]), (
-                        folder,
-                        cells[0],
-                        name,
-                        cell,
-                    )
-                    assert not sd or close(sd, row[f"{metric}_std"]), (
-                        folder,
-                        cells[0],
-                        name,
-                        cell,
-                    )
+                    where = (folder, questions, name, cell)
+                    assert close(mean, row[f"{metric}_mean"]), where
+                    assert not sd or close(sd, row[f"{metric}_std"]), where
                     checked += 1
             else:  # the references that do not depend on the head: "maj@4 0.438", "oracle@8 0.706, mean@8 0.427"
                 any_row = next(iter(summary.values()))
                 for metric, value in re.findall(
-                    rf"([\w@]+@\d+) ({NUMBER})", " ".join(cells)
+                    rf"([\w@]+@\d+) ({NUMBER})", " ".join(values)
                 ):
                     assert close(value, any_row[f"{metric}_mean"]), (
                         folder,
